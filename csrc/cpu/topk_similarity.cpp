@@ -1,0 +1,277 @@
+// Driver of the fused top-k similarity kernel: blocking, threading, and merging of the per-thread
+// k-best lists. The arithmetic lives in the per-ISA tile kernels (topk_kernels_*.cpp).
+#include "cpu/topk_similarity.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <mutex>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+#include "cpu/topk_kernels.h"
+
+namespace micro_fast {
+namespace {
+
+struct Kernels {
+  TileKernel<float> f32;
+  TileKernel<double> f64;
+  std::string name;
+};
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+Kernels make_kernels(const std::string& want) {
+  Kernels ks;
+  if ((want == "auto" || want == "avx512") && cpu_has_avx512() &&
+      tile_kernels_avx512(&ks.f32, &ks.f64)) {
+    ks.name = "avx512";
+    return ks;
+  }
+  MF_CHECK(want != "avx512", "simd isa 'avx512' is not supported by this CPU or build");
+  if ((want == "auto" || want == "avx2") && cpu_has_avx2() && tile_kernels_avx2(&ks.f32, &ks.f64)) {
+    ks.name = "avx2";
+    return ks;
+  }
+  MF_CHECK(want != "avx2", "simd isa 'avx2' is not supported by this CPU or build");
+  MF_CHECK(want == "auto" || want == "generic",
+           "simd isa must be one of 'auto', 'avx512', 'avx2', 'generic', got '" + want + "'");
+  tile_kernels_generic(&ks.f32, &ks.f64);
+  ks.name = "generic";
+  return ks;
+}
+
+std::mutex g_kernels_mutex;
+Kernels& kernels() {
+  static Kernels ks = make_kernels("auto");
+  return ks;
+}
+
+template <typename T>
+const TileKernel<T>& kernel_for();
+template <>
+const TileKernel<float>& kernel_for<float>() { return kernels().f32; }
+template <>
+const TileKernel<double>& kernel_for<double>() { return kernels().f64; }
+
+// Threshold arrays are read a whole vector at a time past the last row: pad with +inf so the
+// padding never passes the filter.
+constexpr int64_t kThrPad = 64;
+// Feature-dimension chunk: an NR-wide packed B panel of kChunk rows stays in L1.
+constexpr int kChunk = 128;
+// Private per-thread lists (symmetric mode) are used only while they stay this small.
+constexpr int64_t kPrivateListBudget = int64_t(256) << 20;
+
+template <typename T>
+struct ListStore {
+  std::vector<T> vals;
+  std::vector<int64_t> idx;
+  std::vector<int32_t> count;
+  std::vector<T> thr;
+  RowHeaps<T> h;
+
+  void init(int64_t rows, int k, T* ext_vals, int64_t* ext_idx) {
+    count.assign(rows, 0);
+    thr.assign(rows + kThrPad, -std::numeric_limits<T>::infinity());
+    std::fill(thr.begin() + rows, thr.end(), std::numeric_limits<T>::infinity());
+    if (ext_vals == nullptr) {
+      vals.resize(rows * k);
+      idx.resize(rows * k);
+      ext_vals = vals.data();
+      ext_idx = idx.data();
+    }
+    h.vals = ext_vals;
+    h.idx = ext_idx;
+    h.count = count.data();
+    h.thr = thr.data();
+    h.k = k;
+  }
+};
+
+template <typename T>
+struct Geometry {
+  int64_t m, n, d;
+  int64_t block;   // rows (and keys) per block, a multiple of both MR and NR
+  int64_t pad_a;   // rows of a packed A block
+  int64_t pad_b;   // columns of a packed B block
+  int nchunks;
+};
+
+// Per-thread scratch: packed A block (all chunks), packed B chunk, partial-sum tile.
+template <typename T>
+struct Workspace {
+  std::vector<T> a, b, acc;
+  int64_t packed_block = -1;
+
+  explicit Workspace(const Geometry<T>& g) {
+    a.resize(g.pad_a * g.d);
+    b.resize(g.pad_b * std::min<int64_t>(g.d, kChunk));
+    if (g.nchunks > 1) acc.resize(g.pad_a * g.pad_b);
+  }
+};
+
+template <typename T>
+void run_pair(const TileKernel<T>& kern, const Geometry<T>& g, Workspace<T>& w, const T* q,
+              const T* keys, int64_t bi, int64_t bj, RowHeaps<T>* rows, RowHeaps<T>* cols,
+              const ExcludeCSR& ex) {
+  const int64_t i0 = bi * g.block, j0 = bj * g.block;
+  const int mb = static_cast<int>(std::min(g.block, g.m - i0));
+  const int nb = static_cast<int>(std::min(g.block, g.n - j0));
+  if (w.packed_block != bi) {
+    for (int c = 0; c < g.nchunks; ++c) {
+      const int64_t p0 = int64_t(c) * kChunk;
+      const int kc = static_cast<int>(std::min<int64_t>(kChunk, g.d - p0));
+      kern.pack_a(q, g.d, i0, mb, p0, kc, w.a.data() + p0 * g.pad_a);
+    }
+    w.packed_block = bi;
+  }
+  for (int c = 0; c < g.nchunks; ++c) {
+    const int64_t p0 = int64_t(c) * kChunk;
+    const int kc = static_cast<int>(std::min<int64_t>(kChunk, g.d - p0));
+    kern.pack_b(keys, g.d, j0, nb, p0, kc, w.b.data());
+    TileArgs<T> args{w.a.data() + p0 * g.pad_a,
+                     w.b.data(),
+                     kc,
+                     i0,
+                     mb,
+                     j0,
+                     nb,
+                     c == 0,
+                     c == g.nchunks - 1,
+                     w.acc.empty() ? nullptr : w.acc.data(),
+                     static_cast<int>(g.pad_b),
+                     rows,
+                     cols,
+                     &ex};
+    kern.tile(args);
+  }
+}
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+}  // namespace
+
+std::string simd_isa() {
+  std::lock_guard<std::mutex> lock(g_kernels_mutex);
+  return kernels().name;
+}
+
+void set_simd_isa(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_kernels_mutex);
+  kernels() = make_kernels(name);
+}
+
+template <typename T>
+void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d, int k,
+                     const int64_t* exclude_indptr, const int64_t* exclude_indices,
+                     int64_t block_size, int num_threads, T* out_values, int64_t* out_indices) {
+  MF_CHECK(m > 0 && d > 0, "queries must be non-empty");
+  MF_CHECK(k > 0, "k must be positive");
+  const bool symmetric = keys == nullptr;
+  if (symmetric) {
+    keys = q;
+    n = m;
+  }
+  MF_CHECK(n > 0, "keys must be non-empty");
+  const TileKernel<T>& kern = kernel_for<T>();
+  const int threads = std::max(1, num_threads);
+
+  Geometry<T> g;
+  g.m = m;
+  g.n = n;
+  g.d = d;
+  const int64_t lcm = std::lcm<int64_t>(kern.mr, kern.nr);
+  g.block = round_up(block_size > 0 ? block_size : 128, lcm);
+  g.pad_a = round_up(g.block, kern.mr);
+  g.pad_b = round_up(g.block, kern.nr);
+  g.nchunks = static_cast<int>((d + kChunk - 1) / kChunk);
+  const ExcludeCSR ex{exclude_indptr, exclude_indices};
+
+  const int64_t row_blocks = (m + g.block - 1) / g.block;
+  const int64_t key_blocks = (n + g.block - 1) / g.block;
+  const int64_t list_bytes = m * int64_t(k) * int64_t(sizeof(T) + sizeof(int64_t));
+  const bool private_fits = (threads - 1) * list_bytes <= kPrivateListBudget;
+  const bool use_private =
+      private_fits && (symmetric || (threads > 1 && row_blocks < 4 * threads));
+
+  if (!use_private) {
+    // Row-parallel: each row block belongs to one thread, whose lists are the outputs.
+    ListStore<T> store;
+    store.init(m, k, out_values, out_indices);
+#pragma omp parallel num_threads(threads)
+    {
+      Workspace<T> w(g);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t bi = 0; bi < row_blocks; ++bi) {
+        for (int64_t bj = 0; bj < key_blocks; ++bj)
+          run_pair<T>(kern, g, w, q, keys, bi, bj, &store.h, nullptr, ex);
+        const int64_t end = std::min(m, (bi + 1) * g.block);
+        for (int64_t r = bi * g.block; r < end; ++r) heap_finish_row(store.h, r);
+      }
+    }
+    return;
+  }
+
+  // Pair-parallel with private lists: needed when a tile updates rows of two blocks (symmetric)
+  // or when there are too few row blocks to keep every thread busy.
+  std::vector<std::pair<int32_t, int32_t>> tasks;
+  tasks.reserve(symmetric ? row_blocks * (row_blocks + 1) / 2 : row_blocks * key_blocks);
+  for (int64_t bi = 0; bi < row_blocks; ++bi)
+    for (int64_t bj = symmetric ? bi : 0; bj < key_blocks; ++bj) tasks.emplace_back(bi, bj);
+  std::vector<ListStore<T>> stores(threads);
+  stores[0].init(m, k, out_values, out_indices);
+  for (int t = 1; t < threads; ++t) stores[t].init(m, k, nullptr, nullptr);
+  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+#pragma omp parallel num_threads(threads)
+  {
+    Workspace<T> w(g);
+    RowHeaps<T>* h = &stores[omp_get_thread_num()].h;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const int64_t bi = tasks[t].first, bj = tasks[t].second;
+      RowHeaps<T>* cols = (symmetric && bi != bj) ? h : nullptr;
+      run_pair<T>(kern, g, w, q, keys, bi, bj, h, cols, ex);
+    }
+  }
+  const ExcludeCSR none{};
+  RowHeaps<T>& out = stores[0].h;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    for (int t = 1; t < threads; ++t) {
+      const RowHeaps<T>& o = stores[t].h;
+      for (int e = 0; e < o.count[r]; ++e)
+        heap_offer(out, r, o.vals[r * k + e], o.idx[r * k + e], none);
+    }
+    heap_finish_row(out, r);
+  }
+}
+
+template void topk_similarity<float>(const float*, int64_t, const float*, int64_t, int64_t, int,
+                                     const int64_t*, const int64_t*, int64_t, int, float*,
+                                     int64_t*);
+template void topk_similarity<double>(const double*, int64_t, const double*, int64_t, int64_t,
+                                      int, const int64_t*, const int64_t*, int64_t, int, double*,
+                                      int64_t*);
+
+}  // namespace micro_fast

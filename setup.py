@@ -1,0 +1,170 @@
+"""Build script for the compiled cores.
+
+``micro_fast._C``    C++17 + OpenMP kernels (csrc/cpu, csrc/bindings.cpp), always attempted.
+``micro_fast._cuda`` CUDA kernels (csrc/cuda), built when nvcc is found and
+                     ``MICRO_FAST_CUDA`` is not ``0``; ``MICRO_FAST_CUDA=1`` makes a missing or
+                     failing nvcc an error.
+
+Neither part links libtorch. A failure of an optional part never fails the install: the
+reason is written to ``micro_fast/_build_info.json`` and shown by ``micro-fast info``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import traceback
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CUDA_ENV = os.environ.get("MICRO_FAST_CUDA", "").strip()
+SANITIZE = os.environ.get("MICRO_FAST_SANITIZE", "").strip()
+DEFAULT_CUDA_ARCHS = "80;90"
+
+
+def _rel(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, HERE) for p in glob(os.path.join(HERE, pattern)))
+
+
+def _cpp_flags() -> tuple[list[str], list[str]]:
+    compile_args = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
+    link_args = ["-fopenmp"]
+    if SANITIZE:
+        compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}",
+                        "-fopenmp", "-fvisibility=hidden"]
+        link_args = [f"-fsanitize={SANITIZE}", "-fopenmp"]
+    return compile_args, link_args
+
+
+class CUDAExtension(Extension):
+    """Marker for the extension that nvcc builds."""
+
+
+def _find_nvcc() -> str | None:
+    for candidate in (os.environ.get("NVCC"), shutil.which("nvcc")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    path = os.path.join(cuda_home, "bin", "nvcc")
+    return path if os.path.exists(path) else None
+
+
+class OptionalBuildExt(build_ext):
+    """Builds each extension on its own, records failures instead of raising them."""
+
+    def run(self) -> None:
+        self._status: dict[str, str] = {}
+        super().run()
+        self._write_build_info()
+
+    def build_extensions(self) -> None:
+        for ext in self.extensions:
+            name = ext.name.rsplit(".", 1)[-1]
+            try:
+                if isinstance(ext, CUDAExtension):
+                    self._build_cuda(ext)
+                else:
+                    self.build_extension(ext)
+                self._status[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure falls back, with its reason
+                reason = f"{type(exc).__name__}: {exc}".strip()
+                self._status[name] = f"build failed: {reason[-2000:]}"
+                required = name == "_cuda" and CUDA_ENV == "1"
+                print(f"micro_fast: building {ext.name} failed: {reason}", file=sys.stderr)
+                traceback.print_exc()
+                if required:
+                    raise
+
+    def copy_extensions_to_source(self) -> None:
+        # Only what was built is copied into an in-place (editable) tree.
+        inplace, self.inplace = self.inplace, 0
+        built = [e for e in self.extensions if os.path.exists(self.get_ext_fullpath(e.name))]
+        self.inplace = inplace
+        saved, self.extensions = self.extensions, built
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = saved
+
+    # --- CUDA -------------------------------------------------------------------------
+    def _build_cuda(self, ext: Extension) -> None:
+        nvcc = _find_nvcc()
+        if nvcc is None:
+            raise RuntimeError("nvcc not found (set CUDA_HOME or NVCC, or put nvcc on PATH)")
+        import pybind11
+
+        archs = os.environ.get("MICRO_FAST_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
+        archs = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";") if a.strip()]
+        gencode = []
+        for arch in archs:
+            gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+        out_path = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        tmp_dir = os.path.join(self.build_temp, "cuda")
+        os.makedirs(tmp_dir, exist_ok=True)
+        includes = [pybind11.get_include(), sysconfig.get_paths()["include"],
+                    os.path.join(HERE, "csrc")]
+        common = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+                  "--expt-relaxed-constexpr", *gencode] + [f"-I{i}" for i in includes]
+        objects = []
+        for src in ext.sources:
+            obj = os.path.join(tmp_dir, os.path.basename(src) + ".o")
+            cmd = [nvcc, "-c", src, "-o", obj, *common]
+            print(" ".join(cmd))
+            subprocess.run(cmd, check=True, cwd=HERE)
+            objects.append(obj)
+        cmd = [nvcc, "-shared", "-o", out_path, *objects, "-cudart", "static", *gencode,
+               "-Xlinker", "-lrt", "-Xlinker", "-ldl", "-Xlinker", "-lpthread"]
+        print(" ".join(cmd))
+        subprocess.run(cmd, check=True, cwd=HERE)
+
+    # --- build record -----------------------------------------------------------------
+    def _write_build_info(self) -> None:
+        info = dict(self._status)
+        if "_cuda" not in info:
+            info["_cuda"] = _cuda_skip_reason or "not attempted"
+        targets = [os.path.join(self.build_lib, "micro_fast")]
+        if self.inplace or os.environ.get("MICRO_FAST_INPLACE_INFO"):
+            targets.append(os.path.join(HERE, "micro_fast"))
+        for target in targets:
+            os.makedirs(target, exist_ok=True)
+            with open(os.path.join(target, "_build_info.json"), "w") as fh:
+                json.dump(info, fh, indent=1)
+
+
+compile_args, link_args = _cpp_flags()
+extensions: list[Extension] = [
+    Pybind11Extension(
+        "micro_fast._C",
+        sources=["csrc/bindings.cpp", *_rel("csrc/cpu/*.cpp")],
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+]
+
+_cuda_skip_reason = ""
+if CUDA_ENV == "0":
+    _cuda_skip_reason = "disabled by MICRO_FAST_CUDA=0"
+elif _find_nvcc() is None:
+    _cuda_skip_reason = "nvcc not found at build time"
+    if CUDA_ENV == "1":
+        raise SystemExit("MICRO_FAST_CUDA=1 but nvcc was not found")
+elif not _rel("csrc/cuda/*.cu"):
+    _cuda_skip_reason = "no CUDA sources in this source tree"
+else:
+    extensions.append(CUDAExtension("micro_fast._cuda", sources=_rel("csrc/cuda/*.cu")))
+
+setup(ext_modules=extensions, cmdclass={"build_ext": OptionalBuildExt}, package_data={
+    "micro_fast": ["_build_info.json"]})
