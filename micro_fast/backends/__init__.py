@@ -1,0 +1,75 @@
+"""Kernel backends behind one array-level contract.
+
+Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``) exposes:
+
+``is_available() -> tuple[bool, str]``
+    whether it can run here, and why not.
+``supports(device: torch.device) -> bool``
+    whether it runs on tensors of that device.
+``topk_similarity(queries, keys, k, exclude, block_size) -> (values, indices)``
+    ``queries`` [M, d] and ``keys`` [N, d] (or ``None``: the queries themselves) are contiguous
+    float32/float64 tensors on one device, already validated; ``exclude`` is ``None`` or
+    ``(indptr [M+1], indices)`` int64 with sorted, unique, in-range columns per row. Returns the
+    k largest inner products per row, best first, ties to the smaller key index, rows with fewer
+    than k admissible keys padded with ``(-inf, -1)``; values in the input dtype, indices int64.
+    No autograd: the ops layer above owns gradients.
+
+``torch_ref`` is the ground truth every other backend is tested against.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+#: Preference order of ``backend="auto"``.
+BACKENDS: tuple[str, ...] = ("cuda", "cpp", "numba", "torch_ref")
+
+_modules: dict[str, ModuleType] = {}
+
+
+def _load(name: str) -> ModuleType:
+    if name not in _modules:
+        if name not in BACKENDS:
+            raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {name!r}")
+        _modules[name] = importlib.import_module(f"{__name__}.{name}")
+    return _modules[name]
+
+
+def status() -> dict[str, str]:
+    """Maps every backend to ``"available"`` or the reason it is not."""
+    out = {}
+    for name in BACKENDS:
+        try:
+            ok, why = _load(name).is_available()
+        except Exception as exc:  # an import failure is a reason, not a crash
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        out[name] = "available" if ok else why
+    return out
+
+
+def available() -> list[str]:
+    """Names of the backends that can run on this machine, in ``auto`` preference order."""
+    return [name for name, why in status().items() if why == "available"]
+
+
+def get(backend: str, device: torch.device) -> ModuleType:
+    """The backend module to run on tensors of ``device``; ``"auto"`` picks the fastest."""
+    if backend == "auto":
+        for name in BACKENDS:
+            try:
+                mod = _load(name)
+                if mod.is_available()[0] and mod.supports(device):
+                    return mod
+            except ImportError:
+                continue
+        raise RuntimeError(f"no backend supports device {device}")  # torch_ref supports all
+    mod = _load(backend)
+    ok, why = mod.is_available()
+    if not ok:
+        raise RuntimeError(f"backend {backend!r} is not available: {why}")
+    if not mod.supports(device):
+        raise ValueError(f"backend {backend!r} does not run on {device.type} tensors")
+    return mod

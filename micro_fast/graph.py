@@ -1,0 +1,336 @@
+"""``CSRGraph``: a compressed-sparse-row matrix that the ops read, with a cached transpose.
+
+A graph of shape ``(n_rows, n_cols)`` with ``nnz`` stored entries is
+
+* ``indptr``  int64 [n_rows + 1]: row ``r`` owns entries ``indptr[r]:indptr[r + 1]``;
+* ``indices`` int64 [nnz]: column of each entry, strictly increasing within a row;
+* ``values``  float [nnz]: entry weights; may require grad (a learned graph), in which case the
+  ops differentiate through them.
+
+The structure (indptr, indices) is immutable; ``with_values`` makes a graph with new weights that
+shares the structure and its cached transpose permutation, so a graph re-weighted every step
+never recomputes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _as_index(name: str, t: Any, device: torch.device | None = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(np.asarray(t))
+    if t.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but indptr is on {device}")
+    return t.to(torch.int64).contiguous()
+
+
+class _Structure:
+    """The sparsity pattern and what is derived from it once (row ids, transpose)."""
+
+    __slots__ = ("indptr", "indices", "shape", "_rows", "_transpose")
+
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int]):
+        self.indptr = indptr
+        self.indices = indices
+        self.shape = shape
+        self._rows: torch.Tensor | None = None
+        self._transpose: tuple[_Structure, torch.Tensor] | None = None
+
+    def rows(self) -> torch.Tensor:
+        if self._rows is None:
+            counts = self.indptr[1:] - self.indptr[:-1]
+            self._rows = torch.repeat_interleave(
+                torch.arange(self.shape[0], device=self.indptr.device), counts)
+        return self._rows
+
+    def transpose(self) -> tuple[_Structure, torch.Tensor]:
+        """The transposed structure and the permutation taking values to its entry order."""
+        if self._transpose is None:
+            # Entries are in row-major order, so a stable sort by column leaves the rows of each
+            # column ascending: exactly the CSR order of the transpose.
+            cols, perm = torch.sort(self.indices, stable=True)
+            counts = torch.bincount(cols, minlength=self.shape[1])
+            indptr = torch.zeros(self.shape[1] + 1, dtype=torch.int64, device=cols.device)
+            torch.cumsum(counts, 0, out=indptr[1:])
+            t = _Structure(indptr, self.rows()[perm].contiguous(), (self.shape[1], self.shape[0]))
+            t._rows = cols
+            # the transpose of the transpose is this structure again
+            t._transpose = (self, torch.argsort(perm))
+            self._transpose = (t, perm)
+        return self._transpose
+
+
+class CSRGraph:
+    """A sparse matrix in CSR form; see the module docstring for the layout.
+
+    Args:
+        indptr: integer [n_rows + 1], non-decreasing, starting at 0 and ending at nnz.
+        indices: integer [nnz], columns in [0, n_cols), strictly increasing within each row.
+        values: float [nnz] or ``None`` (all ones, float32).
+        shape: ``(n_rows, n_cols)``; ``n_rows`` defaults to ``len(indptr) - 1`` and ``n_cols``
+            to ``n_rows`` (a square graph).
+        symmetric: declare that the matrix equals its transpose (structure and values), which lets
+            the ops skip building the transpose; ``None`` means unknown.
+        validate: check the arrays (O(nnz)); skip only for graphs built by this library.
+
+    Raises:
+        TypeError / ValueError naming the offending argument.
+    """
+
+    __slots__ = ("_s", "values", "symmetric")
+
+    def __init__(self, indptr: Any, indices: Any, values: Any = None,
+                 shape: tuple[int, int] | None = None, *, symmetric: bool | None = None,
+                 validate: bool = True) -> None:
+        indptr = _as_index("indptr", indptr)
+        indices = _as_index("indices", indices, indptr.device)
+        n_rows = indptr.numel() - 1
+        if shape is None:
+            shape = (n_rows, n_rows)
+        if len(shape) != 2 or any(int(s) != s or s < 0 for s in shape):
+            raise ValueError(f"shape must be two non-negative integers, got {shape}")
+        shape = (int(shape[0]), int(shape[1]))
+        if values is None:
+            values = torch.ones(indices.numel(), dtype=torch.float32, device=indptr.device)
+        elif not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(np.asarray(values))
+        self._s = _Structure(indptr, indices, shape)
+        self.values: torch.Tensor = values
+        self.symmetric = symmetric
+        if validate:
+            self.validate()
+
+    # --- construction ----------------------------------------------------------------
+    @classmethod
+    def _from_structure(cls, s: _Structure, values: torch.Tensor,
+                        symmetric: bool | None) -> CSRGraph:
+        g = cls.__new__(cls)
+        g._s = s
+        g.values = values
+        g.symmetric = symmetric
+        return g
+
+    def with_values(self, values: torch.Tensor) -> CSRGraph:
+        """Same structure (and cached transpose), new weights [nnz]."""
+        if values.shape != (self.nnz,):
+            raise ValueError(f"values must have shape ({self.nnz},), got {tuple(values.shape)}")
+        return CSRGraph._from_structure(self._s, values, None)
+
+    @classmethod
+    def from_coo(cls, rows: Any, cols: Any, values: Any = None,
+                 shape: tuple[int, int] | None = None, *, duplicates: str = "sum") -> CSRGraph:
+        """From coordinate lists in any order. ``duplicates="sum"`` adds repeated (row, col)
+        entries, ``"error"`` rejects them."""
+        rows = _as_index("rows", rows)
+        cols = _as_index("cols", cols, rows.device)
+        if rows.numel() != cols.numel():
+            raise ValueError(f"rows and cols differ in length ({rows.numel()} vs {cols.numel()})")
+        if values is None:
+            values = torch.ones(rows.numel(), dtype=torch.float32, device=rows.device)
+        elif not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(np.asarray(values))
+        if values.shape != rows.shape:
+            raise ValueError(f"values must have shape ({rows.numel()},), got {tuple(values.shape)}")
+        if shape is None:
+            n = int(max(rows.max(), cols.max())) + 1 if rows.numel() else 0
+            shape = (n, n)
+        n_rows, n_cols = int(shape[0]), int(shape[1])
+        if rows.numel():
+            if int(rows.min()) < 0 or int(rows.max()) >= n_rows:
+                raise ValueError(f"rows: index out of range for {n_rows} rows")
+            if int(cols.min()) < 0 or int(cols.max()) >= n_cols:
+                raise ValueError(f"cols: index out of range for {n_cols} columns")
+        key = rows * max(n_cols, 1) + cols
+        key, order = torch.sort(key, stable=True)
+        values = values[order]
+        uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
+        if uniq.numel() != key.numel():
+            if duplicates == "error":
+                raise ValueError("rows/cols: duplicate (row, col) entries")
+            if duplicates != "sum":
+                raise ValueError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
+            summed = torch.zeros(uniq.numel(), dtype=values.dtype, device=values.device)
+            values = summed.index_add(0, inverse, values)
+        r = torch.div(uniq, max(n_cols, 1), rounding_mode="floor")
+        c = uniq - r * max(n_cols, 1)
+        indptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
+        torch.cumsum(torch.bincount(r, minlength=n_rows), 0, out=indptr[1:])
+        return cls(indptr, c, values, (n_rows, n_cols), validate=False)
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Any, values: Any = None,
+                        shape: tuple[int, int] | None = None, *,
+                        duplicates: str = "sum") -> CSRGraph:
+        """From a PyG-style ``edge_index`` [2, nnz] (row 0: sources = rows, row 1: targets)."""
+        ei = edge_index if isinstance(edge_index, torch.Tensor) else torch.as_tensor(edge_index)
+        if ei.dim() != 2 or ei.shape[0] != 2:
+            raise ValueError(f"edge_index must have shape [2, nnz], got {tuple(ei.shape)}")
+        return cls.from_coo(ei[0], ei[1], values, shape, duplicates=duplicates)
+
+    @classmethod
+    def from_torch(cls, t: torch.Tensor) -> CSRGraph:
+        """From a torch sparse COO or CSR tensor (2-D)."""
+        if t.layout == torch.sparse_csr:
+            return cls(t.crow_indices(), t.col_indices(), t.values(), tuple(t.shape))
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce()
+            i = t.indices()
+            return cls.from_coo(i[0], i[1], t.values(), tuple(t.shape))
+        raise TypeError(f"t must be a sparse COO or CSR tensor, got layout {t.layout}")
+
+    @classmethod
+    def from_scipy(cls, m: Any) -> CSRGraph:
+        """From any scipy.sparse matrix or array (converted to canonical CSR)."""
+        import scipy.sparse as sp
+
+        if not sp.issparse(m):
+            raise TypeError(f"m must be a scipy.sparse matrix, got {type(m).__name__}")
+        csr = sp.csr_matrix(m)
+        csr.sum_duplicates()
+        csr.sort_indices()
+        return cls(torch.from_numpy(csr.indptr.astype(np.int64)),
+                   torch.from_numpy(csr.indices.astype(np.int64)),
+                   torch.from_numpy(np.ascontiguousarray(csr.data)), csr.shape)
+
+    @classmethod
+    def from_dense(cls, dense: torch.Tensor) -> CSRGraph:
+        """The nonzeros of a dense 2-D tensor."""
+        if dense.dim() != 2:
+            raise ValueError(f"dense must be 2-D, got shape {tuple(dense.shape)}")
+        r, c = torch.nonzero(dense, as_tuple=True)
+        return cls.from_coo(r, c, dense[r, c], tuple(dense.shape))
+
+    # --- properties --------------------------------------------------------------------
+    @property
+    def indptr(self) -> torch.Tensor:
+        return self._s.indptr
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self._s.indices
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._s.shape
+
+    @property
+    def nnz(self) -> int:
+        return self._s.indices.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self._s.indptr.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def row_indices(self) -> torch.Tensor:
+        """Row of every stored entry, int64 [nnz] (cached)."""
+        return self._s.rows()
+
+    def degrees(self) -> torch.Tensor:
+        """Stored entries per row, int64 [n_rows]."""
+        return self.indptr[1:] - self.indptr[:-1]
+
+    # --- transpose ---------------------------------------------------------------------
+    def transpose(self) -> CSRGraph:
+        """The transpose, as a CSRGraph; its structure is computed once per structure."""
+        if self.symmetric:
+            return self
+        t, perm = self._s.transpose()
+        return CSRGraph._from_structure(t, self.values[perm], self.symmetric)
+
+    @property
+    def T(self) -> CSRGraph:  # noqa: N802 - mirrors torch/numpy
+        return self.transpose()
+
+    def is_symmetric(self, atol: float = 0.0) -> bool:
+        """Whether the matrix equals its transpose (structure, and values within ``atol``)."""
+        if self.shape[0] != self.shape[1]:
+            return False
+        t, perm = self._s.transpose()
+        if not (torch.equal(t.indptr, self.indptr) and torch.equal(t.indices, self.indices)):
+            return False
+        return bool(torch.allclose(self.values[perm], self.values, rtol=0.0, atol=atol))
+
+    # --- validation ----------------------------------------------------------------------
+    def validate(self) -> CSRGraph:
+        """Checks the arrays; raises TypeError/ValueError naming the argument. Returns self."""
+        indptr, indices, values = self.indptr, self.indices, self.values
+        n_rows, n_cols = self.shape
+        nnz = indices.numel()
+        if indptr.numel() != n_rows + 1:
+            raise ValueError(f"indptr must have n_rows + 1 = {n_rows + 1} entries, "
+                             f"got {indptr.numel()}")
+        if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
+            raise ValueError(f"indptr must start at 0 and end at nnz = {nnz}, got "
+                             f"{int(indptr[0])} and {int(indptr[-1])}")
+        if n_rows and bool((indptr[1:] < indptr[:-1]).any()):
+            raise ValueError("indptr must be non-decreasing")
+        if nnz:
+            if int(indices.min()) < 0 or int(indices.max()) >= n_cols:
+                raise ValueError(f"indices: column index out of range [0, {n_cols})")
+            same_row = self.row_indices()[1:] == self.row_indices()[:-1]
+            if bool((same_row & (indices[1:] <= indices[:-1])).any()):
+                raise ValueError("indices must be strictly increasing within each row "
+                                 "(sorted, no duplicates); build with CSRGraph.from_coo to sort")
+        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+            raise TypeError(f"values must be a floating-point tensor, got "
+                            f"{getattr(values, 'dtype', type(values).__name__)}")
+        if values.shape != (nnz,):
+            raise ValueError(f"values must have shape ({nnz},), got {tuple(values.shape)}")
+        if values.device != indptr.device:
+            raise ValueError(f"values is on {values.device} but indptr is on {indptr.device}")
+        if nnz and not bool(torch.isfinite(values.detach()).all()):
+            raise ValueError("values must be finite (found NaN or inf)")
+        return self
+
+    # --- conversions ---------------------------------------------------------------------
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> CSRGraph:
+        device = torch.device(device) if device is not None else self.device
+        values = self.values.to(device=device, dtype=dtype or self.values.dtype)
+        if device == self.device:
+            return CSRGraph._from_structure(self._s, values, self.symmetric)
+        s = _Structure(self.indptr.to(device), self.indices.to(device), self.shape)
+        return CSRGraph._from_structure(s, values, self.symmetric)
+
+    def detach(self) -> CSRGraph:
+        return CSRGraph._from_structure(self._s, self.values.detach(), self.symmetric)
+
+    def to_edge_index(self) -> torch.Tensor:
+        """PyG-style ``edge_index`` int64 [2, nnz] (rows, cols); weights are ``values``."""
+        return torch.stack([self.row_indices(), self.indices])
+
+    def to_torch_coo(self) -> torch.Tensor:
+        return torch.sparse_coo_tensor(self.to_edge_index(), self.values, self.shape,
+                                       is_coalesced=True)
+
+    def to_torch_csr(self) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, self.shape)
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.csr_matrix`` (values detached, on the CPU)."""
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.values.detach().cpu().numpy(), self.indices.cpu().numpy(),
+                              self.indptr.cpu().numpy()), shape=self.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.device)
+        return dense.index_put((self.row_indices(), self.indices), self.values, accumulate=True)
+
+    def __repr__(self) -> str:
+        return (f"CSRGraph(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, "
+                f"device={self.device}, requires_grad={self.values.requires_grad})")

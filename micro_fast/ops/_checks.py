@@ -1,0 +1,63 @@
+"""Argument checks shared by the ops: every bad input becomes an exception naming it."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_matrix(name: str, t: object) -> torch.Tensor:
+    """A finite, non-empty, 2-D float32/float64 tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [rows, dim], got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def check_k(k: object, n: int, what: str = "keys") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1 or k > n:
+        raise ValueError(f"k must be in [1, {n}] (the number of {what}), got {k}")
+    return k
+
+
+def check_block_size(block_size: object) -> int | None:
+    if block_size is None:
+        return None
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    return block_size
+
+
+def l2_normalize(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm (differentiable); a zero row is an error, not a NaN."""
+    norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+    zero = (norms.detach() == 0).squeeze(1)
+    if bool(zero.any()):
+        rows = torch.nonzero(zero).flatten()[:5].tolist()
+        raise ValueError(f"{name} has zero-norm rows (e.g. {rows}); cosine similarity is "
+                         "undefined for them")
+    return t / norms
+
+
+def check_no_overflow(queries: torch.Tensor, keys: torch.Tensor) -> None:
+    """Rejects inputs whose inner products could overflow the dtype.
+
+    By Cauchy-Schwarz every partial sum of <q, k> is bounded by |q| |k|, so bounding the product
+    of the largest norms bounds every intermediate of every kernel.
+    """
+    qn = torch.linalg.vector_norm(queries.detach().double(), dim=1).max()
+    kn = qn if keys is queries else torch.linalg.vector_norm(keys.detach().double(), dim=1).max()
+    limit = torch.finfo(queries.dtype).max / 4
+    if float(qn) * float(kn) > limit:
+        raise ValueError(f"queries/keys magnitudes (max norms {float(qn):.3g}, {float(kn):.3g}) "
+                         f"would overflow {queries.dtype} inner products; rescale the inputs")
