@@ -79,11 +79,13 @@ PYBIND11_MODULE(_C, mod) {
   mod.doc() = "micro_fast compiled CPU kernels (C++17, OpenMP)";
   py::register_exception<InvalidArgument>(mod, "KernelArgumentError", PyExc_ValueError);
 
-  mod.def("topk_similarity", &topk_similarity<float>, py::arg("queries"), py::arg("keys"),
-          py::arg("k"), py::arg("exclude_indptr"), py::arg("exclude_indices"),
+  mod.def("topk_similarity", &topk_similarity<float>, py::arg("queries").noconvert(),
+          py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
+          py::arg("exclude_indices").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1);
-  mod.def("topk_similarity", &topk_similarity<double>, py::arg("queries"), py::arg("keys"),
-          py::arg("k"), py::arg("exclude_indptr"), py::arg("exclude_indices"),
+  mod.def("topk_similarity", &topk_similarity<double>, py::arg("queries").noconvert(),
+          py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
+          py::arg("exclude_indices").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1);
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the tile kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),

@@ -195,7 +195,9 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
   }
   MF_CHECK(n > 0, "keys must be non-empty");
   const TileKernel<T>& kern = kernel_for<T>();
-  const int threads = std::max(1, num_threads);
+  // Waking a team costs more than a small problem: below ~4M multiply-adds run on one thread.
+  const double work = double(m) * double(n) * double(d);
+  const int threads = work < double(1 << 22) ? 1 : std::max(1, num_threads);
 
   Geometry<T> g;
   g.m = m;

@@ -1,0 +1,175 @@
+"""topk_similarity: every backend against torch_ref, gradients, and the cpp SIMD variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_topk_equal, dense_similarity
+from hypothesis import given
+from hypothesis import strategies as st
+
+from micro_fast import CSRGraph, backends, topk_similarity
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@st.composite
+def problems(draw, max_rows=48, max_dim=24):
+    symmetric = draw(st.booleans())
+    m = draw(st.integers(1, max_rows))
+    n = m if symmetric else draw(st.integers(1, max_rows))
+    d = draw(st.integers(1, max_dim))
+    k = draw(st.integers(1, n))
+    dtype = DTYPES[draw(st.sampled_from(sorted(DTYPES)))]
+    kind = draw(st.sampled_from(["integer", "normal", "duplicates", "constant"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(rows):
+        if kind == "integer":
+            return torch.randint(-3, 4, (rows, d), generator=gen).to(dtype)
+        if kind == "constant":
+            return torch.full((rows, d), 0.5, dtype=dtype)
+        x = torch.randn(rows, d, generator=gen, dtype=dtype)
+        if kind == "duplicates":
+            x = x[torch.randint(0, max(1, rows // 3), (rows,), generator=gen)]
+        return x
+
+    queries = make(m)
+    keys = None if symmetric else make(n)
+    if draw(st.booleans()):  # a non-contiguous view of the same values
+        queries = queries.T.contiguous().T
+    exclude = None
+    if draw(st.booleans()):
+        density = draw(st.sampled_from([0.05, 0.3, 0.9]))
+        mask = torch.rand(m, n, generator=gen) < density
+        exclude = CSRGraph.from_dense(mask.to(torch.float32))
+    normalize = draw(st.booleans()) and kind != "constant" and kind != "integer"
+    if normalize:
+        queries = queries + 0.01  # no zero rows
+        keys = None if keys is None else keys + 0.01
+    exact = kind in ("integer", "constant") and not normalize
+    return queries, keys, k, exclude, normalize, exact
+
+
+def _check(backend, problem, block_size=None):
+    queries, keys, k, exclude, normalize, exact = problem
+    kw = dict(exclude=exclude, normalize=normalize, block_size=block_size)
+    v, i = topk_similarity(queries, keys, k, backend=backend, **kw)
+    rv, ri = topk_similarity(queries, keys, k, backend="torch_ref", **kw)
+    sim = dense_similarity(queries, queries if keys is None else keys, normalize)
+    mask = exclude.to_dense().bool() if exclude is not None else None
+    assert_topk_equal(v, i, rv, ri, sim, mask, exact=exact)
+
+
+@given(problem=problems())
+def test_backend_matches_reference(cpu_backend, problem):
+    _check(cpu_backend, problem)
+
+
+@given(problem=problems(max_rows=80), block=st.sampled_from([1, 7, 32, 64]))
+def test_block_size_does_not_change_results(problem, block):
+    _check("cpp" if "cpp" in backends.available() else "torch_ref", problem, block_size=block)
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@given(problem=problems())
+def test_every_simd_kernel_matches_reference(isa, problem):
+    from micro_fast import _C
+
+    try:
+        _C.set_simd_isa(isa)
+    except ValueError:
+        pytest.skip(f"{isa} not supported on this CPU")
+    try:
+        _check("cpp", problem)
+    finally:
+        _C.set_simd_isa("auto")
+
+
+@pytest.mark.parametrize("backend", ["torch_ref", *[b for b in ("cpp", "numba")
+                                                   if b in backends.available()]])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gradcheck(backend, symmetric, normalize):
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(30, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    keys = None if symmetric else torch.randn(25, 5, dtype=torch.float64, generator=gen,
+                                              requires_grad=True)
+
+    def fn(*args):
+        return topk_similarity(args[0], None if symmetric else args[1], 4, normalize=normalize,
+                               backend=backend)[0]
+
+    inputs = (q,) if symmetric else (q, keys)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_backward_is_sparse_and_matches_dense_autograd():
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(300, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(200, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    ex = CSRGraph.from_dense((torch.rand(300, 200, generator=gen) < 0.5).double())
+    v, i = topk_similarity(q, keys, 7, exclude=ex)
+    w = torch.randn_like(v)
+    (v * w).sum().backward()
+    q2, k2 = q.detach().clone().requires_grad_(), keys.detach().clone().requires_grad_()
+    dense = torch.gather(q2 @ k2.T, 1, i)
+    (dense * w).sum().backward()
+    assert torch.allclose(q.grad, q2.grad) and torch.allclose(keys.grad, k2.grad)
+
+
+def test_rows_with_too_few_candidates_are_padded(cpu_backend):
+    x = torch.randn(6, 3)
+    eye = CSRGraph.from_dense(torch.ones(6, 6) - torch.eye(6))  # only the diagonal remains
+    v, i = topk_similarity(x, None, 3, exclude=eye, backend=cpu_backend)
+    assert torch.equal(i[:, 0], torch.arange(6))
+    assert bool((i[:, 1:] == -1).all()) and bool(torch.isneginf(v[:, 1:]).all())
+
+
+def test_ties_go_to_the_smaller_index(cpu_backend):
+    x = torch.ones(50, 4)
+    v, i = topk_similarity(x, None, 5, backend=cpu_backend)
+    assert torch.equal(i, torch.arange(5).expand(50, 5))
+
+
+def test_large_problem_matches_reference(cpu_backend):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1500, 40, generator=gen)
+    y = torch.randn(1100, 40, generator=gen)
+    for keys in (None, y):
+        v, i = topk_similarity(x, keys, 10, normalize=True, backend=cpu_backend)
+        rv, ri = topk_similarity(x, keys, 10, normalize=True, backend="torch_ref")
+        sim = dense_similarity(x, x if keys is None else keys, True)
+        assert_topk_equal(v, i, rv, ri, sim)
+
+
+def test_feature_dim_spanning_several_chunks(cpu_backend):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(-2, 3, (130, 300), generator=gen).float()
+    v, i = topk_similarity(x, None, 6, backend=cpu_backend)
+    rv, ri = topk_similarity(x, None, 6, backend="torch_ref")
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+def test_results_do_not_depend_on_thread_count(cpu_backend):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(700, 24, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        v1, i1 = topk_similarity(x, None, 8, backend=cpu_backend)
+        torch.set_num_threads(2)
+        v2, i2 = topk_similarity(x, None, 8, backend=cpu_backend)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(i1, i2) and torch.equal(v1, v2)
+
+
+def test_auto_picks_a_compiled_backend_on_cpu():
+    from micro_fast.backends import get
+
+    mod = get("auto", torch.device("cpu"))
+    expected = backends.available()[0] if backends.available()[0] != "cuda" else "cpp"
+    assert mod.__name__.endswith(expected) or "cuda" in backends.available()
