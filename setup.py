@@ -102,7 +102,8 @@ class OptionalBuildExt(build_ext):
         import pybind11
 
         archs = os.environ.get("MICRO_FAST_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
-        archs = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";") if a.strip()]
+        archs = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";")
+                 if a.strip()]
         gencode = []
         for arch in archs:
             gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]

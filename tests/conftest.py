@@ -28,7 +28,9 @@ def pytest_report_header(config):
     return f"micro_fast backends: {backends.status()}"
 
 
-@pytest.fixture(scope="session", params=CPU_BACKENDS or [pytest.param("none", marks=pytest.mark.skip(
-    reason="no compiled CPU backend available"))])
+_NO_BACKEND = pytest.param("none", marks=pytest.mark.skip(reason="no compiled CPU backend"))
+
+
+@pytest.fixture(scope="session", params=CPU_BACKENDS or [_NO_BACKEND])
 def cpu_backend(request):
     return request.param

@@ -1,0 +1,60 @@
+"""The paths users run today, re-implemented for comparison (not used by the library)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def official_knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
+    """MICRO/LATTICE ``build_sim`` + ``build_knn_normalized_graph(..., is_sparse=True,
+    norm_type="sym")`` as published: dense cosine matrix, ``torch.topk``, the COO index list
+    built in a Python loop, scatter-add degrees, sparse COO result."""
+    context_norm = features.div(torch.norm(features, p=2, dim=-1, keepdim=True))
+    sim = torch.mm(context_norm, context_norm.transpose(1, 0))
+    knn_val, knn_ind = torch.topk(sim, k, dim=-1)
+    tuple_list = [[row, int(col)] for row in range(len(knn_ind)) for col in knn_ind[row]]
+    row = [i[0] for i in tuple_list]
+    col = [i[1] for i in tuple_list]
+    i = torch.LongTensor([row, col]).to(features.device)
+    v = knn_val.flatten()
+    n = features.shape[0]
+    deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add(0, i[0], v)
+    dinv = deg.pow(-0.5)
+    dinv.masked_fill_(dinv == float("inf"), 0)
+    v = dinv[i[0]] * v * dinv[i[1]]
+    return torch.sparse_coo_tensor(i, v, (n, n))
+
+
+def blocked_torch_topk(features: torch.Tensor, k: int, block: int = 1024):
+    """What a careful user writes with plain torch: row blocks of mm + torch.topk."""
+    x = torch.nn.functional.normalize(features, dim=1)
+    vals, idx = [], []
+    for r0 in range(0, x.shape[0], block):
+        v, i = torch.topk(x[r0:r0 + block] @ x.T, k, dim=1)
+        vals.append(v)
+        idx.append(i)
+    return torch.cat(vals), torch.cat(idx)
+
+
+def faiss_flat_ip(features: np.ndarray, k: int):
+    """FAISS exact inner-product search of the normalized features against themselves."""
+    import faiss
+
+    x = np.ascontiguousarray(features, dtype=np.float32).copy()
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index.search(x, k)
+
+
+def sklearn_cosine_knn(features: np.ndarray, k: int):
+    """scikit-learn: the symmetric cosine product X X^T (``cosine_similarity`` with Y=None)
+    followed by a per-row partial sort."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    sim = cosine_similarity(features)
+    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(sim, part, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
