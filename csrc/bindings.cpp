@@ -6,10 +6,14 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
 #include "common.h"
+#include "cpu/bipartite_graph.h"
+#include "cpu/isa.h"
+#include "cpu/spmm.h"
 #include "cpu/topk_similarity.h"
 
 namespace py = pybind11;
@@ -73,6 +77,113 @@ py::tuple topk_similarity(const CArray<T>& queries, const std::optional<CArray<T
   return py::make_tuple(values, indices);
 }
 
+// O(m + nnz) structural checks, so a malformed graph is an exception, never a wild read.
+void check_csr(const IndexArray& indptr, const IndexArray& indices, int64_t n_cols) {
+  MF_CHECK(indptr.ndim() == 1 && indptr.shape(0) >= 1, "graph: indptr must be 1-D, non-empty");
+  MF_CHECK(indices.ndim() == 1, "graph: indices must be 1-D");
+  const int64_t m = indptr.shape(0) - 1, nnz = indices.shape(0);
+  const int64_t* p = indptr.data();
+  MF_CHECK(p[0] == 0 && p[m] == nnz, "graph: indptr must start at 0 and end at nnz");
+  for (int64_t r = 0; r < m; ++r) MF_CHECK(p[r] <= p[r + 1], "graph: indptr must be non-decreasing");
+  const int64_t* ix = indices.data();
+  uint64_t worst = 0;
+  for (int64_t e = 0; e < nnz; ++e) worst = std::max(worst, static_cast<uint64_t>(ix[e]));
+  MF_CHECK(nnz == 0 || worst < static_cast<uint64_t>(n_cols),
+           "graph: column index out of range [0, " + std::to_string(n_cols) + ")");
+}
+
+template <typename T>
+CArray<T> spmm(const IndexArray& indptr, const IndexArray& indices, const CArray<T>& values,
+               const CArray<T>& x, int num_threads) {
+  MF_CHECK(x.ndim() == 2, "x must be 2-D");
+  check_csr(indptr, indices, x.shape(0));
+  MF_CHECK(values.ndim() == 1 && values.shape(0) == indices.shape(0),
+           "graph: values must have one entry per stored index");
+  const int64_t m = indptr.shape(0) - 1, d = x.shape(1);
+  CArray<T> y({m, d});
+  const int64_t *p = indptr.data(), *ix = indices.data();
+  const T *v = values.data(), *xp = x.data();
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::spmm<T>(p, ix, v, m, xp, d, yp, num_threads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> sddmm(const IndexArray& indptr, const IndexArray& indices, const CArray<T>& a,
+                const CArray<T>& b, int num_threads) {
+  MF_CHECK(a.ndim() == 2 && b.ndim() == 2 && a.shape(1) == b.shape(1),
+           "a and b must be 2-D with the same number of columns");
+  check_csr(indptr, indices, b.shape(0));
+  const int64_t m = indptr.shape(0) - 1, d = a.shape(1);
+  MF_CHECK(a.shape(0) == m, "a must have one row per graph row");
+  CArray<T> out({indices.shape(0)});
+  const int64_t *p = indptr.data(), *ix = indices.data();
+  const T *ap = a.data(), *bp = b.data();
+  T* op = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::sddmm<T>(p, ix, m, ap, bp, d, op, num_threads);
+  }
+  return out;
+}
+
+py::tuple csr_transpose(const IndexArray& indptr, const IndexArray& indices, int64_t n_cols) {
+  MF_CHECK(n_cols >= 0, "n_cols must be non-negative");
+  check_csr(indptr, indices, n_cols);
+  const int64_t m = indptr.shape(0) - 1, nnz = indices.shape(0);
+  IndexArray t_indptr({n_cols + 1}), t_indices({nnz}), perm({nnz});
+  const int64_t *p = indptr.data(), *ix = indices.data();
+  int64_t *tp = t_indptr.mutable_data(), *ti = t_indices.mutable_data(),
+          *pp = perm.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::csr_transpose(p, ix, m, n_cols, tp, ti, pp);
+  }
+  return py::make_tuple(t_indptr, t_indices, perm);
+}
+
+template <typename T>
+py::tuple bipartite_graph_impl(const IndexArray& users, const IndexArray& items, int64_t n_users,
+                               int64_t n_items, micro_fast::Normalization norm, bool self_loops,
+                               bool sum_duplicates) {
+  micro_fast::CSRArrays<T> g;
+  const int64_t *u = users.data(), *i = items.data();
+  const int64_t nnz = users.shape(0);
+  {
+    py::gil_scoped_release release;
+    g = micro_fast::bipartite_graph<T>(u, i, nnz, n_users, n_items, norm, self_loops,
+                                       sum_duplicates);
+  }
+  auto to_numpy = [](auto& vec) {
+    using V = typename std::decay_t<decltype(vec)>::value_type;
+    py::array_t<V> arr(static_cast<py::ssize_t>(vec.size()));
+    std::copy(vec.begin(), vec.end(), arr.mutable_data());
+    return arr;
+  };
+  return py::make_tuple(to_numpy(g.indptr), to_numpy(g.indices), to_numpy(g.values));
+}
+
+py::tuple bipartite_graph(const IndexArray& users, const IndexArray& items, int64_t n_users,
+                          int64_t n_items, const std::string& normalization, bool self_loops,
+                          const std::string& duplicates, const std::string& dtype) {
+  MF_CHECK(users.ndim() == 1 && items.ndim() == 1 && users.shape(0) == items.shape(0),
+           "users and items must be 1-D and of equal length");
+  micro_fast::Normalization norm;
+  if (normalization == "sym") norm = micro_fast::Normalization::kSym;
+  else if (normalization == "rw") norm = micro_fast::Normalization::kRw;
+  else if (normalization == "none") norm = micro_fast::Normalization::kNone;
+  else throw InvalidArgument("normalization must be 'sym', 'rw' or 'none'");
+  MF_CHECK(duplicates == "sum" || duplicates == "error", "duplicates must be 'sum' or 'error'");
+  const bool sum = duplicates == "sum";
+  if (dtype == "float32")
+    return bipartite_graph_impl<float>(users, items, n_users, n_items, norm, self_loops, sum);
+  MF_CHECK(dtype == "float64", "dtype must be 'float32' or 'float64'");
+  return bipartite_graph_impl<double>(users, items, n_users, n_items, norm, self_loops, sum);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -87,7 +198,21 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
           py::arg("exclude_indices").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1);
-  mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the tile kernels in use.");
+  mod.def("spmm", &spmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1);
+  mod.def("spmm", &spmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1);
+  mod.def("sddmm", &sddmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1);
+  mod.def("sddmm", &sddmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1);
+  mod.def("csr_transpose", &csr_transpose, py::arg("indptr").noconvert(),
+          py::arg("indices").noconvert(), py::arg("n_cols"));
+  mod.def("bipartite_graph", &bipartite_graph, py::arg("users").noconvert(),
+          py::arg("items").noconvert(), py::arg("n_users"), py::arg("n_items"),
+          py::arg("normalization"), py::arg("self_loops"), py::arg("duplicates"),
+          py::arg("dtype"));
+  mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");
   mod.def("openmp_max_threads", []() { return omp_get_max_threads(); });

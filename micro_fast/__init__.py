@@ -1,13 +1,15 @@
 """micro_fast: compiled kernels for MICRO-style multimodal recommenders.
 
-Fused similarity top-k and kNN item graphs that never form the N x N matrix, with C++/OpenMP,
+Fused similarity top-k and kNN item graphs that never form the N x N matrix, CSR propagation
+with a full backward, with C++/OpenMP,
 CUDA, Numba and pure-torch backends behind one contract (see ``micro_fast.backends``).
 """
 
 from micro_fast import backends
 from micro_fast.graph import CSRGraph
-from micro_fast.ops import knn_graph, topk_similarity
+from micro_fast.ops import bipartite_graph, knn_graph, propagate, spmm, topk_similarity
 
 __version__ = "0.1.0"
 
-__all__ = ["CSRGraph", "__version__", "backends", "knn_graph", "topk_similarity"]
+__all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph", "knn_graph", "propagate",
+           "spmm", "topk_similarity"]

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from micro_fast import backends
+
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -39,6 +41,9 @@ class _Structure:
 
     __slots__ = ("indptr", "indices", "shape", "_rows", "_transpose")
 
+    #: how many transposes were built, process-wide (tests check that caching holds)
+    transposes_built = 0
+
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int]):
         self.indptr = indptr
         self.indices = indices
@@ -56,17 +61,16 @@ class _Structure:
     def transpose(self) -> tuple[_Structure, torch.Tensor]:
         """The transposed structure and the permutation taking values to its entry order."""
         if self._transpose is None:
-            # Entries are in row-major order, so a stable sort by column leaves the rows of each
-            # column ascending: exactly the CSR order of the transpose.
-            cols, perm = torch.sort(self.indices, stable=True)
-            counts = torch.bincount(cols, minlength=self.shape[1])
-            indptr = torch.zeros(self.shape[1] + 1, dtype=torch.int64, device=cols.device)
-            torch.cumsum(counts, 0, out=indptr[1:])
-            t = _Structure(indptr, self.rows()[perm].contiguous(), (self.shape[1], self.shape[0]))
-            t._rows = cols
+            impl = backends.get("auto", self.indptr.device, op="csr_transpose")
+            indptr, indices, perm = impl.csr_transpose(self.indptr, self.indices, self.shape[1])
+            indptr, indices, perm = (a.to(self.indptr.device) for a in (indptr, indices, perm))
+            t = _Structure(indptr, indices, (self.shape[1], self.shape[0]))
             # the transpose of the transpose is this structure again
-            t._transpose = (self, torch.argsort(perm))
+            inverse = torch.empty_like(perm)
+            inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+            t._transpose = (self, inverse)
             self._transpose = (t, perm)
+            _Structure.transposes_built += 1
         return self._transpose
 
 
@@ -87,7 +91,7 @@ class CSRGraph:
         TypeError / ValueError naming the offending argument.
     """
 
-    __slots__ = ("_s", "values", "symmetric")
+    __slots__ = ("_s", "values", "symmetric", "_tvalues")
 
     def __init__(self, indptr: Any, indices: Any, values: Any = None,
                  shape: tuple[int, int] | None = None, *, symmetric: bool | None = None,
@@ -107,6 +111,7 @@ class CSRGraph:
         self._s = _Structure(indptr, indices, shape)
         self.values: torch.Tensor = values
         self.symmetric = symmetric
+        self._tvalues: tuple | None = None
         if validate:
             self.validate()
 
@@ -118,6 +123,7 @@ class CSRGraph:
         g._s = s
         g.values = values
         g.symmetric = symmetric
+        g._tvalues = None
         return g
 
     def with_values(self, values: torch.Tensor) -> CSRGraph:
@@ -254,6 +260,27 @@ class CSRGraph:
     @property
     def T(self) -> CSRGraph:  # noqa: N802 - mirrors torch/numpy
         return self.transpose()
+
+    def transposed_structure(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indptr, indices)`` of the transpose (cached per structure)."""
+        t, _ = self._s.transpose()
+        return t.indptr, t.indices
+
+    def transposed_values(self) -> torch.Tensor:
+        """The values in the transpose's entry order, detached; cached until ``values``
+        changes (in-place updates included), so a constant graph gathers them once."""
+        v = self.values
+        key = (v.data_ptr(), v._version, v.dtype, v.numel())
+        if self._tvalues is None or self._tvalues[0] != key:
+            _, perm = self._s.transpose()
+            self._tvalues = (key, v.detach()[perm])
+        return self._tvalues[1]
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        """``graph @ x`` is ``micro_fast.spmm(graph, x)``."""
+        from micro_fast.ops.spmm import spmm  # the op layer sits above this module
+
+        return spmm(self, x)
 
     def is_symmetric(self, atol: float = 0.0) -> bool:
         """Whether the matrix equals its transpose (structure, and values within ``atol``)."""

@@ -12,68 +12,15 @@
 #include <vector>
 
 #include "common.h"
-#include "cpu/topk_kernels.h"
+#include "cpu/isa.h"
 
 namespace micro_fast {
 namespace {
 
-struct Kernels {
-  TileKernel<float> f32;
-  TileKernel<double> f64;
-  std::string name;
-};
-
-bool cpu_has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
-#else
-  return false;
-#endif
-}
-
-bool cpu_has_avx2() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
-
-Kernels make_kernels(const std::string& want) {
-  Kernels ks;
-  if ((want == "auto" || want == "avx512") && cpu_has_avx512() &&
-      tile_kernels_avx512(&ks.f32, &ks.f64)) {
-    ks.name = "avx512";
-    return ks;
-  }
-  MF_CHECK(want != "avx512", "simd isa 'avx512' is not supported by this CPU or build");
-  if ((want == "auto" || want == "avx2") && cpu_has_avx2() && tile_kernels_avx2(&ks.f32, &ks.f64)) {
-    ks.name = "avx2";
-    return ks;
-  }
-  MF_CHECK(want != "avx2", "simd isa 'avx2' is not supported by this CPU or build");
-  MF_CHECK(want == "auto" || want == "generic",
-           "simd isa must be one of 'auto', 'avx512', 'avx2', 'generic', got '" + want + "'");
-  tile_kernels_generic(&ks.f32, &ks.f64);
-  ks.name = "generic";
-  return ks;
-}
-
-std::mutex g_kernels_mutex;
-Kernels& kernels() {
-  static Kernels ks = make_kernels("auto");
-  return ks;
-}
-
 template <typename T>
-const TileKernel<T>& kernel_for();
-template <>
-const TileKernel<float>& kernel_for<float>() { return kernels().f32; }
-template <>
-const TileKernel<double>& kernel_for<double>() { return kernels().f64; }
+const TileKernel<T>& kernel_for() {
+  return isa_kernels<T>().tile;
+}
 
 // Threshold arrays are read a whole vector at a time past the last row: pad with +inf so the
 // padding never passes the filter.
@@ -171,16 +118,6 @@ void run_pair(const TileKernel<T>& kern, const Geometry<T>& g, Workspace<T>& w, 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 }  // namespace
-
-std::string simd_isa() {
-  std::lock_guard<std::mutex> lock(g_kernels_mutex);
-  return kernels().name;
-}
-
-void set_simd_isa(const std::string& name) {
-  std::lock_guard<std::mutex> lock(g_kernels_mutex);
-  kernels() = make_kernels(name);
-}
 
 template <typename T>
 void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d, int k,

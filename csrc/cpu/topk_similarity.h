@@ -16,9 +16,4 @@ void topk_similarity(const T* queries, int64_t m, const T* keys, int64_t n, int6
                      const int64_t* exclude_indptr, const int64_t* exclude_indices,
                      int64_t block_size, int num_threads, T* out_values, int64_t* out_indices);
 
-// The instruction set of the tile kernels in use ("avx512", "avx2" or "generic") and a way to
-// force one ("auto" restores the default); used by tests to cover every kernel on one machine.
-std::string simd_isa();
-void set_simd_isa(const std::string& name);
-
 }  // namespace micro_fast

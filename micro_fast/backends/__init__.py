@@ -14,6 +14,18 @@ Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``) exposes:
     than k admissible keys padded with ``(-inf, -1)``; values in the input dtype, indices int64.
     No autograd: the ops layer above owns gradients.
 
+``spmm(indptr, indices, values, x) -> y``
+    ``y [M, d] = A x`` for the CSR matrix A (int64 indptr [M+1], indices [nnz], values [nnz])
+    and contiguous ``x`` [N, d] of the values' dtype.
+``sddmm(indptr, indices, a, b) -> out``
+    ``out[e] = <a[row(e)], b[indices[e]]>``, [nnz]: the gradient of ``spmm`` w.r.t. values.
+``csr_transpose(indptr, indices, n_cols) -> (t_indptr, t_indices, perm)``
+    the transpose's structure, columns ascending per row, and ``t_values = values[perm]``.
+``bipartite_graph(users, items, n_users, n_items, normalization, self_loops, duplicates,
+dtype) -> (indptr, indices, values)``
+    the normalized (U+I) x (U+I) user-item adjacency (see ``ops.bipartite_graph``).
+
+A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next.
 ``torch_ref`` is the ground truth every other backend is tested against.
 """
 
@@ -55,21 +67,24 @@ def available() -> list[str]:
     return [name for name, why in status().items() if why == "available"]
 
 
-def get(backend: str, device: torch.device) -> ModuleType:
-    """The backend module to run on tensors of ``device``; ``"auto"`` picks the fastest."""
+def get(backend: str, device: torch.device, op: str = "topk_similarity") -> ModuleType:
+    """The backend module that runs ``op`` on tensors of ``device``; ``"auto"`` picks the
+    fastest that has it."""
     if backend == "auto":
         for name in BACKENDS:
             try:
                 mod = _load(name)
-                if mod.is_available()[0] and mod.supports(device):
+                if mod.is_available()[0] and mod.supports(device) and hasattr(mod, op):
                     return mod
             except ImportError:
                 continue
-        raise RuntimeError(f"no backend supports device {device}")  # torch_ref supports all
+        raise RuntimeError(f"no backend runs {op} on device {device}")  # torch_ref runs all
     mod = _load(backend)
     ok, why = mod.is_available()
     if not ok:
         raise RuntimeError(f"backend {backend!r} is not available: {why}")
     if not mod.supports(device):
         raise ValueError(f"backend {backend!r} does not run on {device.type} tensors")
+    if not hasattr(mod, op):
+        raise ValueError(f"backend {backend!r} has no {op} kernel")
     return mod

@@ -40,3 +40,29 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     values, idx = _C.topk_similarity(_np(queries), _np(keys), int(k), _np(indptr), _np(indices),
                                      int(block_size or 0), torch.get_num_threads())
     return torch.from_numpy(values), torch.from_numpy(idx)
+
+
+def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+         x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(_C.spmm(_np(indptr), _np(indices), _np(values), _np(x),
+                                    torch.get_num_threads()))
+
+
+def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
+          b: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(_C.sddmm(_np(indptr), _np(indices), _np(a), _np(b),
+                                     torch.get_num_threads()))
+
+
+def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
+                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t_indptr, t_indices, perm = _C.csr_transpose(_np(indptr), _np(indices), int(n_cols))
+    return torch.from_numpy(t_indptr), torch.from_numpy(t_indices), torch.from_numpy(perm)
+
+
+def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                    normalization: str, self_loops: bool, duplicates: str,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = _C.bipartite_graph(_np(users), _np(items), int(n_users), int(n_items), normalization,
+                             bool(self_loops), duplicates, str(dtype).removeprefix("torch."))
+    return tuple(torch.from_numpy(a) for a in out)

@@ -46,3 +46,64 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
         values[r0:r1] = v
         indices[r0:r1] = i
     return values, indices
+
+
+def _rows(indptr: torch.Tensor) -> torch.Tensor:
+    counts = indptr[1:] - indptr[:-1]
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=indptr.device), counts)
+
+
+def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+         x: torch.Tensor) -> torch.Tensor:
+    y = torch.zeros((indptr.numel() - 1, x.shape[1]), dtype=x.dtype, device=x.device)
+    return y.index_add_(0, _rows(indptr), values.unsqueeze(1) * x[indices])
+
+
+def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
+          b: torch.Tensor) -> torch.Tensor:
+    return (a[_rows(indptr)] * b[indices]).sum(dim=1)
+
+
+def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
+                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # entries are row-major, so a stable sort by column keeps each column's rows ascending
+    cols, perm = torch.sort(indices, stable=True)
+    t_indptr = torch.zeros(n_cols + 1, dtype=torch.int64, device=indices.device)
+    torch.cumsum(torch.bincount(cols, minlength=n_cols), 0, out=t_indptr[1:])
+    return t_indptr, _rows(indptr)[perm], perm
+
+
+def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                    normalization: str, self_loops: bool, duplicates: str,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = n_users + n_items
+    dev = users.device
+    for name, t, hi in (("users", users, n_users), ("items", items, n_items)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
+            raise ValueError(f"{name}: index out of range [0, {hi})")
+    key = torch.unique(users * max(n_items, 1) + items, return_counts=True)
+    pairs, counts = key
+    if duplicates == "error" and bool((counts > 1).any()):
+        raise ValueError("users/items: duplicate interaction")
+    u = torch.div(pairs, max(n_items, 1), rounding_mode="floor")
+    i = pairs - u * max(n_items, 1)
+    w = counts.to(dtype)
+    rows = [u, i + n_users]
+    cols = [i + n_users, u]
+    vals = [w, w]
+    if self_loops:
+        diag = torch.arange(n, device=dev)
+        rows.append(diag)
+        cols.append(diag)
+        vals.append(torch.ones(n, dtype=dtype, device=dev))
+    r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    order = torch.argsort(r * max(n, 1) + c)
+    r, c, v = r[order], c[order], v[order]
+    deg = torch.zeros(n, dtype=dtype, device=dev).index_add_(0, r, v)
+    if normalization != "none":
+        power = 0.5 if normalization == "sym" else 1.0
+        scale = torch.where(deg == 0, torch.zeros_like(deg), deg.clamp_min(1e-300).pow(-power))
+        v = v * scale[r] * (scale[c] if normalization == "sym" else 1)
+    indptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(torch.bincount(r, minlength=n), 0, out=indptr[1:])
+    return indptr, c, v

@@ -1,8 +1,9 @@
-// AVX-512 instantiation of the fused tile kernels (8 x 32 float, 8 x 16 double registers).
+// AVX-512 instantiation of the tile and CSR row kernels (8 x 32 float, 8 x 16 double registers).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
@@ -10,18 +11,17 @@
 #endif
 
 #include "cpu/simd.h"
-#include "cpu/topk_kernels.h"
+#include "cpu/isa.h"
 
 namespace micro_fast {
 
-bool tile_kernels_avx512(TileKernel<float>* f32, TileKernel<double>* f64) {
+bool isa_kernels_avx512(IsaKernels* out) {
 #if defined(MF_SIMD_AVX512)
-  *f32 = FusedTile<Avx512F32, 8, 2>::descriptor();
-  *f64 = FusedTile<Avx512F64, 8, 2>::descriptor();
+  out->f32 = {FusedTile<Avx512F32, 8, 2>::descriptor(), SpmmImpl<float>::descriptor()};
+  out->f64 = {FusedTile<Avx512F64, 8, 2>::descriptor(), SpmmImpl<double>::descriptor()};
   return true;
 #else
-  (void)f32;
-  (void)f64;
+  (void)out;
   return false;
 #endif
 }

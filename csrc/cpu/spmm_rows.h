@@ -1,0 +1,104 @@
+// Row kernels of the CSR products, compiled once per ISA (see isa_*.cpp).
+//
+// spmm:  y[r, :] = sum_e values[e] * x[indices[e], :]   (e over row r)
+// sddmm: out[e]  = <a[r, :], b[indices[e], :]>          (the gradient of spmm w.r.t. values)
+//
+// The feature dimension is walked in 256-byte column chunks held in registers across the whole
+// row (4 zmm / 8 ymm), so each output row is written once and each gathered x row is read once
+// per chunk. Summation order is fixed (entries in CSR order), so results do not depend on the
+// thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace micro_fast {
+
+template <typename T>
+struct SpmmKernel {
+  void (*spmm_rows)(const int64_t* indptr, const int64_t* indices, const T* values, const T* x,
+                    int64_t d, int64_t r0, int64_t r1, T* y);
+  void (*sddmm_rows)(const int64_t* indptr, const int64_t* indices, const T* a, const T* b,
+                     int64_t d, int64_t r0, int64_t r1, T* out);
+};
+
+namespace {
+
+template <typename T>
+struct Vec64;
+template <>
+struct Vec64<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vec64<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+
+template <typename T>
+struct SpmmImpl {
+  using V = typename Vec64<T>::type;
+  static constexpr int W = 64 / sizeof(T);  // lanes per vector
+  static constexpr int NV = 4;               // vectors per column chunk
+  static constexpr int DC = W * NV;          // columns per chunk
+
+  static inline V loadv(const T* p) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static inline void storev(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+
+  static void spmm_rows(const int64_t* indptr, const int64_t* indices, const T* values,
+                        const T* x, int64_t d, int64_t r0, int64_t r1, T* y) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t e0 = indptr[r], e1 = indptr[r + 1];
+      T* yr = y + r * d;
+      int64_t c0 = 0;
+      for (; c0 + DC <= d; c0 += DC) {
+        V acc[NV] = {};
+        for (int64_t e = e0; e < e1; ++e) {
+          const T v = values[e];
+          const T* xr = x + indices[e] * d + c0;
+          if (e + 4 < e1) __builtin_prefetch(x + indices[e + 4] * d + c0);
+          for (int q = 0; q < NV; ++q) acc[q] += v * loadv(xr + q * W);
+        }
+        for (int q = 0; q < NV; ++q) storev(yr + c0 + q * W, acc[q]);
+      }
+      for (; c0 + W <= d; c0 += W) {
+        V acc = {};
+        for (int64_t e = e0; e < e1; ++e) acc += values[e] * loadv(x + indices[e] * d + c0);
+        storev(yr + c0, acc);
+      }
+      if (c0 < d) {
+        for (int64_t j = c0; j < d; ++j) yr[j] = T(0);
+        for (int64_t e = e0; e < e1; ++e) {
+          const T v = values[e];
+          const T* xr = x + indices[e] * d;
+          for (int64_t j = c0; j < d; ++j) yr[j] += v * xr[j];
+        }
+      }
+    }
+  }
+
+  static void sddmm_rows(const int64_t* indptr, const int64_t* indices, const T* a, const T* b,
+                         int64_t d, int64_t r0, int64_t r1, T* out) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* ar = a + r * d;
+      for (int64_t e = indptr[r]; e < indptr[r + 1]; ++e) {
+        const T* br = b + indices[e] * d;
+        V acc = {};
+        int64_t j = 0;
+        for (; j + W <= d; j += W) acc += loadv(ar + j) * loadv(br + j);
+        T s = T(0);
+        for (int q = 0; q < W; ++q) s += acc[q];
+        for (; j < d; ++j) s += ar[j] * br[j];
+        out[e] = s;
+      }
+    }
+  }
+
+  static SpmmKernel<T> descriptor() { return SpmmKernel<T>{&spmm_rows, &sddmm_rows}; }
+};
+
+}  // namespace
+}  // namespace micro_fast
