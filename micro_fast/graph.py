@@ -342,10 +342,11 @@ class CSRGraph:
 
     def to_torch_coo(self) -> torch.Tensor:
         return torch.sparse_coo_tensor(self.to_edge_index(), self.values, self.shape,
-                                       is_coalesced=True)
+                                       is_coalesced=True, check_invariants=False)
 
     def to_torch_csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, self.shape)
+        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, self.shape,
+                                       check_invariants=False)
 
     def to_scipy(self) -> Any:
         """A ``scipy.sparse.csr_matrix`` (values detached, on the CPU)."""

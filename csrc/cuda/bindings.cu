@@ -1,0 +1,96 @@
+// pybind11 bindings of the CUDA kernels (micro_fast._cuda): raw device pointers and a stream
+// handle in, nothing out; the Python side (micro_fast/backends/cuda.py) allocates every buffer
+// with torch. Links the static CUDA runtime and no libtorch, so the module imports on machines
+// without a GPU or driver; the CUDA calls fail (RuntimeError) only when a function is called.
+// Argument errors raise ValueError; the GIL is released while kernels are enqueued.
+#include <pybind11/pybind11.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common.h"
+#include "cuda/common.cuh"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename P>
+P* as_ptr(std::uintptr_t address) {
+  return reinterpret_cast<P*>(address);
+}
+
+template <typename T>
+void topk_similarity(std::uintptr_t queries, int64_t m, std::uintptr_t keys, int64_t n, int64_t d,
+                     int64_t k, std::uintptr_t exclude_indptr, std::uintptr_t exclude_indices,
+                     int64_t block_rows, int64_t chunk, std::uintptr_t scratch,
+                     int64_t scratch_elems, std::uintptr_t counts, int64_t counts_elems,
+                     std::uintptr_t out_values, std::uintptr_t out_indices, int device,
+                     std::uintptr_t stream) {
+  micro_fast::cuda::topk_similarity<T>(
+      as_ptr<const T>(queries), m, as_ptr<const T>(keys), n, d, k,
+      as_ptr<const int64_t>(exclude_indptr), as_ptr<const int64_t>(exclude_indices), block_rows,
+      chunk, as_ptr<T>(scratch), scratch_elems, as_ptr<int32_t>(counts), counts_elems,
+      as_ptr<T>(out_values), as_ptr<int64_t>(out_indices), device,
+      reinterpret_cast<cudaStream_t>(stream));
+}
+
+int device_count() {
+  int count = 0;
+  MF_CUDA_CHECK(cudaGetDeviceCount(&count));
+  return count;
+}
+
+int driver_version() {
+  int version = 0;  // 0 when no driver is installed
+  MF_CUDA_CHECK(cudaDriverGetVersion(&version));
+  return version;
+}
+
+int runtime_version() {
+  int version = 0;
+  MF_CUDA_CHECK(cudaRuntimeGetVersion(&version));
+  return version;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, mod) {
+  mod.doc() = "micro_fast compiled CUDA kernels (static CUDA runtime, no libtorch)";
+  py::register_local_exception<micro_fast::InvalidArgument>(mod, "KernelArgumentError",
+                                                            PyExc_ValueError);
+  py::register_local_exception<micro_fast::cuda::CudaError>(mod, "CudaError",
+                                                            PyExc_RuntimeError);
+
+  const char* topk_doc =
+      "Enqueues the blocked top-k inner-product search on `stream` of `device`.\n\n"
+      "All pointers are device addresses (tensor.data_ptr()); keys = 0 means keys are the\n"
+      "queries, exclude_* = 0 means no exclusions. scratch holds at least\n"
+      "min(block_rows, m) * min(chunk, n) elements, counts at least min(block_rows, m) int32.\n"
+      "Outputs [m, k] are fully written (best first, padded with (-inf, -1)).";
+  mod.def("topk_similarity_f32", &topk_similarity<float>, topk_doc, py::arg("queries"),
+          py::arg("m"), py::arg("keys"), py::arg("n"), py::arg("d"), py::arg("k"),
+          py::arg("exclude_indptr"), py::arg("exclude_indices"), py::arg("block_rows"),
+          py::arg("chunk"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("counts"),
+          py::arg("counts_elems"), py::arg("out_values"), py::arg("out_indices"),
+          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  mod.def("topk_similarity_f64", &topk_similarity<double>, topk_doc, py::arg("queries"),
+          py::arg("m"), py::arg("keys"), py::arg("n"), py::arg("d"), py::arg("k"),
+          py::arg("exclude_indptr"), py::arg("exclude_indices"), py::arg("block_rows"),
+          py::arg("chunk"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("counts"),
+          py::arg("counts_elems"), py::arg("out_values"), py::arg("out_indices"),
+          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  mod.def("device_count", &device_count,
+          "Number of CUDA devices visible to this module's runtime; raises CudaError when the "
+          "runtime cannot initialize (no driver, driver too old, no device).");
+  mod.def("driver_version", &driver_version, "CUDA driver version (e.g. 12040), 0 if none.");
+  mod.def("runtime_version", &runtime_version, "Version of the statically linked CUDA runtime.");
+  mod.attr("compiled_runtime_version") = CUDART_VERSION;
+  // Virtual architectures compiled in (e.g. (800, 900)); the last one also ships as PTX.
+  static const int archs[] = {__CUDA_ARCH_LIST__};
+  py::tuple arch_tuple(sizeof(archs) / sizeof(archs[0]));
+  for (size_t i = 0; i < sizeof(archs) / sizeof(archs[0]); ++i) arch_tuple[i] = archs[i];
+  mod.attr("cuda_archs") = arch_tuple;
+}
