@@ -58,3 +58,34 @@ def sklearn_cosine_knn(features: np.ndarray, k: int):
     vals = np.take_along_axis(sim, part, 1)
     order = np.argsort(-vals, axis=1, kind="stable")
     return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
+
+
+def clothing_like_interactions(n_users: int = 39387, n_items: int = 23033, nnz: int = 278677,
+                               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique (user, item) pairs with long-tailed user activity and item popularity (Zipf-like),
+    the shape of the Amazon 5-core data."""
+    gen = np.random.default_rng(seed)
+    user_w = 1.0 / np.arange(1, n_users + 1) ** 0.6
+    item_w = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    pairs = np.empty(0, dtype=np.int64)
+    while pairs.size < nnz:
+        u = gen.choice(n_users, size=2 * nnz, p=user_w / user_w.sum())
+        i = gen.choice(n_items, size=2 * nnz, p=item_w / item_w.sum())
+        pairs = np.unique(np.concatenate([pairs, u * n_items + i]))
+    pairs = gen.permutation(pairs)[:nnz]
+    return torch.from_numpy(pairs // n_items), torch.from_numpy(pairs % n_items)
+
+
+def memory_copy_gbps(mbytes: int = 256, repeats: int = 5) -> float:
+    """Measured copy bandwidth (bytes read + written per second), the ceiling for SpMM."""
+    import time
+
+    src = torch.ones(mbytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9

@@ -78,12 +78,16 @@ py::tuple topk_similarity(const CArray<T>& queries, const std::optional<CArray<T
 }
 
 // O(m + nnz) structural checks, so a malformed graph is an exception, never a wild read.
-void check_csr(const IndexArray& indptr, const IndexArray& indices, int64_t n_cols) {
+// `full == false` keeps the O(1) ones: for structures the caller has already validated
+// (CSRGraph does, once per structure), a hot-path call then reads nothing twice.
+void check_csr(const IndexArray& indptr, const IndexArray& indices, int64_t n_cols,
+               bool full = true) {
   MF_CHECK(indptr.ndim() == 1 && indptr.shape(0) >= 1, "graph: indptr must be 1-D, non-empty");
   MF_CHECK(indices.ndim() == 1, "graph: indices must be 1-D");
   const int64_t m = indptr.shape(0) - 1, nnz = indices.shape(0);
   const int64_t* p = indptr.data();
   MF_CHECK(p[0] == 0 && p[m] == nnz, "graph: indptr must start at 0 and end at nnz");
+  if (!full) return;
   for (int64_t r = 0; r < m; ++r) MF_CHECK(p[r] <= p[r + 1], "graph: indptr must be non-decreasing");
   const int64_t* ix = indices.data();
   uint64_t worst = 0;
@@ -94,9 +98,9 @@ void check_csr(const IndexArray& indptr, const IndexArray& indices, int64_t n_co
 
 template <typename T>
 CArray<T> spmm(const IndexArray& indptr, const IndexArray& indices, const CArray<T>& values,
-               const CArray<T>& x, int num_threads) {
+               const CArray<T>& x, int num_threads, bool checked) {
   MF_CHECK(x.ndim() == 2, "x must be 2-D");
-  check_csr(indptr, indices, x.shape(0));
+  check_csr(indptr, indices, x.shape(0), checked);
   MF_CHECK(values.ndim() == 1 && values.shape(0) == indices.shape(0),
            "graph: values must have one entry per stored index");
   const int64_t m = indptr.shape(0) - 1, d = x.shape(1);
@@ -113,10 +117,10 @@ CArray<T> spmm(const IndexArray& indptr, const IndexArray& indices, const CArray
 
 template <typename T>
 CArray<T> sddmm(const IndexArray& indptr, const IndexArray& indices, const CArray<T>& a,
-                const CArray<T>& b, int num_threads) {
+                const CArray<T>& b, int num_threads, bool checked) {
   MF_CHECK(a.ndim() == 2 && b.ndim() == 2 && a.shape(1) == b.shape(1),
            "a and b must be 2-D with the same number of columns");
-  check_csr(indptr, indices, b.shape(0));
+  check_csr(indptr, indices, b.shape(0), checked);
   const int64_t m = indptr.shape(0) - 1, d = a.shape(1);
   MF_CHECK(a.shape(0) == m, "a must have one row per graph row");
   CArray<T> out({indices.shape(0)});
@@ -199,13 +203,17 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("exclude_indices").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1);
   mod.def("spmm", &spmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1);
+          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
+          py::arg("checked") = true);
   mod.def("spmm", &spmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1);
+          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
+          py::arg("checked") = true);
   mod.def("sddmm", &sddmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1);
+          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
+          py::arg("checked") = true);
   mod.def("sddmm", &sddmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1);
+          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
+          py::arg("checked") = true);
   mod.def("csr_transpose", &csr_transpose, py::arg("indptr").noconvert(),
           py::arg("indices").noconvert(), py::arg("n_cols"));
   mod.def("bipartite_graph", &bipartite_graph, py::arg("users").noconvert(),

@@ -85,7 +85,9 @@ class CSRGraph:
             to ``n_rows`` (a square graph).
         symmetric: declare that the matrix equals its transpose (structure and values), which lets
             the ops skip building the transpose; ``None`` means unknown.
-        validate: check the arrays (O(nnz)); skip only for graphs built by this library.
+        validate: check the arrays (O(nnz)). The kernels trust a CSRGraph's structure, so
+            ``validate=False`` is for arrays known to be valid (graphs built by this library);
+            invalid ones then give undefined results.
 
     Raises:
         TypeError / ValueError naming the offending argument.

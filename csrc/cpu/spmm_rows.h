@@ -40,6 +40,7 @@ struct SpmmImpl {
   static constexpr int W = 64 / sizeof(T);  // lanes per vector
   static constexpr int NV = 4;               // vectors per column chunk
   static constexpr int DC = W * NV;          // columns per chunk
+  static constexpr int kAhead = 8;           // prefetch distance, in stored entries
 
   static inline V loadv(const T* p) {
     V v;
@@ -59,7 +60,11 @@ struct SpmmImpl {
         for (int64_t e = e0; e < e1; ++e) {
           const T v = values[e];
           const T* xr = x + indices[e] * d + c0;
-          if (e + 4 < e1) __builtin_prefetch(x + indices[e + 4] * d + c0);
+          if (e + kAhead < e1) {
+            // the gathered rows are random: fetch a whole chunk a few entries ahead
+            const T* pf = x + indices[e + kAhead] * d + c0;
+            for (int q = 0; q < DC; q += 64 / int(sizeof(T))) __builtin_prefetch(pf + q);
+          }
           for (int q = 0; q < NV; ++q) acc[q] += v * loadv(xr + q * W);
         }
         for (int q = 0; q < NV; ++q) storev(yr + c0 + q * W, acc[q]);

@@ -42,16 +42,18 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     return torch.from_numpy(values), torch.from_numpy(idx)
 
 
+# The ops pass structures of validated CSRGraphs, so the O(nnz) re-check is skipped on these
+# hot paths (the compiled entry points check by default).
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
          x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_C.spmm(_np(indptr), _np(indices), _np(values), _np(x),
-                                    torch.get_num_threads()))
+                                    torch.get_num_threads(), False))
 
 
 def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
           b: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_C.sddmm(_np(indptr), _np(indices), _np(a), _np(b),
-                                     torch.get_num_threads()))
+                                     torch.get_num_threads(), False))
 
 
 def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
