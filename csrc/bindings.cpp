@@ -7,11 +7,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 
 #include "common.h"
 #include "cpu/bipartite_graph.h"
+#include "cpu/contrastive.h"
 #include "cpu/isa.h"
 #include "cpu/spmm.h"
 #include "cpu/topk_similarity.h"
@@ -188,6 +190,65 @@ py::tuple bipartite_graph(const IndexArray& users, const IndexArray& items, int6
   return bipartite_graph_impl<double>(users, items, n_users, n_items, norm, self_loops, sum);
 }
 
+template <typename T>
+void check_pair(const CArray<T>& n1, const CArray<T>& n2) {
+  MF_CHECK(n1.ndim() == 2 && n2.ndim() == 2, "z1 and z2 must be 2-D");
+  MF_CHECK(n1.shape(0) == n2.shape(0) && n1.shape(1) == n2.shape(1),
+           "z1 and z2 must have the same shape");
+  MF_CHECK(n1.shape(0) > 0 && n1.shape(1) > 0, "z1 and z2 must be non-empty");
+}
+
+template <typename T>
+void check_vector(const CArray<T>& v, int64_t n, const char* name) {
+  MF_CHECK(v.ndim() == 1 && v.shape(0) == n, std::string(name) + " must have one entry per row");
+}
+
+template <typename T>
+py::tuple contrastive_forward(const CArray<T>& n1, const CArray<T>& n2, double tau,
+                              bool symmetric, int64_t block_size, int num_threads) {
+  check_pair(n1, n2);
+  MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
+  const int64_t n = n1.shape(0), d = n1.shape(1);
+  CArray<T> lse1({n});
+  CArray<T> lse2({symmetric ? n : 0});
+  const T *a = n1.data(), *b = n2.data();
+  T *l1 = lse1.mutable_data(), *l2 = symmetric ? lse2.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release release;
+    micro_fast::contrastive_forward<T>(a, b, n, d, tau, symmetric, block_size, num_threads, l1, l2);
+  }
+  if (!symmetric) return py::make_tuple(lse1, py::none());
+  return py::make_tuple(lse1, lse2);
+}
+
+template <typename T>
+py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double tau,
+                               const CArray<T>& lse1, const std::optional<CArray<T>>& lse2,
+                               const CArray<T>& g1, const std::optional<CArray<T>>& g2,
+                               int64_t block_size, int num_threads) {
+  check_pair(n1, n2);
+  MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
+  const int64_t n = n1.shape(0), d = n1.shape(1);
+  check_vector(lse1, n, "lse1");
+  check_vector(g1, n, "g1");
+  MF_CHECK(lse2.has_value() == g2.has_value(), "lse2 and g2 must be given together");
+  if (lse2) {
+    check_vector(*lse2, n, "lse2");
+    check_vector(*g2, n, "g2");
+  }
+  CArray<T> grad1({n, d}), grad2({n, d});
+  const T *a = n1.data(), *b = n2.data(), *l1 = lse1.data(), *w1 = g1.data();
+  const T* l2 = lse2 ? lse2->data() : nullptr;
+  const T* w2 = g2 ? g2->data() : nullptr;
+  T *o1 = grad1.mutable_data(), *o2 = grad2.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::contrastive_backward<T>(a, b, n, d, tau, l1, l2, w1, w2, block_size, num_threads,
+                                        o1, o2);
+  }
+  return py::make_tuple(grad1, grad2);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -220,6 +281,20 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("items").noconvert(), py::arg("n_users"), py::arg("n_items"),
           py::arg("normalization"), py::arg("self_loops"), py::arg("duplicates"),
           py::arg("dtype"));
+  mod.def("contrastive_forward", &contrastive_forward<float>, py::arg("n1").noconvert(),
+          py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+  mod.def("contrastive_forward", &contrastive_forward<double>, py::arg("n1").noconvert(),
+          py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+  mod.def("contrastive_backward", &contrastive_backward<float>, py::arg("n1").noconvert(),
+          py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
+          py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+  mod.def("contrastive_backward", &contrastive_backward<double>, py::arg("n1").noconvert(),
+          py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
+          py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");

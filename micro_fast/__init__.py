@@ -7,9 +7,17 @@ CUDA, Numba and pure-torch backends behind one contract (see ``micro_fast.backen
 
 from micro_fast import backends, nn
 from micro_fast.graph import CSRGraph
-from micro_fast.ops import bipartite_graph, knn_graph, propagate, spmm, topk_similarity
+from micro_fast.ops import (
+    bipartite_graph,
+    contrastive_loss,
+    knn_graph,
+    propagate,
+    spmm,
+    topk_similarity,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph", "knn_graph", "nn",
+__all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph", "contrastive_loss",
+           "knn_graph", "nn",
            "propagate", "spmm", "topk_similarity"]

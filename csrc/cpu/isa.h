@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "cpu/dense_tile.h"
 #include "cpu/spmm_rows.h"
 #include "cpu/topk_tile.h"
 
@@ -13,6 +14,7 @@ template <typename T>
 struct IsaKernelsT {
   TileKernel<T> tile;
   SpmmKernel<T> spmm;
+  DenseKernel<T> dense;
 };
 
 struct IsaKernels {

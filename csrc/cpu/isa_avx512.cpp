@@ -1,5 +1,6 @@
 // AVX-512 instantiation of the tile and CSR row kernels (8 x 32 float, 8 x 16 double registers).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -17,8 +18,10 @@ namespace micro_fast {
 
 bool isa_kernels_avx512(IsaKernels* out) {
 #if defined(MF_SIMD_AVX512)
-  out->f32 = {FusedTile<Avx512F32, 8, 2>::descriptor(), SpmmImpl<float>::descriptor()};
-  out->f64 = {FusedTile<Avx512F64, 8, 2>::descriptor(), SpmmImpl<double>::descriptor()};
+  out->f32 = {FusedTile<Avx512F32, 8, 2>::descriptor(), SpmmImpl<float>::descriptor(),
+               dense_kernel<float>(&DenseTile<Avx512F32, 8, 2>::gemm_acc)};
+  out->f64 = {FusedTile<Avx512F64, 8, 2>::descriptor(), SpmmImpl<double>::descriptor(),
+               dense_kernel<double>(&DenseTile<Avx512F64, 8, 2>::gemm_acc)};
   return true;
 #else
   (void)out;

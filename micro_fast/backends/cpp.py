@@ -68,3 +68,19 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     out = _C.bipartite_graph(_np(users), _np(items), int(n_users), int(n_items), normalization,
                              bool(self_loops), duplicates, str(dtype).removeprefix("torch."))
     return tuple(torch.from_numpy(a) for a in out)
+
+
+def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,
+                        block_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    lse1, lse2 = _C.contrastive_forward(_np(n1), _np(n2), float(tau), bool(symmetric),
+                                        int(block_size or 0), torch.get_num_threads())
+    return torch.from_numpy(lse1), None if lse2 is None else torch.from_numpy(lse2)
+
+
+def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: torch.Tensor,
+                         lse2: torch.Tensor | None, g1: torch.Tensor, g2: torch.Tensor | None,
+                         block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    grad1, grad2 = _C.contrastive_backward(_np(n1), _np(n2), float(tau), _np(lse1), _np(lse2),
+                                           _np(g1), _np(g2), int(block_size or 0),
+                                           torch.get_num_threads())
+    return torch.from_numpy(grad1), torch.from_numpy(grad2)

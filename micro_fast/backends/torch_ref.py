@@ -107,3 +107,58 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     indptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     torch.cumsum(torch.bincount(r, minlength=n), 0, out=indptr[1:])
     return indptr, c, v
+
+
+def _lse_blocks(x: torch.Tensor, y: torch.Tensor, tau: float, skip_diag: bool,
+                block: int) -> torch.Tensor:
+    """log sum_j exp(<x_i, y_j> / tau) per row i, optionally without j == i, in row blocks."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for r0 in range(0, x.shape[0], block):
+        s = x[r0:r0 + block] @ y.T / tau
+        if skip_diag:
+            rows = torch.arange(s.shape[0], device=x.device)
+            s[rows, rows + r0] = float("-inf")
+        out[r0:r0 + block] = torch.logsumexp(s, dim=1)
+    return out
+
+
+def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,
+                        block_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    block = block_size or DEFAULT_BLOCK
+    lse1 = torch.logaddexp(_lse_blocks(n1, n1, tau, True, block),
+                           _lse_blocks(n1, n2, tau, False, block))
+    if not symmetric:
+        return lse1, None
+    lse2 = torch.logaddexp(_lse_blocks(n2, n2, tau, True, block),
+                           _lse_blocks(n2, n1, tau, False, block))
+    return lse1, lse2
+
+
+def _weights(x: torch.Tensor, y: torch.Tensor, tau: float, lse: torch.Tensor, g: torch.Tensor,
+             r0: int, skip_diag: bool) -> torch.Tensor:
+    w = torch.exp(x @ y.T / tau - lse[r0:r0 + x.shape[0], None]) * (g[r0:r0 + x.shape[0], None]
+                                                                    / tau)
+    if skip_diag:
+        rows = torch.arange(w.shape[0], device=w.device)
+        w[rows, rows + r0] = 0
+    return w
+
+
+def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: torch.Tensor,
+                         lse2: torch.Tensor | None, g1: torch.Tensor, g2: torch.Tensor | None,
+                         block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    block = block_size or DEFAULT_BLOCK
+    grad1, grad2 = torch.zeros_like(n1), torch.zeros_like(n2)
+    views = [(n1, n2, lse1, g1, grad1, grad2)]
+    if lse2 is not None:
+        views.append((n2, n1, lse2, g2, grad2, grad1))
+    for x, y, lse, g, gx, gy in views:  # direction x -> y, rows of x own the sums
+        for r0 in range(0, x.shape[0], block):
+            xb = x[r0:r0 + block]
+            w_intra = _weights(xb, x, tau, lse, g, r0, True)
+            gx[r0:r0 + block] += w_intra @ x
+            gx += w_intra.T @ xb
+            w_cross = _weights(xb, y, tau, lse, g, r0, False)
+            gx[r0:r0 + block] += w_cross @ y
+            gy += w_cross.T @ xb
+    return grad1, grad2

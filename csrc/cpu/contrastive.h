@@ -1,0 +1,23 @@
+// Blockwise all-pairs contrastive (InfoNCE) statistics and gradients, never N x N in memory.
+#pragma once
+
+#include <cstdint>
+
+namespace micro_fast {
+
+// n1, n2: [n, d] L2-normalized rows. With s11 = n1 n1^T, s12 = n1 n2^T, s22 = n2 n2^T:
+//   lse1[i] = log(sum_{j != i} exp(s11_ij / tau) + sum_j exp(s12_ij / tau))
+//   lse2[j] = log(sum_{i != j} exp(s22_ij / tau) + sum_i exp(s12_ij / tau))   (symmetric only)
+// computed with running maxima (log-sum-exp), so any tau > 0 is safe.
+template <typename T>
+void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
+                         bool symmetric, int64_t block_size, int num_threads, T* lse1, T* lse2);
+
+// Gradients of L = sum_i g1[i] lse1[i] (+ sum_j g2[j] lse2[j]) w.r.t. n1 and n2, written to
+// grad1, grad2 [n, d]. lse2/g2 are null unless symmetric.
+template <typename T>
+void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
+                          const T* lse1, const T* lse2, const T* g1, const T* g2,
+                          int64_t block_size, int num_threads, T* grad1, T* grad2);
+
+}  // namespace micro_fast

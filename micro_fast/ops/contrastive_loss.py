@@ -1,0 +1,97 @@
+r"""MICRO's all-pairs contrastive (InfoNCE) loss between two views, blockwise.
+
+With :math:`\hat z` the L2-normalized rows, :math:`s^{ab}_{ij} = \langle \hat z^a_i,
+\hat z^b_j \rangle`, the per-item loss of direction 1 -> 2 is (MICRO.md; GRACE's semi-loss)
+
+.. math:: \ell^{1}_i = -\log \frac{e^{s^{12}_{ii}/\tau}}
+          {\sum_{j \ne i} e^{s^{11}_{ij}/\tau} + \sum_j e^{s^{12}_{ij}/\tau}}
+          = \mathrm{lse}^1_i - s^{12}_{ii} / \tau
+
+and the loss is :math:`\frac1N \sum_i \ell^1_i` (``symmetric=False``, as published) or
+:math:`\frac1{2N} \sum_i (\ell^1_i + \ell^2_i)` (``symmetric=True``, GRACE's two-direction form,
+:math:`\ell^2` the same with the views swapped). The published code writes the denominator as
+:math:`\sum_j e^{s^{11}_{ij}/\tau} + \sum_j e^{s^{12}_{ij}/\tau} - e^{s^{11}_{ii}/\tau}`; leaving
+the diagonal out of the sum instead is the same number without the cancellation.
+
+Only the row statistics :math:`\mathrm{lse}` are kept: the forward visits the score matrices in
+tiles with running maxima (any :math:`\tau > 0` is safe), the backward recomputes the tiles and
+turns them into the weights :math:`g_i e^{s_{ij}/\tau - \mathrm{lse}_i} / \tau`, so memory is
+O(block x N) at most and the intra-view tiles, being symmetric, are computed once. Gradients
+flow to ``z1`` and ``z2`` through the normalization (done in torch, as published:
+``F.normalize``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from micro_fast import backends
+from micro_fast.ops._checks import check_block_size, check_matrix
+
+
+class _ContrastiveLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, n1, n2, tau, symmetric, block_size, impl):  # noqa: D102
+        n1c, n2c = n1.detach().contiguous(), n2.detach().contiguous()
+        lse1, lse2 = impl.contrastive_forward(n1c, n2c, tau, symmetric, block_size)
+        diag = (n1c * n2c).sum(dim=1) / tau
+        rows = lse1 - diag
+        if symmetric:
+            rows = (rows + lse2 - diag) / 2
+        ctx.save_for_backward(n1c, n2c, lse1, lse2)
+        ctx.tau, ctx.symmetric, ctx.block_size, ctx.impl = tau, symmetric, block_size, impl
+        return rows.mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        n1, n2, lse1, lse2 = ctx.saved_tensors
+        n, tau = n1.shape[0], ctx.tau
+        weight = grad.to(n1.dtype) / (2 * n if ctx.symmetric else n)
+        g = weight.expand(n).contiguous()
+        grad1, grad2 = ctx.impl.contrastive_backward(n1, n2, tau, lse1, lse2 if ctx.symmetric
+                                                     else None, g, g if ctx.symmetric else None,
+                                                     ctx.block_size)
+        # the -s12_ii / tau terms of every row used
+        diag_weight = weight * (2 if ctx.symmetric else 1) / tau
+        grad1 = grad1.to(n1.device) - diag_weight * n2
+        grad2 = grad2.to(n2.device) - diag_weight * n1
+        return grad1, grad2, None, None, None, None
+
+
+def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
+                     symmetric: bool = False, block_size: int | None = None,
+                     backend: str = "auto") -> torch.Tensor:
+    """MICRO's contrastive loss between views ``z1`` and ``z2`` (see the module docstring).
+
+    Args:
+        z1, z2: float32/float64 [N, d], same shape, dtype and device (row i of each is item i).
+        tau: temperature, > 0.
+        symmetric: ``False`` (published, one direction z1 -> z2) or ``True`` (both directions,
+            averaged).
+        block_size: rows per tile; ``None`` picks per backend.
+        backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
+
+    Returns:
+        scalar tensor, differentiable w.r.t. ``z1`` and ``z2``.
+    """
+    check_matrix("z1", z1)
+    check_matrix("z2", z2)
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    if z1.dtype != z2.dtype:
+        raise TypeError(f"z2 dtype {z2.dtype} differs from z1 dtype {z1.dtype}")
+    if z1.device != z2.device:
+        raise ValueError(f"z2 is on {z2.device} but z1 is on {z1.device}")
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) \
+            or tau <= 0:
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    block_size = check_block_size(block_size)
+    impl = backends.get(backend, z1.device, op="contrastive_forward")
+    n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl)
