@@ -1,5 +1,6 @@
 """Drop-in ``nn.Module``s built on ``micro_fast.ops``."""
 
+from micro_fast.nn.fusion import ContrastiveFusion
 from micro_fast.nn.propagation import GraphPropagation, LightGCN
 
-__all__ = ["GraphPropagation", "LightGCN"]
+__all__ = ["ContrastiveFusion", "GraphPropagation", "LightGCN"]

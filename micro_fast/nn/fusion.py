@@ -1,0 +1,44 @@
+"""MICRO's contrastive modality fusion as a drop-in module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from micro_fast.ops.contrastive_loss import contrastive_loss
+
+
+class ContrastiveFusion(nn.Module):
+    """Attention fusion of modality views plus the contrastive loss of each view against it.
+
+    For views :math:`H_1..H_M` [N, d]: :math:`a_m = q(H_m)` with
+    ``q = Linear(d, d) -> tanh -> Linear(d, 1, bias=False)``, softmax over the modalities per
+    item, :math:`h = \\sum_m a_m H_m`; the loss is
+    :math:`\\sum_m \\mathrm{contrastive\\_loss}(H_m, h)` (MICRO.md; the model scales it by its
+    contrastive weight). ``forward`` returns ``(h [N, d], loss scalar)``.
+    """
+
+    def __init__(self, dim: int = 64, *, tau: float = 0.5, symmetric: bool = False,
+                 block_size: int | None = None, backend: str = "auto") -> None:
+        super().__init__()
+        self.query = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
+        self.tau, self.symmetric = tau, symmetric
+        self.block_size, self.backend = block_size, backend
+
+    def fuse(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The attention-weighted sum of the views (no loss)."""
+        if len(views) == 0:
+            raise ValueError("views must hold at least one [N, d] tensor")
+        att = torch.cat([self.query(v) for v in views], dim=-1)  # [N, M]
+        weight = torch.softmax(att, dim=-1)
+        return sum(weight[:, m : m + 1] * v for m, v in enumerate(views))
+
+    def forward(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.fuse(views)
+        if not with_loss:
+            return h, None
+        loss = sum(contrastive_loss(v, h, tau=self.tau, symmetric=self.symmetric,
+                                    block_size=self.block_size, backend=self.backend)
+                   for v in views)
+        return h, loss

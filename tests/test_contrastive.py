@@ -1,0 +1,209 @@
+"""contrastive_loss: every backend against the published chunked formulation and torch_ref,
+gradients, memory without N x N buffers, bad input, and the fusion module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import micro_fast as mf
+from micro_fast import backends
+
+
+def published_semi_loss(z1, z2, tau=0.5, batch_size=4096):
+    """The published chunked formulation (GRACE's batched_semi_loss as MICRO uses it)."""
+    f = lambda x: torch.exp(x / tau)  # noqa: E731
+    sim = lambda a, b: torch.mm(F.normalize(a), F.normalize(b).t())  # noqa: E731
+    n = z1.size(0)
+    indices = torch.arange(0, n)
+    losses = []
+    for i in range((n - 1) // batch_size + 1):
+        mask = indices[i * batch_size:(i + 1) * batch_size]
+        refl_sim = f(sim(z1[mask], z1))
+        between_sim = f(sim(z1[mask], z2))
+        losses.append(-torch.log(
+            between_sim[:, i * batch_size:(i + 1) * batch_size].diag()
+            / (refl_sim.sum(1) + between_sim.sum(1)
+               - refl_sim[:, i * batch_size:(i + 1) * batch_size].diag())))
+    return torch.cat(losses)
+
+
+def published_loss(z1, z2, tau, symmetric, batch_size=64):
+    l1 = published_semi_loss(z1, z2, tau, batch_size)
+    if not symmetric:
+        return l1.mean()
+    return ((l1 + published_semi_loss(z2, z1, tau, batch_size)) * 0.5).mean()
+
+
+def _needs(backend):
+    if backend not in backends.available():
+        pytest.skip(f"{backend} not available")
+    mod = backends.get(backend, torch.device("cpu"), op="topk_similarity")
+    if not hasattr(mod, "contrastive_forward"):
+        pytest.skip(f"{backend} has no contrastive kernel")
+
+
+def _value_and_grads(z1, z2, **kw):
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = mf.contrastive_loss(a, b, **kw)
+    ga, gb = torch.autograd.grad(loss, (a, b))
+    return loss.detach(), ga, gb
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
+@given(n=st.integers(1, 300), d=st.integers(1, 80), tau=st.floats(0.05, 2.0),
+       symmetric=st.booleans(), double=st.booleans(), block=st.sampled_from([None, 1, 24, 64]),
+       seed=st.integers(0, 2**31 - 1))
+def test_backend_matches_reference(backend, n, d, tau, symmetric, double, block, seed):
+    _needs(backend)
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if double else torch.float32
+    z1 = torch.randn(n, d, generator=gen, dtype=dtype)
+    z2 = torch.randn(n, d, generator=gen, dtype=dtype)
+    got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, block_size=block,
+                           backend=backend)
+    ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
+    rtol, atol = (1e-9, 1e-12) if double else (2e-4, 2e-5)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, rtol=rtol, atol=atol * max(1.0, 1 / tau))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("tau", [0.05, 0.5, 2.0])
+def test_equals_published_formulation(symmetric, tau):
+    gen = torch.Generator().manual_seed(0)
+    z1 = torch.randn(260, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(260, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref = published_loss(z1, z2, tau, symmetric)
+    rg = torch.autograd.grad(ref, (z1, z2))
+    for backend in backends.available():
+        mod = backends.get(backend, torch.device("cpu"), op="topk_similarity") \
+            if backend != "cuda" else None
+        if mod is None or not hasattr(mod, "contrastive_forward"):
+            continue
+        loss = mf.contrastive_loss(z1, z2, tau=tau, symmetric=symmetric, backend=backend)
+        g = torch.autograd.grad(loss, (z1, z2))
+        assert torch.allclose(loss, ref, rtol=1e-10)
+        assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-12) for a, b in zip(g, rg))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
+@pytest.mark.parametrize("tau", [0.005, 0.02])
+def test_small_temperatures_stay_finite_and_exact(backend, tau):
+    _needs(backend)
+    gen = torch.Generator().manual_seed(1)
+    z1 = torch.randn(150, 8, generator=gen, dtype=torch.float64)
+    z2 = torch.randn(150, 8, generator=gen, dtype=torch.float64)
+    n1, n2 = F.normalize(z1), F.normalize(z2)
+    s11 = (n1 @ n1.T / tau).masked_fill(torch.eye(150, dtype=torch.bool), float("-inf"))
+    s12 = n1 @ n2.T / tau
+    exact = (torch.logsumexp(torch.cat([s11, s12], 1), 1) - s12.diag()).mean()
+    got = mf.contrastive_loss(z1, z2, tau=tau, backend=backend)
+    assert torch.isfinite(got) and torch.allclose(got, exact, rtol=1e-10)
+    got32 = mf.contrastive_loss(z1.float(), z2.float(), tau=tau, backend=backend)
+    assert torch.isfinite(got32) and abs(float(got32) - float(exact)) < 1e-3 * float(exact)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gradcheck(backend, symmetric):
+    _needs(backend)
+    gen = torch.Generator().manual_seed(2)
+    z1 = torch.randn(40, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(40, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: mf.contrastive_loss(a, b, tau=0.3, symmetric=symmetric, block_size=16,
+                                         backend=backend), (z1, z2))
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_every_simd_kernel(isa):
+    from micro_fast import _C
+
+    try:
+        _C.set_simd_isa(isa)
+    except ValueError:
+        pytest.skip(f"{isa} not supported on this CPU")
+    try:
+        gen = torch.Generator().manual_seed(3)
+        z1, z2 = torch.randn(333, 37, generator=gen), torch.randn(333, 37, generator=gen)
+        for tau in (0.02, 0.5):
+            for symmetric in (False, True):
+                got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="cpp")
+                ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric,
+                                       backend="torch_ref")
+                for a, b in zip(got, ref):
+                    assert torch.allclose(a, b, rtol=2e-4, atol=1e-5 / tau)
+    finally:
+        _C.set_simd_isa("auto")
+
+
+PEAK_LIMIT_MB = 200  # the dense N x N float32 score matrix alone would be 1,526 MiB
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_memory_stays_far_below_n_squared():
+    script = textwrap.dedent("""
+        import re, torch, micro_fast as mf
+        def kb(field):
+            return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read())[1])
+        torch.manual_seed(0)
+        z1 = torch.randn(20000, 64, requires_grad=True)
+        z2 = torch.randn(20000, 64, requires_grad=True)
+        mf.contrastive_loss(z1[:100], z2[:100]).backward()  # load everything first
+        z1.grad = z2.grad = None
+        base = kb("VmRSS")
+        open("/proc/self/clear_refs", "w").write("5")
+        mf.contrastive_loss(z1, z2, backend="cpp").backward()
+        print((kb("VmHWM") - base) / 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    peak_mb = float(out.stdout.strip().splitlines()[-1])
+    assert peak_mb < PEAK_LIMIT_MB, f"peak extra memory {peak_mb:.0f} MiB"
+
+
+def test_bad_input():
+    z = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="same shape"):
+        mf.contrastive_loss(z, torch.randn(9, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        mf.contrastive_loss(z, torch.randn(10, 5))
+    for tau in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tau"):
+            mf.contrastive_loss(z, z, tau=tau)
+    with pytest.raises(ValueError, match="z1 contains NaN"):
+        mf.contrastive_loss(torch.full((3, 2), float("nan")), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="z2 contains NaN"):
+        mf.contrastive_loss(torch.randn(3, 2), torch.tensor([[1.0, float("inf")]] * 3))
+    with pytest.raises(TypeError, match="dtype"):
+        mf.contrastive_loss(z, z.double())
+    with pytest.raises(TypeError, match="float32 or float64"):
+        mf.contrastive_loss(z.long(), z.long())
+    with pytest.raises(ValueError, match="2-D"):
+        mf.contrastive_loss(torch.randn(4), torch.randn(4))
+
+
+def test_contrastive_fusion_module_matches_published_code():
+    torch.manual_seed(4)
+    fusion = mf.nn.ContrastiveFusion(dim=8, tau=0.5)
+    image, text = torch.randn(50, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    h, loss = fusion([image, text])
+    att = torch.cat([fusion.query(image), fusion.query(text)], dim=-1)
+    weight = torch.softmax(att, dim=-1)
+    ref_h = weight[:, 0].unsqueeze(1) * image + weight[:, 1].unsqueeze(1) * text
+    ref_loss = published_semi_loss(image, ref_h).mean() + published_semi_loss(text, ref_h).mean()
+    assert torch.allclose(h, ref_h) and torch.allclose(loss, ref_loss, rtol=1e-5)
+    loss.backward()
+    assert image.grad is not None and fusion.query[0].weight.grad is not None
