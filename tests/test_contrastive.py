@@ -72,7 +72,7 @@ def test_backend_matches_reference(backend, n, d, tau, symmetric, double, block,
                            backend=backend)
     ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
     rtol, atol = (1e-9, 1e-12) if double else (2e-4, 2e-5)
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         assert torch.allclose(a, b, rtol=rtol, atol=atol * max(1.0, 1 / tau))
 
 
@@ -92,7 +92,7 @@ def test_equals_published_formulation(symmetric, tau):
         loss = mf.contrastive_loss(z1, z2, tau=tau, symmetric=symmetric, backend=backend)
         g = torch.autograd.grad(loss, (z1, z2))
         assert torch.allclose(loss, ref, rtol=1e-10)
-        assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-12) for a, b in zip(g, rg))
+        assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-12) for a, b in zip(g, rg, strict=True))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
@@ -141,7 +141,7 @@ def test_every_simd_kernel(isa):
                 got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="cpp")
                 ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric,
                                        backend="torch_ref")
-                for a, b in zip(got, ref):
+                for a, b in zip(got, ref, strict=True):
                     assert torch.allclose(a, b, rtol=2e-4, atol=1e-5 / tau)
     finally:
         _C.set_simd_isa("auto")
