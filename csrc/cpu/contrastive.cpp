@@ -52,6 +52,23 @@ struct Plan {
   }
 };
 
+// Rows, columns and operands of one task's score tile.
+template <typename T>
+struct TileSpan {
+  int64_t i0, j0;
+  int mb, nb;
+  const T* x;  // rows of the tile
+  const T* y;  // columns of the tile
+  bool diag;   // an intra-view tile on the diagonal: its i == j entries are left out
+
+  TileSpan(const Task& task, int64_t block, int64_t n, const T* n1, const T* n2)
+      : i0(task.bi * block), j0(task.bj * block),
+        mb(static_cast<int>(std::min(block, n - task.bi * block))),
+        nb(static_cast<int>(std::min(block, n - task.bj * block))),
+        x(task.kind == kIntra2 ? n2 : n1), y(task.kind == kIntra1 ? n1 : n2),
+        diag(task.kind != kCross && task.bi == task.bj) {}
+};
+
 template <typename T>
 struct Scratch {
   std::vector<T> a, b, s, e, colmax, colw;
@@ -176,11 +193,11 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Task& task = plan.tasks[t];
-      const int64_t i0 = task.bi * plan.block, j0 = task.bj * plan.block;
-      const int mb = static_cast<int>(std::min(plan.block, n - i0));
-      const int nb = static_cast<int>(std::min(plan.block, n - j0));
-      const T* x = task.kind == kIntra2 ? n2 : n1;
-      const T* y = task.kind == kIntra1 ? n1 : n2;
+      const TileSpan<T> sp(task, plan.block, n, n1, n2);
+      const int64_t i0 = sp.i0, j0 = sp.j0;
+      const int mb = sp.mb, nb = sp.nb;
+      const T *x = sp.x, *y = sp.y;
+      const bool diag = sp.diag;
       score_tile(ks.tile, plan, w, x, i0, mb, y, j0, nb);
       double *rm, *rs, *cm = nullptr, *cs = nullptr;
       if (task.kind == kIntra2) {
@@ -197,7 +214,6 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
         cm = (task.kind == kIntra1 ? a.m1.data() : a.m2.data()) + j0;
         cs = (task.kind == kIntra1 ? a.s1.data() : a.s2.data()) + j0;
       }
-      const bool diag = task.kind != kCross && task.bi == task.bj;
       if (fixed)
         accumulate_tile_fixed(ks.dense, w, plan.pad_b, mb, nb, inv_tau, diag, rs, cs);
       else
@@ -255,11 +271,11 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Task& task = plan.tasks[t];
-      const int64_t i0 = task.bi * plan.block, j0 = task.bj * plan.block;
-      const int mb = static_cast<int>(std::min(plan.block, n - i0));
-      const int nb = static_cast<int>(std::min(plan.block, n - j0));
-      const T* x = task.kind == kIntra2 ? n2 : n1;
-      const T* y = task.kind == kIntra1 ? n1 : n2;
+      const TileSpan<T> sp(task, plan.block, n, n1, n2);
+      const int64_t i0 = sp.i0, j0 = sp.j0;
+      const int mb = sp.mb, nb = sp.nb;
+      const T *x = sp.x, *y = sp.y;
+      const bool diag = sp.diag;
       score_tile(ks.tile, plan, w, x, i0, mb, y, j0, nb);
       // Row-shifted and column-shifted exps: exp(s / tau - lse) <= 1, never overflowing.
       const T* lr = task.kind == kIntra2 ? lse2 : lse1;
@@ -300,7 +316,6 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
           }
         }
       }
-      const bool diag = task.kind != kCross && task.bi == task.bj;
       if (diag)
         for (int i = 0; i < mb; ++i) e[i * ld + i] = T(0);
       // e now holds the weights W of this tile; scatter W y_J to rows I and W^T x_I to rows J.

@@ -30,9 +30,19 @@ std::vector<int64_t> balanced_rows(const int64_t* indptr, int64_t m, int parts) 
   return bounds;
 }
 
-int team_size(int num_threads, double work) {
-  // waking a team costs more than ~100k multiply-adds
-  return work < 1e5 ? 1 : std::max(1, num_threads);
+// Runs fn(r0, r1) over row ranges of about equal work, on a team sized to the work (waking a
+// team costs more than ~100k multiply-adds).
+template <typename Fn>
+void for_balanced_rows(const int64_t* indptr, int64_t m, int64_t d, int num_threads, Fn fn) {
+  const int threads = double(indptr[m] + m) * double(d) < 1e5 ? 1 : std::max(1, num_threads);
+  if (threads == 1) {
+    fn(int64_t(0), m);
+    return;
+  }
+  const int parts = threads * 8;
+  const std::vector<int64_t> bounds = balanced_rows(indptr, m, parts);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int p = 0; p < parts; ++p) fn(bounds[p], bounds[p + 1]);
 }
 
 }  // namespace
@@ -41,32 +51,18 @@ template <typename T>
 void spmm(const int64_t* indptr, const int64_t* indices, const T* values, int64_t m, const T* x,
           int64_t d, T* y, int num_threads) {
   const auto& k = isa_kernels<T>().spmm;
-  const int threads = team_size(num_threads, double(indptr[m] + m) * double(d));
-  if (threads == 1) {
-    k.spmm_rows(indptr, indices, values, x, d, 0, m, y);
-    return;
-  }
-  const int parts = threads * 8;
-  const std::vector<int64_t> bounds = balanced_rows(indptr, m, parts);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int p = 0; p < parts; ++p) k.spmm_rows(indptr, indices, values, x, d, bounds[p],
-                                              bounds[p + 1], y);
+  for_balanced_rows(indptr, m, d, num_threads, [&](int64_t r0, int64_t r1) {
+    k.spmm_rows(indptr, indices, values, x, d, r0, r1, y);
+  });
 }
 
 template <typename T>
 void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, const T* a, const T* b,
            int64_t d, T* out, int num_threads) {
   const auto& k = isa_kernels<T>().spmm;
-  const int threads = team_size(num_threads, double(indptr[m] + m) * double(d));
-  if (threads == 1) {
-    k.sddmm_rows(indptr, indices, a, b, d, 0, m, out);
-    return;
-  }
-  const int parts = threads * 8;
-  const std::vector<int64_t> bounds = balanced_rows(indptr, m, parts);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int p = 0; p < parts; ++p) k.sddmm_rows(indptr, indices, a, b, d, bounds[p],
-                                               bounds[p + 1], out);
+  for_balanced_rows(indptr, m, d, num_threads, [&](int64_t r0, int64_t r1) {
+    k.sddmm_rows(indptr, indices, a, b, d, r0, r1, out);
+  });
 }
 
 void csr_transpose(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t n,

@@ -47,6 +47,23 @@ inline bool topk_better(T v, int64_t j, T rv, int64_t rj) {
   return v > rv || (v == rv && j < rj);
 }
 
+// Places (v, j) at the root of the heap hv/hi[0, end) and sifts it down to its place.
+template <typename T>
+inline void sift_down(T* hv, int64_t* hi, int end, T v, int64_t j) {
+  int pos = 0;
+  for (;;) {
+    int c = 2 * pos + 1;
+    if (c >= end) break;
+    if (c + 1 < end && topk_better(hv[c], hi[c], hv[c + 1], hi[c + 1])) ++c;  // the worse child
+    if (!topk_better(v, j, hv[c], hi[c])) break;
+    hv[pos] = hv[c];
+    hi[pos] = hi[c];
+    pos = c;
+  }
+  hv[pos] = v;
+  hi[pos] = j;
+}
+
 // Offers (v, j) to row `row`. Returns true when it was kept.
 template <typename T>
 inline bool heap_offer(RowHeaps<T>& h, int64_t row, T v, int64_t j, const ExcludeCSR& ex) {
@@ -72,18 +89,7 @@ inline bool heap_offer(RowHeaps<T>& h, int64_t row, T v, int64_t j, const Exclud
     if (n == k) h.thr[row] = hv[0];
     return true;
   }
-  int pos = 0;
-  for (;;) {
-    int c = 2 * pos + 1;
-    if (c >= k) break;
-    if (c + 1 < k && topk_better(hv[c], hi[c], hv[c + 1], hi[c + 1])) ++c;  // the worse child
-    if (!topk_better(v, j, hv[c], hi[c])) break;
-    hv[pos] = hv[c];
-    hi[pos] = hi[c];
-    pos = c;
-  }
-  hv[pos] = v;
-  hi[pos] = j;
+  sift_down(hv, hi, k, v, j);
   h.thr[row] = hv[0];
   return true;
 }
@@ -97,22 +103,9 @@ inline void heap_finish_row(RowHeaps<T>& h, int64_t row) {
   int n = h.count[row];
   // heap-sort: repeatedly move the worst to the end
   for (int end = n - 1; end > 0; --end) {
-    T v0 = hv[0];
-    int64_t j0 = hi[0];
-    T v = hv[end];
-    int64_t j = hi[end];
-    int pos = 0;
-    for (;;) {
-      int c = 2 * pos + 1;
-      if (c >= end) break;
-      if (c + 1 < end && topk_better(hv[c], hi[c], hv[c + 1], hi[c + 1])) ++c;
-      if (!topk_better(v, j, hv[c], hi[c])) break;
-      hv[pos] = hv[c];
-      hi[pos] = hi[c];
-      pos = c;
-    }
-    hv[pos] = v;
-    hi[pos] = j;
+    const T v0 = hv[0], v = hv[end];
+    const int64_t j0 = hi[0], j = hi[end];
+    sift_down(hv, hi, end, v, j);
     hv[end] = v0;
     hi[end] = j0;
   }
