@@ -15,6 +15,21 @@
 
 namespace py = pybind11;
 
+// Fused all-pairs contrastive loss; defined (and documented) in csrc/cuda/contrastive.cu.
+namespace micro_fast {
+namespace cuda {
+template <typename T>
+void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
+                         int64_t block_rows, int64_t splits, T* scratch, int64_t scratch_elems,
+                         T* lse1, T* lse2, int device, cudaStream_t stream);
+template <typename T>
+void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
+                          const T* lse1, const T* lse2, const T* g1, const T* g2,
+                          int64_t block_rows, int64_t chunk, T* scratch, int64_t scratch_elems,
+                          T* grad1, T* grad2, int device, cudaStream_t stream);
+}  // namespace cuda
+}  // namespace micro_fast
+
 namespace {
 
 template <typename P>
@@ -34,6 +49,30 @@ void topk_similarity(std::uintptr_t queries, int64_t m, std::uintptr_t keys, int
       as_ptr<const int64_t>(exclude_indptr), as_ptr<const int64_t>(exclude_indices), block_rows,
       chunk, as_ptr<T>(scratch), scratch_elems, as_ptr<int32_t>(counts), counts_elems,
       as_ptr<T>(out_values), as_ptr<int64_t>(out_indices), device,
+      reinterpret_cast<cudaStream_t>(stream));
+}
+
+template <typename T>
+void contrastive_forward(std::uintptr_t n1, std::uintptr_t n2, int64_t n, int64_t d, double tau,
+                         int64_t block_rows, int64_t splits, std::uintptr_t scratch,
+                         int64_t scratch_elems, std::uintptr_t lse1, std::uintptr_t lse2,
+                         int device, std::uintptr_t stream) {
+  micro_fast::cuda::contrastive_forward<T>(
+      as_ptr<const T>(n1), as_ptr<const T>(n2), n, d, tau, block_rows, splits, as_ptr<T>(scratch),
+      scratch_elems, as_ptr<T>(lse1), as_ptr<T>(lse2), device,
+      reinterpret_cast<cudaStream_t>(stream));
+}
+
+template <typename T>
+void contrastive_backward(std::uintptr_t n1, std::uintptr_t n2, int64_t n, int64_t d, double tau,
+                          std::uintptr_t lse1, std::uintptr_t lse2, std::uintptr_t g1,
+                          std::uintptr_t g2, int64_t block_rows, int64_t chunk,
+                          std::uintptr_t scratch, int64_t scratch_elems, std::uintptr_t grad1,
+                          std::uintptr_t grad2, int device, std::uintptr_t stream) {
+  micro_fast::cuda::contrastive_backward<T>(
+      as_ptr<const T>(n1), as_ptr<const T>(n2), n, d, tau, as_ptr<const T>(lse1),
+      as_ptr<const T>(lse2), as_ptr<const T>(g1), as_ptr<const T>(g2), block_rows, chunk,
+      as_ptr<T>(scratch), scratch_elems, as_ptr<T>(grad1), as_ptr<T>(grad2), device,
       reinterpret_cast<cudaStream_t>(stream));
 }
 
@@ -81,6 +120,38 @@ PYBIND11_MODULE(_cuda, mod) {
           py::arg("exclude_indptr"), py::arg("exclude_indices"), py::arg("block_rows"),
           py::arg("chunk"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("counts"),
           py::arg("counts_elems"), py::arg("out_values"), py::arg("out_indices"),
+          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  const char* fwd_doc =
+      "Enqueues the fused contrastive forward on `stream` of `device`.\n\n"
+      "n1, n2: [n, d] device addresses (rows L2-normalized by the caller), tau > 0. Writes\n"
+      "lse1[i] = log(sum_{j != i} exp(s11_ij / tau) + sum_j exp(s12_ij / tau)) and, when\n"
+      "lse2 != 0, lse2[j] = log(sum_{i != j} exp(s22_ij / tau) + sum_i exp(s12_ij / tau)).\n"
+      "scratch holds at least 2 * min(block_rows, n) * splits elements (splits: column\n"
+      "splits per row tile, clamped to the number of column tiles).";
+  const char* bwd_doc =
+      "Enqueues the fused contrastive backward on `stream` of `device`.\n\n"
+      "Writes grad1, grad2 [n, d] (fully overwritten) of sum_i g1_i lse1_i, plus\n"
+      "sum_j g2_j lse2_j when lse2 / g2 != 0 (both or neither). scratch holds at least\n"
+      "min(block_rows, n) * min(chunk, n) elements.";
+  mod.def("contrastive_forward_f32", &contrastive_forward<float>, fwd_doc, py::arg("n1"),
+          py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("block_rows"),
+          py::arg("splits"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("lse1"),
+          py::arg("lse2"), py::arg("device"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>());
+  mod.def("contrastive_forward_f64", &contrastive_forward<double>, fwd_doc, py::arg("n1"),
+          py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("block_rows"),
+          py::arg("splits"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("lse1"),
+          py::arg("lse2"), py::arg("device"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>());
+  mod.def("contrastive_backward_f32", &contrastive_backward<float>, bwd_doc, py::arg("n1"),
+          py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("lse1"),
+          py::arg("lse2"), py::arg("g1"), py::arg("g2"), py::arg("block_rows"), py::arg("chunk"),
+          py::arg("scratch"), py::arg("scratch_elems"), py::arg("grad1"), py::arg("grad2"),
+          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  mod.def("contrastive_backward_f64", &contrastive_backward<double>, bwd_doc, py::arg("n1"),
+          py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("lse1"),
+          py::arg("lse2"), py::arg("g1"), py::arg("g2"), py::arg("block_rows"), py::arg("chunk"),
+          py::arg("scratch"), py::arg("scratch_elems"), py::arg("grad1"), py::arg("grad2"),
           py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   mod.def("device_count", &device_count,
           "Number of CUDA devices visible to this module's runtime; raises CudaError when the "

@@ -31,7 +31,22 @@ SCRATCH_ELEMS = DEFAULT_BLOCK * DEFAULT_CHUNK
 #: Widest key chunk the compiled launcher accepts (it clamps to this).
 MAX_CHUNK = 1 << 21
 
-_LAUNCHERS = {torch.float32: "topk_similarity_f32", torch.float64: "topk_similarity_f64"}
+#: Rows per block of ``contrastive_backward`` when ``block_size`` is not given; its column
+#: chunk then fills ``SCRATCH_ELEMS``. Tall blocks keep the [rows, d] gradient products (one
+#: thread block per output tile, no atomics) wide enough to fill the GPU.
+CONTRASTIVE_BLOCK = 16384
+#: Fewest columns per ``contrastive_backward`` chunk when ``block_size`` is given.
+CONTRASTIVE_CHUNK = 256
+#: Rows per block of ``contrastive_forward`` when ``block_size`` is not given (its scratch is
+#: only O(splits x rows), so by default one block covers everything up to this many rows).
+CONTRASTIVE_FORWARD_BLOCK = 1 << 20
+#: ``contrastive_forward`` splits each row tile's columns so that about this many rows' worth of
+#: (row tile, split) thread blocks run per SM.
+CONTRASTIVE_ROWS_PER_SM = 2048
+#: Most column splits the forward launcher accepts (the grid's y dimension).
+MAX_SPLITS = 65535
+
+_DTYPE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def _version(v: int) -> str:
@@ -67,13 +82,16 @@ def supports(device: torch.device) -> bool:
     return major * 100 + minor * 10 >= min(_cuda.cuda_archs)
 
 
-def _launcher(dtype: torch.dtype):
+def _launcher(dtype: torch.dtype, op: str = "topk_similarity"):
     if _cuda is None:
         raise RuntimeError(f"the cuda backend is not available: {is_available()[1]}")
-    name = _LAUNCHERS.get(dtype)
-    if name is None:
+    suffix = _DTYPE_SUFFIX.get(dtype)
+    if suffix is None:
         raise ValueError(f"cuda backend supports float32 and float64, got {dtype}")
-    return getattr(_cuda, name)
+    launch = getattr(_cuda, f"{op}_{suffix}", None)
+    if launch is None:
+        raise RuntimeError(f"this build of micro_fast._cuda has no {op} kernel: rebuild it")
+    return launch
 
 
 def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
@@ -126,3 +144,112 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
                out_values=values.data_ptr(), out_indices=indices.data_ptr(),
                device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
     return values, indices
+
+
+def _check_pair(n1: torch.Tensor, n2: torch.Tensor) -> torch.device:
+    device = n1.device
+    if device.type != "cuda":
+        raise ValueError(f"cuda backend needs CUDA tensors, got {device}")
+    if n2.device != device or n2.dtype != n1.dtype:
+        raise ValueError("n1 and n2 must share device and dtype")
+    if n1.dim() != 2 or n1.shape != n2.shape:
+        raise ValueError(f"n1 and n2 must both be [N, d], got {tuple(n1.shape)} and "
+                         f"{tuple(n2.shape)}")
+    return device
+
+
+def _check_rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if t.shape != (like.shape[0],) or t.dtype != like.dtype or t.device != like.device:
+        raise ValueError(f"{name} must be a [{like.shape[0]}] {like.dtype} tensor on "
+                         f"{like.device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
+    return t.detach().contiguous()
+
+
+def _tau(tau: float) -> float:
+    tau = float(tau)
+    if not (tau > 0 and tau != float("inf")):
+        raise ValueError(f"tau must be positive and finite, got {tau}")
+    return tau
+
+
+def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,
+                        block_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row log-sum-exps of the all-pairs contrastive loss, fused (no N x N matrix).
+
+    ``lse1[i] = log(sum_{j != i} exp(s11[i, j] / tau) + sum_j exp(s12[i, j] / tau))`` and, when
+    ``symmetric``, ``lse2[j] = log(sum_{i != j} exp(s22[i, j] / tau) + sum_i exp(s12[i, j] /
+    tau))``, with ``s11 = n1 n1^T``, ``s12 = n1 n2^T``, ``s22 = n2 n2^T``; in the input dtype
+    (sums in fp32 for float32, with running maxima, so any ``tau > 0`` is safe).
+    ``block_size``: rows per launch (default: all rows, up to ``CONTRASTIVE_FORWARD_BLOCK``).
+    """
+    launch = _launcher(n1.dtype, "contrastive_forward")
+    device = _check_pair(n1, n2)
+    tau = _tau(tau)
+    n1 = n1.detach().contiguous()
+    n2 = n2.detach().contiguous()
+    n, d = n1.shape
+    lse1 = torch.empty(n, dtype=n1.dtype, device=device)
+    lse2 = torch.empty(n, dtype=n1.dtype, device=device) if symmetric else None
+    if n == 0:
+        return lse1, lse2
+    if d == 0:  # all scores are 0; one zero feature gives the same, with real pointers
+        n1 = n1.new_zeros((n, 1))
+        n2 = n2.new_zeros((n, 1))
+        d = 1
+
+    rows = max(1, min(int(block_size or CONTRASTIVE_FORWARD_BLOCK), n))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    # Enough (row tile, split) blocks to fill the GPU; never more splits than the 2 N / 64
+    # column tiles there can be (the launcher clamps to the real count).
+    splits = -(-sms * CONTRASTIVE_ROWS_PER_SM // rows)
+    splits = max(1, min(splits, -(-2 * n // 64), MAX_SPLITS))
+
+    with torch.cuda.device(device):
+        scratch = torch.empty(2 * rows * splits, dtype=n1.dtype, device=device)
+        launch(n1=n1.data_ptr(), n2=n2.data_ptr(), n=n, d=d, tau=tau, block_rows=rows,
+               splits=splits, scratch=scratch.data_ptr(), scratch_elems=scratch.numel(),
+               lse1=lse1.data_ptr(), lse2=0 if lse2 is None else lse2.data_ptr(),
+               device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
+    return lse1, lse2
+
+
+def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: torch.Tensor,
+                         lse2: torch.Tensor | None, g1: torch.Tensor, g2: torch.Tensor | None,
+                         block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. ``n1`` and ``n2`` of ``sum_i g1[i] lse1[i]`` (``+ sum_j g2[j] lse2[j]``
+    when ``lse2``/``g2`` are given), with ``lse1``/``lse2`` from ``contrastive_forward``.
+
+    ``block_size``: rows per block (default ``CONTRASTIVE_BLOCK``); the column chunk fills
+    ``SCRATCH_ELEMS`` (at least ``CONTRASTIVE_CHUNK``). Deterministic (no atomics).
+    """
+    launch = _launcher(n1.dtype, "contrastive_backward")
+    device = _check_pair(n1, n2)
+    tau = _tau(tau)
+    if (lse2 is None) != (g2 is None):
+        raise ValueError("lse2 and g2 must be given together (symmetric) or both be None")
+    n1 = n1.detach().contiguous()
+    n2 = n2.detach().contiguous()
+    lse1 = _check_rows("lse1", lse1, n1)
+    g1 = _check_rows("g1", g1, n1)
+    if lse2 is not None:
+        lse2 = _check_rows("lse2", lse2, n1)
+        g2 = _check_rows("g2", g2, n1)
+    n, d = n1.shape
+    if n == 0 or d == 0:
+        return torch.zeros_like(n1), torch.zeros_like(n2)
+    grad1 = torch.empty((n, d), dtype=n1.dtype, device=device)
+    grad2 = torch.empty((n, d), dtype=n1.dtype, device=device)
+
+    rows = max(1, min(int(block_size or CONTRASTIVE_BLOCK), n))
+    chunk = max(CONTRASTIVE_CHUNK, SCRATCH_ELEMS // rows)
+    chunk = max(1, min(chunk, n, MAX_CHUNK))
+
+    with torch.cuda.device(device):
+        scratch = torch.empty(rows * chunk, dtype=n1.dtype, device=device)
+        launch(n1=n1.data_ptr(), n2=n2.data_ptr(), n=n, d=d, tau=tau,
+               lse1=lse1.data_ptr(), lse2=0 if lse2 is None else lse2.data_ptr(),
+               g1=g1.data_ptr(), g2=0 if g2 is None else g2.data_ptr(),
+               block_rows=rows, chunk=chunk, scratch=scratch.data_ptr(),
+               scratch_elems=scratch.numel(), grad1=grad1.data_ptr(), grad2=grad2.data_ptr(),
+               device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
+    return grad1, grad2
