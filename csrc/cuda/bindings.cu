@@ -12,23 +12,10 @@
 
 #include "common.h"
 #include "cuda/common.cuh"
+#include "cuda/contrastive.cuh"
+#include "cuda/topk_similarity.cuh"
 
 namespace py = pybind11;
-
-// Fused all-pairs contrastive loss; defined (and documented) in csrc/cuda/contrastive.cu.
-namespace micro_fast {
-namespace cuda {
-template <typename T>
-void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
-                         int64_t block_rows, int64_t splits, T* scratch, int64_t scratch_elems,
-                         T* lse1, T* lse2, int device, cudaStream_t stream);
-template <typename T>
-void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
-                          const T* lse1, const T* lse2, const T* g1, const T* g2,
-                          int64_t block_rows, int64_t chunk, T* scratch, int64_t scratch_elems,
-                          T* grad1, T* grad2, int device, cudaStream_t stream);
-}  // namespace cuda
-}  // namespace micro_fast
 
 namespace {
 

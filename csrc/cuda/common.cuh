@@ -1,4 +1,5 @@
-// Shared pieces of the CUDA core (micro_fast._cuda): error checking and the host launchers.
+// Shared host pieces of the CUDA core (micro_fast._cuda): error checking. The launchers are
+// declared in topk_similarity.cuh and contrastive.cuh.
 //
 // The launchers take raw device pointers and a stream, never torch objects: the Python side owns
 // every allocation (torch's caching allocator) and this library links only the static CUDA
@@ -62,22 +63,6 @@ inline std::string cuda_version_string(int v) {
       ::micro_fast::cuda::throw_cuda_error(mf_err_, "launch of " name, __FILE__,    \
                                            __LINE__);                               \
   } while (0)
-
-// Top-k inner-product search on the device; see csrc/cuda/topk_similarity.cu.
-//
-// For each of the m query rows, the k largest inner products with the n key rows, best first,
-// ties to the smaller key index, rows with fewer than k admissible keys padded with (-inf, -1).
-// keys == nullptr means keys are the queries (n is then taken as m). exclude_indptr [m + 1] /
-// exclude_indices (int64, device) may be null. Scratch (device, caller-owned):
-//   scratch: at least min(block_rows, m) * min(chunk, n) elements of T,
-//   counts:  at least min(block_rows, m) int32.
-// Everything is enqueued on `stream` of `device`; nothing is synchronized.
-template <typename T>
-void topk_similarity(const T* queries, int64_t m, const T* keys, int64_t n, int64_t d, int64_t k,
-                     const int64_t* exclude_indptr, const int64_t* exclude_indices,
-                     int64_t block_rows, int64_t chunk, T* scratch, int64_t scratch_elems,
-                     int32_t* counts, int64_t counts_elems, T* out_values, int64_t* out_indices,
-                     int device, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace micro_fast

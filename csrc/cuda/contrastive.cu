@@ -26,11 +26,12 @@
 //   forward, per side and row block of at most block_rows rows:
 //     lse_partial_kernel  grid (row tiles, splits): a thread block owns one tile of BM rows and
 //                         walks the column tiles t = split, split + splits, ... of the 2 N
-//                         virtual columns [x x^T | x z^T]; each tile is a shared-memory NT GEMM
-//                         whose epilogue folds the scores into per-row running (max, sum of
-//                         exp((s - max) / tau)) pairs in registers (online log-sum-exp with the
-//                         real maxima, so any tau is safe). Writes (max, sum) per row and split
-//                         into the caller's scratch [2, splits, rows].
+//                         virtual columns [x x^T | x z^T]; each tile is the shared-memory NT
+//                         GEMM of tile_gemm.cuh, whose epilogue folds the scores into per-row
+//                         running (max, sum of exp((s - max) / tau)) pairs in registers (online
+//                         log-sum-exp with the real maxima, so any tau is safe). Writes
+//                         (max, sum) per row and split into the caller's scratch
+//                         [2, splits, rows].
 //     lse_merge_kernel    one thread per row combines the splits and writes the LSE.
 //   backward, per side, row block [r0, r0 + mb) and column chunk [c0, c0 + nc):
 //     weight_tile_kernel  scratch[mb, nc] = A_self (then W_cross) of the block: the same NT GEMM
@@ -51,6 +52,8 @@
 #include <limits>
 
 #include "cuda/common.cuh"
+#include "cuda/contrastive.cuh"
+#include "cuda/tile_gemm.cuh"
 
 namespace micro_fast {
 namespace cuda {
@@ -59,17 +62,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-template <typename T>
-__device__ __forceinline__ T neg_inf();
-template <>
-__device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
-template <>
-__device__ __forceinline__ double neg_inf<double>() {
-  return __longlong_as_double(static_cast<long long>(0xfff0000000000000ULL));
-}
-
-__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
 __device__ __forceinline__ float dev_exp(float x) { return expf(x); }
 __device__ __forceinline__ double dev_exp(double x) { return exp(x); }
 __device__ __forceinline__ float dev_log(float x) { return logf(x); }
@@ -82,142 +74,6 @@ __device__ __forceinline__ T max_nan(T a, T b) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// tile configuration (the layout of topk_similarity.cu's similarity tile)
-
-constexpr int kThreads = 256;  // 16 x 16 threads per tile kernel
-constexpr int kBK = 8;         // reduction elements per shared-memory stage
-constexpr int kPad = 4;        // breaks the bank pattern of transposed stores; keeps shared rows
-                               // 16-byte aligned
-
-template <typename T>
-struct Tile;
-template <>
-struct Tile<float> {
-  static constexpr int TM = 8;  // score tile: 8 x 8 per thread, 128 x 128 per block
-  static constexpr int TN = 4;  // product tile: 8 x 4 per thread, 128 rows x 64 features
-};
-template <>
-struct Tile<double> {
-  static constexpr int TM = 4;  // 64 x 64 score tile
-  static constexpr int TN = 2;  // 64 x 32 product tile
-};
-
-// 16-byte shared-memory loads: V consecutive elements into registers.
-template <typename T>
-struct Vec16;
-template <>
-struct Vec16<float> {
-  static constexpr int n = 4;
-  static __device__ __forceinline__ void load(const float* src, float* dst) {
-    const float4 v = *reinterpret_cast<const float4*>(src);
-    dst[0] = v.x;
-    dst[1] = v.y;
-    dst[2] = v.z;
-    dst[3] = v.w;
-  }
-  static __device__ __forceinline__ void store(float* dst, const float* src) {
-    *reinterpret_cast<float4*>(dst) = float4{src[0], src[1], src[2], src[3]};
-  }
-};
-template <>
-struct Vec16<double> {
-  static constexpr int n = 2;
-  static __device__ __forceinline__ void load(const double* src, double* dst) {
-    const double2 v = *reinterpret_cast<const double2*>(src);
-    dst[0] = v.x;
-    dst[1] = v.y;
-  }
-  static __device__ __forceinline__ void store(double* dst, const double* src) {
-    *reinterpret_cast<double2*>(dst) = double2{src[0], src[1]};
-  }
-};
-
-template <typename T>
-constexpr int score_edge() {
-  return 16 * Tile<T>::TM;
-}
-
-// Thread t (tx or ty) owns, among a tile's rows / columns, the entries
-// (r / V) * 16 V + t * V + r % V for its register index r: 16-byte shared loads that are
-// broadcasts (rows) or cover consecutive banks (columns).
-template <typename T>
-__device__ __forceinline__ int owned(int r, int t) {
-  constexpr int V = Vec16<T>::n;
-  return (r / V) * 16 * V + t * V + r % V;
-}
-
-template <typename T>
-struct ScoreSmem {
-  __align__(16) T a[kBK][score_edge<T>() + kPad];  // a[p][i] = A[i, p0 + p]
-  __align__(16) T b[kBK][score_edge<T>() + kPad];  // b[p][j] = B[j, p0 + p]
-};
-
-// acc[r][c] = <A[owned(r, ty)], B[owned(c, tx)]> (NT product over d features, fma in T) for the
-// row-major A (a_rows valid rows) and B (b_rows valid rows), row stride d; rows past the valid
-// ones read as 0. Ends with a barrier, so the shared buffers may be reused right away. The next
-// stage's global loads are issued before the current stage's arithmetic (register prefetch).
-template <typename T>
-__device__ __forceinline__ void score_mainloop(const T* __restrict__ a, int a_rows,
-                                               const T* __restrict__ b, int b_rows, int64_t d,
-                                               ScoreSmem<T>& sm,
-                                               T (&acc)[Tile<T>::TM][Tile<T>::TM]) {
-  constexpr int TM = Tile<T>::TM;
-  constexpr int BM = score_edge<T>();
-  constexpr int LOADS = BM * kBK / kThreads;
-  constexpr int V = Vec16<T>::n;
-  static_assert(BM * kBK % kThreads == 0, "tile loads must divide evenly");
-  static_assert(TM % V == 0 && (BM + kPad) % V == 0, "16-byte aligned operand loads");
-
-  const int tid = threadIdx.x;
-  const int tx = tid & 15;
-  const int ty = tid >> 4;
-
-  T ra[LOADS], rb[LOADS];
-  // Element e of a stage is (row e / kBK, feature e % kBK).
-  auto load_stage = [&](int64_t p0) {
-#pragma unroll
-    for (int l = 0; l < LOADS; ++l) {
-      const int e = tid + l * kThreads;
-      const int r = e / kBK;
-      const int64_t p = p0 + e % kBK;
-      ra[l] = (r < a_rows && p < d) ? a[r * d + p] : T(0);
-      rb[l] = (r < b_rows && p < d) ? b[r * d + p] : T(0);
-    }
-  };
-
-#pragma unroll
-  for (int r = 0; r < TM; ++r)
-#pragma unroll
-    for (int c = 0; c < TM; ++c) acc[r][c] = T(0);
-
-  load_stage(0);
-  for (int64_t p0 = 0; p0 < d; p0 += kBK) {
-#pragma unroll
-    for (int l = 0; l < LOADS; ++l) {
-      const int e = tid + l * kThreads;
-      sm.a[e % kBK][e / kBK] = ra[l];
-      sm.b[e % kBK][e / kBK] = rb[l];
-    }
-    __syncthreads();
-    if (p0 + kBK < d) load_stage(p0 + kBK);
-#pragma unroll
-    for (int p = 0; p < kBK; ++p) {
-      T av[TM], bv[TM];
-#pragma unroll
-      for (int g = 0; g < TM / V; ++g) {
-        Vec16<T>::load(&sm.a[p][g * 16 * V + ty * V], av + g * V);
-        Vec16<T>::load(&sm.b[p][g * 16 * V + tx * V], bv + g * V);
-      }
-#pragma unroll
-      for (int r = 0; r < TM; ++r)
-#pragma unroll
-        for (int c = 0; c < TM; ++c) acc[r][c] = fma_rn(av[r], bv[c], acc[r][c]);
-    }
-    __syncthreads();  // the next stage (or tile) overwrites the shared buffers
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // forward
 
 // Block (bx, split) handles rows [r0 + bx BM, ...) of x (at most mb rows from r0) against the
@@ -226,7 +82,7 @@ __device__ __forceinline__ void score_mainloop(const T* __restrict__ a, int a_ro
 // its rows, the running maximum score (raw, not divided by tau; -inf when no column was seen) to
 // pmax[split * mb + row] and sum exp((s - max) / tau) to psum[split * mb + row].
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kTileThreads)
     lse_partial_kernel(const T* __restrict__ x, const T* __restrict__ z, int64_t n, int64_t d,
                        int64_t r0, int mb, T inv_tau, T* __restrict__ pmax,
                        T* __restrict__ psum) {
@@ -328,25 +184,21 @@ __global__ void __launch_bounds__(kMergeThreads)
 //   w = (g_row[i] e^{s/tau - l_row[i]} + g_col[j] e^{s/tau - l_col[j]}) / tau,
 // a term dropped when its l pointer is null, 0 where i == j when `self` (y is x).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kTileThreads)
     weight_tile_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t d, int64_t r0,
                        int mb, int64_t c0, int nc, bool self, const T* __restrict__ l_row,
                        const T* __restrict__ g_row, const T* __restrict__ l_col,
                        const T* __restrict__ g_col, T inv_tau, T* __restrict__ w) {
   constexpr int TM = Tile<T>::TM;
-  constexpr int BM = score_edge<T>();
   __shared__ ScoreSmem<T> sm;
-
-  const int tid = threadIdx.x;
-  const int tx = tid & 15;
-  const int ty = tid >> 4;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * BM;  // < mb
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * BM;  // < nc
-  const int a_rows = static_cast<int>(std::min<int64_t>(BM, mb - i0));
-  const int b_rows = static_cast<int>(std::min<int64_t>(BM, nc - j0));
-
   T acc[TM][TM];
-  score_mainloop<T>(x + (r0 + i0) * d, a_rows, y + (c0 + j0) * d, b_rows, d, sm, acc);
+  const ScoreTile tile = grid_score_tile<T>(x + r0 * d, mb, y + c0 * d, nc, d, sm, acc);
+  const int64_t i0 = tile.i0;  // rows [i0, i0 + a_rows) of the block, columns [j0, j0 + b_rows)
+  const int64_t j0 = tile.j0;  // of the chunk
+  const int a_rows = tile.a_rows;
+  const int b_rows = tile.b_rows;
+  const int tx = threadIdx.x & 15;
+  const int ty = threadIdx.x >> 4;
 
   T lr[TM], gr[TM], lc[TM], gc[TM];
 #pragma unroll
@@ -403,22 +255,24 @@ __global__ void __launch_bounds__(kThreads)
 // [by BN, ...) and reduces over all nc: each output element is written by one thread, once.
 // accumulate = false overwrites out (the first product of a row block).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kTileThreads)
     product_kernel(const T* __restrict__ w, int mb, int nc, const T* __restrict__ b, int64_t d,
                    T* __restrict__ out, bool accumulate) {
   constexpr int TM = Tile<T>::TM;
   constexpr int TN = Tile<T>::TN;
   constexpr int BM = 16 * TM;
   constexpr int BN = 16 * TN;
+  constexpr int BK = kTileBK;
   constexpr int V = Vec16<T>::n;
-  constexpr int LOADS_A = BM * kBK / kThreads;
-  constexpr int LOADS_B = kBK * BN / kThreads;
-  static_assert(BM * kBK % kThreads == 0 && kBK * BN % kThreads == 0, "even tile loads");
-  static_assert(TM % V == 0 && TN % V == 0 && (BM + kPad) % V == 0 && (BN + kPad) % V == 0,
+  constexpr int LOADS_A = BM * BK / kTileThreads;
+  constexpr int LOADS_B = BK * BN / kTileThreads;
+  static_assert(BM * BK % kTileThreads == 0 && BK * BN % kTileThreads == 0, "even tile loads");
+  static_assert(TM % V == 0 && TN % V == 0 && (BM + kTilePad) % V == 0 &&
+                    (BN + kTilePad) % V == 0,
                 "16-byte aligned operand loads");
 
-  __shared__ __align__(16) T as[kBK][BM + kPad];  // as[k][i] = w[i0 + i, k0 + k]
-  __shared__ __align__(16) T bs[kBK][BN + kPad];  // bs[k][n] = b[k0 + k, n0 + n]
+  __shared__ __align__(16) T as[BK][BM + kTilePad];  // as[k][i] = w[i0 + i, k0 + k]
+  __shared__ __align__(16) T bs[BK][BN + kTilePad];  // bs[k][n] = b[k0 + k, n0 + n]
 
   const int tid = threadIdx.x;
   const int tx = tid & 15;
@@ -427,19 +281,19 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
 
   T ra[LOADS_A], rb[LOADS_B];
-  // A element e: (row e / kBK, k e % kBK); B element e: (k e / BN, feature e % BN): consecutive
+  // A element e: (row e / BK, k e % BK); B element e: (k e / BN, feature e % BN): consecutive
   // threads read consecutive addresses of a row.
   auto load_stage = [&](int k0) {
 #pragma unroll
     for (int l = 0; l < LOADS_A; ++l) {
-      const int e = tid + l * kThreads;
-      const int64_t i = i0 + e / kBK;
-      const int k = k0 + e % kBK;
+      const int e = tid + l * kTileThreads;
+      const int64_t i = i0 + e / BK;
+      const int k = k0 + e % BK;
       ra[l] = (i < mb && k < nc) ? w[i * nc + k] : T(0);
     }
 #pragma unroll
     for (int l = 0; l < LOADS_B; ++l) {
-      const int e = tid + l * kThreads;
+      const int e = tid + l * kTileThreads;
       const int k = k0 + e / BN;
       const int64_t f = n0 + e % BN;
       rb[l] = (k < nc && f < d) ? b[k * d + f] : T(0);
@@ -453,21 +307,21 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
 
   load_stage(0);
-  for (int k0 = 0; k0 < nc; k0 += kBK) {
+  for (int k0 = 0; k0 < nc; k0 += BK) {
 #pragma unroll
     for (int l = 0; l < LOADS_A; ++l) {
-      const int e = tid + l * kThreads;
-      as[e % kBK][e / kBK] = ra[l];
+      const int e = tid + l * kTileThreads;
+      as[e % BK][e / BK] = ra[l];
     }
 #pragma unroll
     for (int l = 0; l < LOADS_B; ++l) {
-      const int e = tid + l * kThreads;
+      const int e = tid + l * kTileThreads;
       bs[e / BN][e % BN] = rb[l];
     }
     __syncthreads();
-    if (k0 + kBK < nc) load_stage(k0 + kBK);
+    if (k0 + BK < nc) load_stage(k0 + BK);
 #pragma unroll
-    for (int p = 0; p < kBK; ++p) {
+    for (int p = 0; p < BK; ++p) {
       T av[TM], bv[TN];
 #pragma unroll
       for (int g = 0; g < TM / V; ++g) Vec16<T>::load(&as[p][g * 16 * V + ty * V], av + g * V);
@@ -499,7 +353,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // host helpers
 
-constexpr int64_t kMaxChunk = int64_t(1) << 21;   // weight tile grid's y dimension stays in range
 constexpr int64_t kMaxSplits = 65535;             // forward grid's y dimension
 constexpr int64_t kMaxFeatures = int64_t(1) << 21;  // product grid's y dimension (d / 32)
 constexpr int64_t kMaxRows = int64_t(1) << 30;    // row offsets within a block stay in int
@@ -527,9 +380,7 @@ struct Side {
 
 }  // namespace
 
-// Forward: lse1 (and lse2 when lse2 != nullptr) of the n x d inputs, see the top of the file.
-// Scratch (device, caller-owned): at least 2 * min(block_rows, n) * splits elements of T;
-// `splits` column splits per row tile (clamped to the number of column tiles and 65535).
+// Forward (see the top of the file); the contract is in contrastive.cuh.
 template <typename T>
 void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
                          int64_t block_rows, int64_t splits, T* scratch, int64_t scratch_elems,
@@ -561,8 +412,8 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
       T* psum = scratch + used_splits * mb;
       const dim3 grid(static_cast<unsigned>((mb + edge - 1) / edge),
                       static_cast<unsigned>(used_splits));
-      lse_partial_kernel<T><<<grid, kThreads, 0, stream>>>(side.x, side.z, n, d, r0, mb, inv_tau,
-                                                           pmax, psum);
+      lse_partial_kernel<T><<<grid, kTileThreads, 0, stream>>>(side.x, side.z, n, d, r0, mb,
+                                                               inv_tau, pmax, psum);
       MF_CUDA_CHECK_LAUNCH("lse_partial_kernel");
       const unsigned merge_blocks = static_cast<unsigned>((mb + kMergeThreads - 1) / kMergeThreads);
       lse_merge_kernel<T><<<merge_blocks, kMergeThreads, 0, stream>>>(
@@ -572,8 +423,7 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
   }
 }
 
-// Backward: grad1, grad2 [n, d] (fully overwritten) of sum_i g1_i lse1_i (+ sum_j g2_j lse2_j
-// when lse2 / g2 are given). Scratch: at least min(block_rows, n) * min(chunk, n) elements.
+// Backward (see the top of the file); the contract is in contrastive.cuh.
 template <typename T>
 void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
                           const T* lse1, const T* lse2, const T* g1, const T* g2,
@@ -615,13 +465,13 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
           const bool self = part == 0;
           if (self && side.l_self == nullptr) continue;  // side 2, not symmetric: no A_self
           const T* y = self ? side.x : side.z;
-          weight_tile_kernel<T><<<grid, kThreads, 0, stream>>>(
+          weight_tile_kernel<T><<<grid, kTileThreads, 0, stream>>>(
               side.x, y, d, r0, mb, c0, nc, self, side.l_self, side.g_self,
               self ? side.l_self : side.l_other, self ? side.g_self : side.g_other, inv_tau,
               scratch);
           MF_CUDA_CHECK_LAUNCH("weight_tile_kernel");
-          product_kernel<T><<<prod_grid, kThreads, 0, stream>>>(scratch, mb, nc, y + c0 * d, d,
-                                                                side.out + r0 * d, accumulate);
+          product_kernel<T><<<prod_grid, kTileThreads, 0, stream>>>(
+              scratch, mb, nc, y + c0 * d, d, side.out + r0 * d, accumulate);
           MF_CUDA_CHECK_LAUNCH("product_kernel");
           accumulate = true;
         }

@@ -3,8 +3,9 @@
 // The host launcher walks the problem in (row block x key chunk) steps, so nothing of size M x N
 // is ever allocated: per step, on one stream,
 //
-//   1. similarity_tile_kernel  S[mb, nc] = Q[r0:r0+mb] K[c0:c0+nc]^T, a shared-memory tiled NT
-//      GEMM (fp32 accumulation for float, fp64 for double) into the caller's scratch buffer;
+//   1. similarity_tile_kernel  S[mb, nc] = Q[r0:r0+mb] K[c0:c0+nc]^T, the shared-memory tiled NT
+//      GEMM of tile_gemm.cuh (fp32 accumulation for float, fp64 for double) into the caller's
+//      scratch buffer;
 //   2. select_kernel           one thread block per query row merges that row of S into the row's
 //      running k-best list, which lives in the output arrays themselves.
 //
@@ -27,6 +28,8 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
+#include "cuda/tile_gemm.cuh"
+#include "cuda/topk_similarity.cuh"
 
 namespace micro_fast {
 namespace cuda {
@@ -34,18 +37,6 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-template <typename T>
-__device__ __forceinline__ T neg_inf();
-template <>
-__device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
-template <>
-__device__ __forceinline__ double neg_inf<double>() {
-  return __longlong_as_double(static_cast<long long>(0xfff0000000000000ULL));
-}
-
-__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
 
 // The order of the result: a larger value wins, on equal values the smaller key index wins.
 template <typename T>
@@ -56,135 +47,30 @@ __device__ __forceinline__ bool better(T v, int64_t j, T w, int64_t i) {
 // ---------------------------------------------------------------------------------------------
 // 1. similarity tile: S = Q_blk K_chunk^T
 
-template <typename T>
-struct GemmTile;
-template <>
-struct GemmTile<float> {
-  static constexpr int TM = 8;  // 8 x 8 outputs per thread, 128 x 128 per block
-};
-template <>
-struct GemmTile<double> {
-  static constexpr int TM = 4;  // 4 x 4 outputs per thread, 64 x 64 per block
-};
-
-constexpr int kGemmThreads = 256;  // 16 x 16
-constexpr int kGemmBK = 8;         // feature columns per shared-memory stage
-constexpr int kGemmPad = 4;        // breaks the bank pattern of the transposed stores; keeps
-                                   // every shared row 16-byte aligned
-
-// 16-byte shared-memory loads: V consecutive elements into registers.
-template <typename T>
-struct Vec16;
-template <>
-struct Vec16<float> {
-  static constexpr int n = 4;
-  static __device__ __forceinline__ void load(const float* src, float* dst) {
-    const float4 v = *reinterpret_cast<const float4*>(src);
-    dst[0] = v.x;
-    dst[1] = v.y;
-    dst[2] = v.z;
-    dst[3] = v.w;
-  }
-};
-template <>
-struct Vec16<double> {
-  static constexpr int n = 2;
-  static __device__ __forceinline__ void load(const double* src, double* dst) {
-    const double2 v = *reinterpret_cast<const double2*>(src);
-    dst[0] = v.x;
-    dst[1] = v.y;
-  }
-};
-
-template <typename T>
-constexpr int gemm_tile_edge() {
-  return 16 * GemmTile<T>::TM;
-}
-
 // q: the block's first query row, keys: the chunk's first key row, both row-major with row
-// stride d. Writes s[i * nc + j] for i < mb, j < nc. With V elements per 16 bytes, thread
-// (tx, ty) owns the TM rows g * 16V + ty * V + v and the TM columns g * 16V + tx * V + v
-// (g < TM / V, v < V) of the block's tile: its operands are read from shared memory with
-// 16-byte loads that are broadcasts (rows) or cover consecutive banks (columns), and the global
-// stores of a half-warp are contiguous runs. The next stage's global loads are issued before
-// the current stage's arithmetic (register prefetch).
+// stride d. Writes s[i * nc + j] for i < mb, j < nc: each thread block computes its score tile
+// with the shared NT GEMM (tile_gemm.cuh) and stores it; the stores of a half-warp are
+// contiguous runs.
 template <typename T>
-__global__ void __launch_bounds__(kGemmThreads)
+__global__ void __launch_bounds__(kTileThreads)
     similarity_tile_kernel(const T* __restrict__ q, const T* __restrict__ keys, int64_t d, int mb,
                            int nc, T* __restrict__ s) {
-  constexpr int TM = GemmTile<T>::TM;
-  constexpr int BM = 16 * TM;
-  constexpr int BK = kGemmBK;
-  constexpr int LOADS = BM * BK / kGemmThreads;
-  constexpr int V = Vec16<T>::n;
-  static_assert(BM * BK % kGemmThreads == 0, "tile loads must divide evenly");
-  static_assert(TM % V == 0 && (BM + kGemmPad) % V == 0, "16-byte aligned operand loads");
-
-  __shared__ __align__(16) T as[BK][BM + kGemmPad];  // as[p][i] = Q[i0 + i, p0 + p]
-  __shared__ __align__(16) T bs[BK][BM + kGemmPad];  // bs[p][j] = K[j0 + j, p0 + p]
-
-  const int tid = threadIdx.x;
-  const int tx = tid & 15;
-  const int ty = tid >> 4;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * BM;
-
-  T ra[LOADS], rb[LOADS];
-  // Element e of a stage is (row e / BK, feature e % BK): BK consecutive threads read one row's
-  // BK consecutive features. Out-of-range rows and features read as 0.
-  auto load_stage = [&](int64_t p0) {
-#pragma unroll
-    for (int l = 0; l < LOADS; ++l) {
-      const int e = tid + l * kGemmThreads;
-      const int64_t r = e / BK;
-      const int64_t p = p0 + e % BK;
-      const int64_t i = i0 + r;
-      const int64_t j = j0 + r;
-      ra[l] = (i < mb && p < d) ? q[i * d + p] : T(0);
-      rb[l] = (j < nc && p < d) ? keys[j * d + p] : T(0);
-    }
-  };
-
+  constexpr int TM = Tile<T>::TM;
+  __shared__ ScoreSmem<T> sm;
   T acc[TM][TM];
-#pragma unroll
-  for (int r = 0; r < TM; ++r)
-#pragma unroll
-    for (int c = 0; c < TM; ++c) acc[r][c] = T(0);
+  const ScoreTile t = grid_score_tile<T>(q, mb, keys, nc, d, sm, acc);
 
-  load_stage(0);
-  for (int64_t p0 = 0; p0 < d; p0 += BK) {
-#pragma unroll
-    for (int l = 0; l < LOADS; ++l) {
-      const int e = tid + l * kGemmThreads;
-      as[e % BK][e / BK] = ra[l];
-      bs[e % BK][e / BK] = rb[l];
-    }
-    __syncthreads();
-    if (p0 + BK < d) load_stage(p0 + BK);
-#pragma unroll
-    for (int p = 0; p < BK; ++p) {
-      T a[TM], b[TM];
-#pragma unroll
-      for (int g = 0; g < TM / V; ++g) {
-        Vec16<T>::load(&as[p][g * 16 * V + ty * V], a + g * V);
-        Vec16<T>::load(&bs[p][g * 16 * V + tx * V], b + g * V);
-      }
-#pragma unroll
-      for (int r = 0; r < TM; ++r)
-#pragma unroll
-        for (int c = 0; c < TM; ++c) acc[r][c] = fma_rn(a[r], b[c], acc[r][c]);
-    }
-    __syncthreads();  // the next stage overwrites as / bs
-  }
-
+  const int tx = threadIdx.x & 15;
+  const int ty = threadIdx.x >> 4;
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
-    const int64_t i = i0 + (r / V) * 16 * V + ty * V + r % V;
-    if (i >= mb) continue;
+    const int il = owned<T>(r, ty);
+    if (il >= t.a_rows) continue;
+    T* srow = s + (t.i0 + il) * nc + t.j0;
 #pragma unroll
     for (int c = 0; c < TM; ++c) {
-      const int64_t j = j0 + (c / V) * 16 * V + tx * V + c % V;
-      if (j < nc) s[i * nc + j] = acc[r][c];
+      const int jl = owned<T>(c, tx);
+      if (jl < t.b_rows) srow[jl] = acc[r][c];
     }
   }
 }
@@ -391,7 +277,6 @@ __global__ void __launch_bounds__(kSelThreads)
   }
 }
 
-constexpr int64_t kMaxChunk = int64_t(1) << 21;  // keeps the tile grid's y dimension in range
 constexpr int64_t kMaxK = int64_t(1) << 30;      // list positions (+ a merge tile) stay in int
 
 }  // namespace
@@ -426,7 +311,7 @@ void topk_similarity(const T* queries, int64_t m, const T* keys, int64_t n, int6
   MF_CUDA_CHECK(cudaSetDevice(device));
   (void)cudaGetLastError();  // a stale launch error of an earlier call is not ours to report
 
-  constexpr int edge = gemm_tile_edge<T>();
+  constexpr int edge = score_edge<T>();
   for (int64_t r0 = 0; r0 < m; r0 += rows) {
     const int mb = static_cast<int>(std::min(rows, m - r0));
     MF_CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int32_t) * mb, stream));
@@ -434,7 +319,7 @@ void topk_similarity(const T* queries, int64_t m, const T* keys, int64_t n, int6
       const int nc = static_cast<int>(std::min(cols, n - c0));
       const dim3 grid(static_cast<unsigned>((mb + edge - 1) / edge),
                       static_cast<unsigned>((nc + edge - 1) / edge));
-      similarity_tile_kernel<T><<<grid, kGemmThreads, 0, stream>>>(queries + r0 * d,
+      similarity_tile_kernel<T><<<grid, kTileThreads, 0, stream>>>(queries + r0 * d,
                                                                    keys + c0 * d, d, mb, nc,
                                                                    scratch);
       MF_CUDA_CHECK_LAUNCH("similarity_tile_kernel");
