@@ -15,8 +15,8 @@ def test_info_lists_backends_and_reasons(capsys):
         assert name in out
 
 
-def test_console_entry_point_runs():
+def test_console_entry_point_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "micro_fast.cli", "info"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "micro_fast" in proc.stdout
