@@ -17,7 +17,9 @@ def check_matrix(name: str, t: object) -> torch.Tensor:
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t.detach()).all()):
+    # one pass without a temporary as large as t: NaN and inf both surface in the extremes
+    lo, hi = torch.aminmax(t.detach())
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
         raise ValueError(f"{name} contains NaN or inf")
     return t
 
@@ -53,11 +55,27 @@ def check_no_overflow(queries: torch.Tensor, keys: torch.Tensor) -> None:
     """Rejects inputs whose inner products could overflow the dtype.
 
     By Cauchy-Schwarz every partial sum of <q, k> is bounded by |q| |k|, so bounding the product
-    of the largest norms bounds every intermediate of every kernel.
+    of the largest norms bounds every intermediate of every kernel. The cheap bound
+    d max|q| max|k| settles almost every call; the row norms are computed (in float64, in row
+    chunks) only when it does not.
     """
-    qn = torch.linalg.vector_norm(queries.detach().double(), dim=1).max()
-    kn = qn if keys is queries else torch.linalg.vector_norm(keys.detach().double(), dim=1).max()
     limit = torch.finfo(queries.dtype).max / 4
-    if float(qn) * float(kn) > limit:
+
+    def max_abs(t: torch.Tensor) -> float:
+        lo, hi = torch.aminmax(t.detach())
+        return max(-float(lo), float(hi))
+
+    def max_norm(t: torch.Tensor) -> float:
+        t = t.detach()
+        return max(float(torch.linalg.vector_norm(t[r:r + 4096].double(), dim=1).max())
+                   for r in range(0, t.shape[0], 4096))
+
+    qa = max_abs(queries)
+    ka = qa if keys is queries else max_abs(keys)
+    if queries.shape[1] * qa * ka <= limit:
+        return
+    qn = max_norm(queries)
+    kn = qn if keys is queries else max_norm(keys)
+    if qn * kn > limit:
         raise ValueError(f"queries/keys magnitudes (max norms {float(qn):.3g}, {float(kn):.3g}) "
                          f"would overflow {queries.dtype} inner products; rescale the inputs")
