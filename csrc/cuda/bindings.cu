@@ -13,6 +13,7 @@
 #include "common.h"
 #include "cuda/common.cuh"
 #include "cuda/contrastive.cuh"
+#include "cuda/spmm.cuh"
 #include "cuda/topk_similarity.cuh"
 
 namespace py = pybind11;
@@ -60,6 +61,35 @@ void contrastive_backward(std::uintptr_t n1, std::uintptr_t n2, int64_t n, int64
       as_ptr<const T>(n1), as_ptr<const T>(n2), n, d, tau, as_ptr<const T>(lse1),
       as_ptr<const T>(lse2), as_ptr<const T>(g1), as_ptr<const T>(g2), block_rows, chunk,
       as_ptr<T>(scratch), scratch_elems, as_ptr<T>(grad1), as_ptr<T>(grad2), device,
+      reinterpret_cast<cudaStream_t>(stream));
+}
+
+template <typename T>
+void spmm(std::uintptr_t indptr, std::uintptr_t indices, std::uintptr_t values, int64_t m,
+          int64_t nnz, std::uintptr_t x, int64_t d, std::uintptr_t y, int device,
+          std::uintptr_t stream) {
+  micro_fast::cuda::spmm<T>(as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices),
+                            as_ptr<const T>(values), m, nnz, as_ptr<const T>(x), d, as_ptr<T>(y),
+                            device, reinterpret_cast<cudaStream_t>(stream));
+}
+
+template <typename T>
+void sddmm(std::uintptr_t indptr, std::uintptr_t indices, int64_t m, int64_t nnz,
+           std::uintptr_t a, std::uintptr_t b, int64_t d, std::uintptr_t out, int device,
+           std::uintptr_t stream) {
+  micro_fast::cuda::sddmm<T>(as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices), m,
+                             nnz, as_ptr<const T>(a), as_ptr<const T>(b), d, as_ptr<T>(out),
+                             device, reinterpret_cast<cudaStream_t>(stream));
+}
+
+void csr_transpose(std::uintptr_t indptr, std::uintptr_t indices, int64_t m, int64_t nnz,
+                   int64_t n_cols, std::uintptr_t scratch, int64_t scratch_elems,
+                   std::uintptr_t t_indptr, std::uintptr_t t_indices, std::uintptr_t perm,
+                   int device, std::uintptr_t stream) {
+  micro_fast::cuda::csr_transpose(
+      as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices), m, nnz, n_cols,
+      as_ptr<int64_t>(scratch), scratch_elems, as_ptr<int64_t>(t_indptr),
+      as_ptr<int64_t>(t_indices), as_ptr<int64_t>(perm), device,
       reinterpret_cast<cudaStream_t>(stream));
 }
 
@@ -140,6 +170,42 @@ PYBIND11_MODULE(_cuda, mod) {
           py::arg("lse2"), py::arg("g1"), py::arg("g2"), py::arg("block_rows"), py::arg("chunk"),
           py::arg("scratch"), py::arg("scratch_elems"), py::arg("grad1"), py::arg("grad2"),
           py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  const char* spmm_doc =
+      "Enqueues y = A x on `stream` of `device`.\n\n"
+      "A: CSR indptr [m + 1], indices [nnz] (int64) and values [nnz]; x [n, d] and y [m, d]\n"
+      "row-major, contiguous. All pointers are device addresses (tensor.data_ptr()). y is\n"
+      "fully written; each element sums its row's entries in CSR order (deterministic).";
+  mod.def("spmm_f32", &spmm<float>, spmm_doc, py::arg("indptr"), py::arg("indices"),
+          py::arg("values"), py::arg("m"), py::arg("nnz"), py::arg("x"), py::arg("d"),
+          py::arg("y"), py::arg("device"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>());
+  mod.def("spmm_f64", &spmm<double>, spmm_doc, py::arg("indptr"), py::arg("indices"),
+          py::arg("values"), py::arg("m"), py::arg("nnz"), py::arg("x"), py::arg("d"),
+          py::arg("y"), py::arg("device"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>());
+  const char* sddmm_doc =
+      "Enqueues out[e] = <a[row(e)], b[indices[e]]> on `stream` of `device`.\n\n"
+      "CSR indptr [m + 1], indices [nnz] (int64); a [m, d], b [n, d] row-major, contiguous;\n"
+      "out [nnz] is fully written. Deterministic.";
+  mod.def("sddmm_f32", &sddmm<float>, sddmm_doc, py::arg("indptr"), py::arg("indices"),
+          py::arg("m"), py::arg("nnz"), py::arg("a"), py::arg("b"), py::arg("d"), py::arg("out"),
+          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  mod.def("sddmm_f64", &sddmm<double>, sddmm_doc, py::arg("indptr"), py::arg("indices"),
+          py::arg("m"), py::arg("nnz"), py::arg("a"), py::arg("b"), py::arg("d"), py::arg("out"),
+          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  mod.def("csr_transpose_scratch_elems", &micro_fast::cuda::csr_transpose_scratch_elems,
+          "int64 scratch elements csr_transpose needs (host arithmetic, no CUDA call).",
+          py::arg("nnz"), py::arg("n_cols"));
+  mod.def("csr_transpose", &csr_transpose,
+          "Enqueues the CSR transpose's structure on `stream` of `device`.\n\n"
+          "Writes t_indptr [n_cols + 1], t_indices [nnz] (source rows, ascending within each\n"
+          "column) and perm [nnz] (t_values = values[perm]): a stable radix sort of the entries\n"
+          "by column, deterministic. scratch holds csr_transpose_scratch_elems(nnz, n_cols)\n"
+          "int64 elements.",
+          py::arg("indptr"), py::arg("indices"), py::arg("m"), py::arg("nnz"), py::arg("n_cols"),
+          py::arg("scratch"), py::arg("scratch_elems"), py::arg("t_indptr"),
+          py::arg("t_indices"), py::arg("perm"), py::arg("device"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>());
   mod.def("device_count", &device_count,
           "Number of CUDA devices visible to this module's runtime; raises CudaError when the "
           "runtime cannot initialize (no driver, driver too old, no device).");

@@ -1,5 +1,5 @@
 // Shared host pieces of the CUDA core (micro_fast._cuda): error checking. The launchers are
-// declared in topk_similarity.cuh and contrastive.cuh.
+// declared in topk_similarity.cuh, contrastive.cuh and spmm.cuh.
 //
 // The launchers take raw device pointers and a stream, never torch objects: the Python side owns
 // every allocation (torch's caching allocator) and this library links only the static CUDA

@@ -253,3 +253,110 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
                scratch_elems=scratch.numel(), grad1=grad1.data_ptr(), grad2=grad2.data_ptr(),
                device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
     return grad1, grad2
+
+
+def _entry(name: str):
+    """The compiled function ``name`` of ``micro_fast._cuda`` (a clear error when missing)."""
+    if _cuda is None:
+        raise RuntimeError(f"the cuda backend is not available: {is_available()[1]}")
+    fn = getattr(_cuda, name, None)
+    if fn is None:
+        raise RuntimeError(f"this build of micro_fast._cuda has no {name} kernel: rebuild it")
+    return fn
+
+
+def _csr_structure(indptr: torch.Tensor, indices: torch.Tensor,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``indptr``/``indices`` as contiguous int64 CUDA tensors on ``device`` (the structure
+    itself is trusted: ``CSRGraph`` validates it)."""
+    if device.type != "cuda":
+        raise ValueError(f"cuda backend needs CUDA tensors, got {device}")
+    for name, t in (("indptr", indptr), ("indices", indices)):
+        if t.device != device or t.dtype != torch.int64 or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D int64 tensor on {device}, got "
+                             f"{tuple(t.shape)} {t.dtype} on {t.device}")
+    if indptr.numel() < 1:
+        raise ValueError("indptr must have at least one element")
+    return indptr.contiguous(), indices.contiguous()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+         x: torch.Tensor) -> torch.Tensor:
+    """``y [M, d] = A x`` (see ``micro_fast.backends``); every output element sums its row's
+    entries in CSR order (fp32 for float32), so the result is deterministic."""
+    launch = _launcher(x.dtype, "spmm")
+    device = x.device
+    indptr, indices = _csr_structure(indptr, indices, device)
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [N, d], got shape {tuple(x.shape)}")
+    nnz = indices.numel()
+    if values.shape != (nnz,) or values.dtype != x.dtype or values.device != device:
+        raise ValueError(f"values must be a [{nnz}] {x.dtype} tensor on {device}, got "
+                         f"{tuple(values.shape)} {values.dtype} on {values.device}")
+    x = x.detach().contiguous()
+    values = values.detach().contiguous()
+    m, d = indptr.numel() - 1, x.shape[1]
+    if m == 0 or d == 0 or nnz == 0:
+        return torch.zeros((m, d), dtype=x.dtype, device=device)
+    y = torch.empty((m, d), dtype=x.dtype, device=device)
+    with torch.cuda.device(device):
+        launch(indptr=indptr.data_ptr(), indices=indices.data_ptr(), values=values.data_ptr(),
+               m=m, nnz=nnz, x=x.data_ptr(), d=d, y=y.data_ptr(), device=device.index,
+               stream=_stream(device))
+    return y
+
+
+def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
+          b: torch.Tensor) -> torch.Tensor:
+    """``out[e] = <a[row(e)], b[indices[e]]>`` [nnz] (see ``micro_fast.backends``);
+    deterministic."""
+    launch = _launcher(a.dtype, "sddmm")
+    device = a.device
+    indptr, indices = _csr_structure(indptr, indices, device)
+    if b.device != device or b.dtype != a.dtype:
+        raise ValueError("a and b must share device and dtype")
+    m = indptr.numel() - 1
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != m or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a must be [{m}, d] and b [N, d], got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    a = a.detach().contiguous()
+    b = b.detach().contiguous()
+    nnz, d = indices.numel(), a.shape[1]
+    if nnz == 0 or d == 0:
+        return torch.zeros(nnz, dtype=a.dtype, device=device)
+    out = torch.empty(nnz, dtype=a.dtype, device=device)
+    with torch.cuda.device(device):
+        launch(indptr=indptr.data_ptr(), indices=indices.data_ptr(), m=m, nnz=nnz,
+               a=a.data_ptr(), b=b.data_ptr(), d=d, out=out.data_ptr(), device=device.index,
+               stream=_stream(device))
+    return out
+
+
+def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
+                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transpose's structure (see ``micro_fast.backends``): a stable radix sort of the
+    entries by column on the GPU, so each column lists its rows ascending; deterministic."""
+    launch = _entry("csr_transpose")
+    device = indices.device
+    indptr, indices = _csr_structure(indptr, indices, device)
+    n_cols = int(n_cols)
+    if n_cols < 0:
+        raise ValueError(f"n_cols must be non-negative, got {n_cols}")
+    m, nnz = indptr.numel() - 1, indices.numel()
+    t_indptr = torch.zeros(n_cols + 1, dtype=torch.int64, device=device)
+    t_indices = torch.empty(nnz, dtype=torch.int64, device=device)
+    perm = torch.empty(nnz, dtype=torch.int64, device=device)
+    if nnz == 0:
+        return t_indptr, t_indices, perm
+    with torch.cuda.device(device):
+        scratch = torch.empty(_cuda.csr_transpose_scratch_elems(nnz, n_cols), dtype=torch.int64,
+                              device=device)
+        launch(indptr=indptr.data_ptr(), indices=indices.data_ptr(), m=m, nnz=nnz,
+               n_cols=n_cols, scratch=scratch.data_ptr(), scratch_elems=scratch.numel(),
+               t_indptr=t_indptr.data_ptr(), t_indices=t_indices.data_ptr(),
+               perm=perm.data_ptr(), device=device.index, stream=_stream(device))
+    return t_indptr, t_indices, perm
