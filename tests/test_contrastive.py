@@ -59,7 +59,7 @@ def _value_and_grads(z1, z2, **kw):
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
-@given(n=st.integers(1, 300), d=st.integers(1, 80), tau=st.floats(0.05, 2.0),
+@given(n=st.integers(1, 300), d=st.integers(1, 256), tau=st.floats(0.05, 2.0),
        symmetric=st.booleans(), double=st.booleans(), block=st.sampled_from([None, 1, 24, 64]),
        seed=st.integers(0, 2**31 - 1))
 def test_backend_matches_reference(backend, n, d, tau, symmetric, double, block, seed):
@@ -208,3 +208,15 @@ def test_contrastive_fusion_module_matches_published_code():
     assert torch.allclose(h, ref_h) and torch.allclose(loss, ref_loss, rtol=1e-5)
     loss.backward()
     assert image.grad is not None and fusion.query[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba"])
+def test_a_few_thousand_items(backend):
+    _needs(backend)
+    gen = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(2500, 64, generator=gen), torch.randn(2500, 64, generator=gen)
+    for symmetric in (False, True):
+        got = _value_and_grads(z1, z2, symmetric=symmetric, backend=backend)
+        ref = _value_and_grads(z1, z2, symmetric=symmetric, backend="torch_ref")
+        for a, b in zip(got, ref, strict=True):
+            assert torch.allclose(a, b, rtol=2e-4, atol=1e-7)
