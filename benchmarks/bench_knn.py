@@ -52,34 +52,23 @@ def test_topk_similarity_search_only(benchmark, run_case, size, backend):
              backend=backend, n=size[0], d=size[1])
 
 
-@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
-def test_official_dense_path(benchmark, run_case, size):
-    x = features(*size)
-    benchmark.group = f"knn N={size[0]} d={size[1]}"
-    run_case(lambda: peers.official_knn_graph(x, K), rounds=1, warmup=0, op="official",
-             n=size[0], d=size[1])
+# peer -> (function of the feature tensor, needs NumPy input, slow: one round, optional module)
+PEERS = {
+    "official": (peers.official_knn_graph, False, True, None),
+    "blocked_torch": (peers.blocked_torch_topk, False, True, None),
+    "faiss": (peers.faiss_flat_ip, True, False, "faiss"),
+    "sklearn": (peers.sklearn_cosine_knn, True, True, "sklearn"),
+}
 
 
 @pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
-def test_blocked_torch(benchmark, run_case, size):
-    x = features(*size)
+@pytest.mark.parametrize("peer", list(PEERS))
+def test_peer(benchmark, run_case, size, peer):
+    fn, numpy_input, slow, module = PEERS[peer]
+    if module is not None:
+        pytest.importorskip(module, reason=f"{module} not installed (pip install '.[bench]')")
+    x = features(*size).numpy() if numpy_input else features(*size)
     benchmark.group = f"knn N={size[0]} d={size[1]}"
-    run_case(lambda: peers.blocked_torch_topk(x, K), rounds=1, warmup=1, op="blocked_torch",
-             n=size[0], d=size[1])
-
-
-@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
-def test_faiss_flat_ip(benchmark, run_case, size):
-    pytest.importorskip("faiss", reason="FAISS not installed (pip install '.[bench]')")
-    x = features(*size).numpy()
-    benchmark.group = f"knn N={size[0]} d={size[1]}"
-    run_case(lambda: peers.faiss_flat_ip(x, K), op="faiss", n=size[0], d=size[1])
-
-
-@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
-def test_sklearn_symmetric_product(benchmark, run_case, size):
-    pytest.importorskip("sklearn", reason="scikit-learn not installed (pip install '.[bench]')")
-    x = features(*size).numpy()
-    benchmark.group = f"knn N={size[0]} d={size[1]}"
-    run_case(lambda: peers.sklearn_cosine_knn(x, K), rounds=1, warmup=1, op="sklearn",
-             n=size[0], d=size[1])
+    # the official path is timed cold, as a training loop meets it once per epoch
+    run_case(lambda: fn(x, K), rounds=1 if slow else 3, warmup=0 if peer == "official" else 1,
+             op=peer, n=size[0], d=size[1])

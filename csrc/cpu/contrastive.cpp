@@ -94,6 +94,15 @@ void score_tile(const TileKernel<T>& kern, const Plan<T>& p, Scratch<T>& w, cons
   }
 }
 
+// The task's span, with its score tile computed into w.s.
+template <typename T>
+TileSpan<T> scored_tile(const TileKernel<T>& kern, const Plan<T>& p, Scratch<T>& w,
+                        const Task& task, const T* n1, const T* n2) {
+  const TileSpan<T> sp(task, p.block, p.n, n1, n2);
+  score_tile(kern, p, w, sp.x, sp.i0, sp.mb, sp.y, sp.j0, sp.nb);
+  return sp;
+}
+
 inline void lse_merge(double& m, double& s, double mt, double st) {
   if (st == 0.0) return;
   if (mt > m) {
@@ -193,12 +202,10 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Task& task = plan.tasks[t];
-      const TileSpan<T> sp(task, plan.block, n, n1, n2);
+      const TileSpan<T> sp = scored_tile(ks.tile, plan, w, task, n1, n2);
       const int64_t i0 = sp.i0, j0 = sp.j0;
       const int mb = sp.mb, nb = sp.nb;
-      const T *x = sp.x, *y = sp.y;
       const bool diag = sp.diag;
-      score_tile(ks.tile, plan, w, x, i0, mb, y, j0, nb);
       double *rm, *rs, *cm = nullptr, *cs = nullptr;
       if (task.kind == kIntra2) {
         rm = a.m2.data() + i0;
@@ -271,12 +278,10 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Task& task = plan.tasks[t];
-      const TileSpan<T> sp(task, plan.block, n, n1, n2);
+      const TileSpan<T> sp = scored_tile(ks.tile, plan, w, task, n1, n2);
       const int64_t i0 = sp.i0, j0 = sp.j0;
       const int mb = sp.mb, nb = sp.nb;
-      const T *x = sp.x, *y = sp.y;
       const bool diag = sp.diag;
-      score_tile(ks.tile, plan, w, x, i0, mb, y, j0, nb);
       // Row-shifted and column-shifted exps: exp(s / tau - lse) <= 1, never overflowing.
       const T* lr = task.kind == kIntra2 ? lse2 : lse1;
       const T* gr = task.kind == kIntra2 ? g2 : g1;
@@ -321,10 +326,10 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
       // e now holds the weights W of this tile; scatter W y_J to rows I and W^T x_I to rows J.
       T* out_rows = task.kind == kIntra2 ? gr2 : gr1;
       T* out_cols = task.kind == kIntra1 ? gr1 : gr2;
-      ks.dense.gemm_acc(e, ld, 1, mb, nb, y + j0 * d, d, static_cast<int>(d), out_rows + i0 * d,
-                        d);
+      ks.dense.gemm_acc(e, ld, 1, mb, nb, sp.y + j0 * d, d, static_cast<int>(d),
+                        out_rows + i0 * d, d);
       if (!diag)
-        ks.dense.gemm_acc(e, 1, ld, nb, mb, x + i0 * d, d, static_cast<int>(d),
+        ks.dense.gemm_acc(e, 1, ld, nb, mb, sp.x + i0 * d, d, static_cast<int>(d),
                           out_cols + j0 * d, d);
     }
   }

@@ -107,6 +107,25 @@ def _excluded(ex_ptr, ex_idx, row, col):
 
 
 @njit(**_LEAF)
+def _sift_down(hv, hi, row, end, v, j):
+    """Places ``(v, j)`` at the root of ``row``'s heap ``[0, end)`` and sifts it down."""
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= end:
+            break
+        if c + 1 < end and _better(hv[row, c], hi[row, c], hv[row, c + 1], hi[row, c + 1]):
+            c += 1  # the worse child
+        if not _better(v, j, hv[row, c], hi[row, c]):
+            break
+        hv[row, pos] = hv[row, c]
+        hi[row, pos] = hi[row, c]
+        pos = c
+    hv[row, pos] = v
+    hi[row, pos] = j
+
+
+@njit(**_LEAF)
 def _offer(hv, hi, cnt, thr, row, v, j, ex_ptr, ex_idx):
     """Offers ``(v, j)`` to the list of ``row``, raising ``thr[row]`` to its root once full.
 
@@ -137,20 +156,7 @@ def _offer(hv, hi, cnt, thr, row, v, j, ex_ptr, ex_idx):
         if n + 1 == k and hv[row, 0] > thr[row]:
             thr[row] = hv[row, 0]
         return
-    pos = 0
-    while True:
-        c = 2 * pos + 1
-        if c >= k:
-            break
-        if c + 1 < k and _better(hv[row, c], hi[row, c], hv[row, c + 1], hi[row, c + 1]):
-            c += 1  # the worse child
-        if not _better(v, j, hv[row, c], hi[row, c]):
-            break
-        hv[row, pos] = hv[row, c]
-        hi[row, pos] = hi[row, c]
-        pos = c
-    hv[row, pos] = v
-    hi[row, pos] = j
+    _sift_down(hv, hi, row, k, v, j)
     if hv[row, 0] > thr[row]:
         thr[row] = hv[row, 0]
 
@@ -163,22 +169,7 @@ def _finish_row(hv, hi, cnt, row):
     for end in range(n - 1, 0, -1):
         v0 = hv[row, 0]
         j0 = hi[row, 0]
-        v = hv[row, end]
-        j = hi[row, end]
-        pos = 0
-        while True:
-            c = 2 * pos + 1
-            if c >= end:
-                break
-            if c + 1 < end and _better(hv[row, c], hi[row, c], hv[row, c + 1], hi[row, c + 1]):
-                c += 1
-            if not _better(v, j, hv[row, c], hi[row, c]):
-                break
-            hv[row, pos] = hv[row, c]
-            hi[row, pos] = hi[row, c]
-            pos = c
-        hv[row, pos] = v
-        hi[row, pos] = j
+        _sift_down(hv, hi, row, end, hv[row, end], hi[row, end])
         hv[row, end] = v0
         hi[row, end] = j0
     for e in range(k):
