@@ -6,7 +6,8 @@ torch CSR and scipy CSR.
 Graphs: the symmetric-normalized bipartite graph of Clothing size (39,387 users x 23,033 items,
 278,677 interactions -> 62,420 nodes, 557k nonzeros) and the kNN item graph (N = 23,033,
 k = 10). ``extra_info`` holds the effective bandwidth (graph + x + y bytes over time) and the
-machine's measured copy bandwidth.
+machine's measured copy bandwidth. Forward+backward clears ``x.grad`` first, as
+``optimizer.zero_grad()`` does by default, so no gradient accumulation is timed.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def _peer_fn(peer: str, g: mf.CSRGraph, x: torch.Tensor, backward: bool):
         return lambda: torch.sparse.mm(a, x) if peer == "torch_coo" else a @ x
 
     def fwd_bwd():
+        x.grad = None
         y = torch.sparse.mm(a, x) if peer == "torch_coo" else a @ x
         y.backward(torch.ones_like(y))
 
@@ -89,6 +91,7 @@ def test_spmm(benchmark, run_case, impl, name, d, mode):
         x = _x(g, d, backward).to(device).detach().requires_grad_(backward)
         if backward:
             def fn():
+                x.grad = None
                 y = mf.spmm(gd, x, backend=impl)
                 y.backward(torch.ones_like(y))
         else:

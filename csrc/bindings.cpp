@@ -10,6 +10,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "cpu/bipartite_graph.h"
@@ -98,15 +99,31 @@ void check_csr(const IndexArray& indptr, const IndexArray& indices, int64_t n_co
            "graph: column index out of range [0, " + std::to_string(n_cols) + ")");
 }
 
+// Outputs may be passed in by the caller: the torch adapter allocates them with torch's
+// allocator, which reuses freed blocks where NumPy's huge-page advice makes every fresh
+// multi-megabyte output fault its pages in again.
+template <typename T>
+CArray<T> output_array(const std::optional<CArray<T>>& out, std::vector<int64_t> shape,
+                       const char* what) {
+  if (!out) return CArray<T>(shape);
+  MF_CHECK(out->ndim() == static_cast<py::ssize_t>(shape.size()),
+           std::string(what) + ": out has the wrong number of dimensions");
+  for (size_t i = 0; i < shape.size(); ++i)
+    MF_CHECK(out->shape(i) == shape[i], std::string(what) + ": out has the wrong shape");
+  MF_CHECK(out->writeable(), std::string(what) + ": out must be writeable");
+  return *out;
+}
+
 template <typename T>
 CArray<T> spmm(const IndexArray& indptr, const IndexArray& indices, const CArray<T>& values,
-               const CArray<T>& x, int num_threads, bool checked) {
+               const CArray<T>& x, int num_threads, bool checked,
+               const std::optional<CArray<T>>& out) {
   MF_CHECK(x.ndim() == 2, "x must be 2-D");
   check_csr(indptr, indices, x.shape(0), checked);
   MF_CHECK(values.ndim() == 1 && values.shape(0) == indices.shape(0),
            "graph: values must have one entry per stored index");
   const int64_t m = indptr.shape(0) - 1, d = x.shape(1);
-  CArray<T> y({m, d});
+  CArray<T> y = output_array<T>(out, {m, d}, "spmm");
   const int64_t *p = indptr.data(), *ix = indices.data();
   const T *v = values.data(), *xp = x.data();
   T* yp = y.mutable_data();
@@ -119,13 +136,14 @@ CArray<T> spmm(const IndexArray& indptr, const IndexArray& indices, const CArray
 
 template <typename T>
 CArray<T> sddmm(const IndexArray& indptr, const IndexArray& indices, const CArray<T>& a,
-                const CArray<T>& b, int num_threads, bool checked) {
+                const CArray<T>& b, int num_threads, bool checked,
+                const std::optional<CArray<T>>& out_values) {
   MF_CHECK(a.ndim() == 2 && b.ndim() == 2 && a.shape(1) == b.shape(1),
            "a and b must be 2-D with the same number of columns");
   check_csr(indptr, indices, b.shape(0), checked);
   const int64_t m = indptr.shape(0) - 1, d = a.shape(1);
   MF_CHECK(a.shape(0) == m, "a must have one row per graph row");
-  CArray<T> out({indices.shape(0)});
+  CArray<T> out = output_array<T>(out_values, {indices.shape(0)}, "sddmm");
   const int64_t *p = indptr.data(), *ix = indices.data();
   const T *ap = a.data(), *bp = b.data();
   T* op = out.mutable_data();
@@ -225,7 +243,9 @@ template <typename T>
 py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double tau,
                                const CArray<T>& lse1, const std::optional<CArray<T>>& lse2,
                                const CArray<T>& g1, const std::optional<CArray<T>>& g2,
-                               int64_t block_size, int num_threads) {
+                               int64_t block_size, int num_threads,
+                               const std::optional<CArray<T>>& out1,
+                               const std::optional<CArray<T>>& out2) {
   check_pair(n1, n2);
   MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
   const int64_t n = n1.shape(0), d = n1.shape(1);
@@ -236,7 +256,8 @@ py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double 
     check_vector(*lse2, n, "lse2");
     check_vector(*g2, n, "g2");
   }
-  CArray<T> grad1({n, d}), grad2({n, d});
+  CArray<T> grad1 = output_array<T>(out1, {n, d}, "contrastive_backward");
+  CArray<T> grad2 = output_array<T>(out2, {n, d}, "contrastive_backward");
   const T *a = n1.data(), *b = n2.data(), *l1 = lse1.data(), *w1 = g1.data();
   const T* l2 = lse2 ? lse2->data() : nullptr;
   const T* w2 = g2 ? g2->data() : nullptr;
@@ -265,16 +286,16 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("block_size") = 0, py::arg("num_threads") = 1);
   mod.def("spmm", &spmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
           py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true);
+          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
   mod.def("spmm", &spmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
           py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true);
+          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
   mod.def("sddmm", &sddmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
           py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true);
+          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
   mod.def("sddmm", &sddmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
           py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true);
+          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
   mod.def("csr_transpose", &csr_transpose, py::arg("indptr").noconvert(),
           py::arg("indices").noconvert(), py::arg("n_cols"));
   mod.def("bipartite_graph", &bipartite_graph, py::arg("users").noconvert(),
@@ -290,11 +311,13 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("contrastive_backward", &contrastive_backward<float>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
           py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1,
+          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none());
   mod.def("contrastive_backward", &contrastive_backward<double>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
           py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1,
+          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none());
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");

@@ -15,10 +15,14 @@ from micro_fast.graph import _Structure
 DTYPES = [torch.float32, torch.float64]
 
 
+def device_of(backend: str) -> torch.device:
+    return torch.device("cuda" if backend == "cuda" else "cpu")
+
+
 def require(backend: str, op: str = "spmm") -> None:
     if backend not in backends.available():
         pytest.skip(f"{backend} not available")
-    if not hasattr(backends.get(backend, torch.device("cpu"), op=op if backend == "torch_ref"
+    if not hasattr(backends.get(backend, device_of(backend), op=op if backend == "torch_ref"
                                 else "topk_similarity"), op):
         pytest.skip(f"{backend} has no {op} kernel")
 
@@ -49,15 +53,17 @@ def graphs(draw, square=None):
 
 
 def _run(graph, x, backend, values_grad=True):
+    dev = device_of(backend)
+    graph, x = graph.to(dev), x.to(dev)
     v = graph.values.clone().requires_grad_(values_grad)
     xr = x.clone().requires_grad_()
     y = mf.spmm(graph.with_values(v), xr, backend=backend)
-    w = torch.randn_like(y, generator=torch.Generator().manual_seed(7))
-    (y * w).sum().backward()
-    return y, xr.grad, v.grad
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    (y * w.to(dev)).sum().backward()
+    return y.cpu(), xr.grad.cpu(), None if v.grad is None else v.grad.cpu()
 
 
-@pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
+@pytest.mark.parametrize("backend", ["cuda", "cpp", "numba", "torch_ref"])
 @given(g=graphs(), d=st.sampled_from([1, 3, 16, 17, 64, 70, 130]))
 def test_spmm_matches_reference(backend, g, d):
     require(backend)
@@ -201,6 +207,26 @@ def test_bipartite_graph_matches_dense_formula(backend, normalization, self_loop
     assert torch.allclose(g.to_dense(), a)
     assert g.is_symmetric(atol=1e-12) == (normalization != "rw" or not bool((a != a.T).any()))
     assert (g.symmetric is True) == (normalization != "rw")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba"])
+@given(n_users=st.integers(0, 12), n_items=st.integers(0, 12), nnz=st.integers(0, 60),
+       normalization=st.sampled_from(["sym", "rw", "none"]), self_loops=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_bipartite_graph_equals_reference(backend, n_users, n_items, nnz, normalization,
+                                          self_loops, seed):
+    require(backend, "bipartite_graph")
+    gen = torch.Generator().manual_seed(seed)
+    # many repeats of few pairs: duplicates, users or items without interactions
+    nnz = nnz if n_users and n_items else 0
+    users = torch.randint(0, max(n_users, 1), (nnz,), generator=gen)
+    items = torch.randint(0, max(n_items, 1), (nnz,), generator=gen)
+    kw = dict(normalization=normalization, self_loops=self_loops, dtype=torch.float64)
+    got = mf.bipartite_graph(users, items, n_users, n_items, backend=backend, **kw)
+    ref = mf.bipartite_graph(users, items, n_users, n_items, backend="torch_ref", **kw)
+    assert torch.equal(got.indptr, ref.indptr)
+    assert torch.equal(got.indices, ref.indices)
+    torch.testing.assert_close(got.values, ref.values, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch_ref", "numba"])

@@ -40,7 +40,7 @@ struct SpmmImpl {
   static constexpr int W = 64 / sizeof(T);  // lanes per vector
   static constexpr int NV = 4;               // vectors per column chunk
   static constexpr int DC = W * NV;          // columns per chunk
-  static constexpr int kAhead = 8;           // prefetch distance, in stored entries
+  static constexpr int kAhead = 16;          // prefetch distance, in stored entries
 
   static inline V loadv(const T* p) {
     V v;
@@ -49,8 +49,26 @@ struct SpmmImpl {
   }
   static inline void storev(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 
+  // Output rows are written once and not read again by this product: streaming them past the
+  // cache keeps the gathered rows of x resident (outputs of tens of megabytes otherwise evict
+  // them), and skips the read-for-ownership of each output line.
+  static inline void stream_or_store(T* p, V v) {
+#if defined(MF_SIMD_AVX512)
+    if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+      __m512i bits;
+      __builtin_memcpy(&bits, &v, sizeof(V));
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
+      return;
+    }
+#endif
+    storev(p, v);
+  }
+
   static void spmm_rows(const int64_t* indptr, const int64_t* indices, const T* values,
                         const T* x, int64_t d, int64_t r0, int64_t r1, T* y) {
+    // Prefetching runs across row boundaries (up to the end of this range): rows of
+    // interaction graphs hold a handful of entries, fewer than the prefetch distance.
+    const int64_t e_end = indptr[r1];
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t e0 = indptr[r], e1 = indptr[r + 1];
       T* yr = y + r * d;
@@ -60,14 +78,14 @@ struct SpmmImpl {
         for (int64_t e = e0; e < e1; ++e) {
           const T v = values[e];
           const T* xr = x + indices[e] * d + c0;
-          if (e + kAhead < e1) {
+          if (e + kAhead < e_end) {
             // the gathered rows are random: fetch a whole chunk a few entries ahead
             const T* pf = x + indices[e + kAhead] * d + c0;
             for (int q = 0; q < DC; q += 64 / int(sizeof(T))) __builtin_prefetch(pf + q);
           }
           for (int q = 0; q < NV; ++q) acc[q] += v * loadv(xr + q * W);
         }
-        for (int q = 0; q < NV; ++q) storev(yr + c0 + q * W, acc[q]);
+        for (int q = 0; q < NV; ++q) stream_or_store(yr + c0 + q * W, acc[q]);
       }
       for (; c0 + W <= d; c0 += W) {
         V acc = {};
@@ -83,6 +101,9 @@ struct SpmmImpl {
         }
       }
     }
+#if defined(MF_SIMD_AVX512)
+    _mm_sfence();  // streamed stores become visible before the caller reads y
+#endif
   }
 
   static void sddmm_rows(const int64_t* indptr, const int64_t* indices, const T* a, const T* b,

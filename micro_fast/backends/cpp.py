@@ -42,18 +42,23 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     return torch.from_numpy(values), torch.from_numpy(idx)
 
 
+# Outputs are allocated by torch (see output_array in csrc/bindings.cpp).
 # The ops pass structures of validated CSRGraphs, so the O(nnz) re-check is skipped on these
 # hot paths (the compiled entry points check by default).
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
          x: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(_C.spmm(_np(indptr), _np(indices), _np(values), _np(x),
-                                    torch.get_num_threads(), False))
+    y = torch.empty(indptr.numel() - 1, x.shape[1], dtype=x.dtype)
+    _C.spmm(_np(indptr), _np(indices), _np(values), _np(x), torch.get_num_threads(), False,
+            _np(y))
+    return y
 
 
 def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
           b: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(_C.sddmm(_np(indptr), _np(indices), _np(a), _np(b),
-                                     torch.get_num_threads(), False))
+    out = torch.empty(indices.numel(), dtype=a.dtype)
+    _C.sddmm(_np(indptr), _np(indices), _np(a), _np(b), torch.get_num_threads(), False,
+             _np(out))
+    return out
 
 
 def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
@@ -80,7 +85,8 @@ def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetri
 def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: torch.Tensor,
                          lse2: torch.Tensor | None, g1: torch.Tensor, g2: torch.Tensor | None,
                          block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    grad1, grad2 = _C.contrastive_backward(_np(n1), _np(n2), float(tau), _np(lse1), _np(lse2),
-                                           _np(g1), _np(g2), int(block_size or 0),
-                                           torch.get_num_threads())
-    return torch.from_numpy(grad1), torch.from_numpy(grad2)
+    grad1, grad2 = torch.empty(n1.shape, dtype=n1.dtype), torch.empty(n2.shape, dtype=n2.dtype)
+    _C.contrastive_backward(_np(n1), _np(n2), float(tau), _np(lse1), _np(lse2), _np(g1),
+                            _np(g2), int(block_size or 0), torch.get_num_threads(),
+                            _np(grad1), _np(grad2))
+    return grad1, grad2

@@ -560,17 +560,20 @@ def _threads() -> None:
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
          x: torch.Tensor) -> torch.Tensor:
     _threads()
-    y = np.empty((indptr.numel() - 1, x.shape[1]), dtype=x.numpy().dtype)
-    _spmm_kernel(indptr.numpy(), indices.numpy(), values.detach().numpy(), x.detach().numpy(), y)
-    return torch.from_numpy(y)
+    # torch's allocator reuses freed blocks; fresh NumPy outputs fault their pages in again
+    y = torch.empty(indptr.numel() - 1, x.shape[1], dtype=x.dtype)
+    _spmm_kernel(indptr.numpy(), indices.numpy(), values.detach().numpy(), x.detach().numpy(),
+                 y.numpy())
+    return y
 
 
 def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
           b: torch.Tensor) -> torch.Tensor:
     _threads()
-    out = np.empty(indices.numel(), dtype=a.numpy().dtype)
-    _sddmm_kernel(indptr.numpy(), indices.numpy(), a.detach().numpy(), b.detach().numpy(), out)
-    return torch.from_numpy(out)
+    out = torch.empty(indices.numel(), dtype=a.dtype)
+    _sddmm_kernel(indptr.numpy(), indices.numpy(), a.detach().numpy(), b.detach().numpy(),
+                  out.numpy())
+    return out
 
 
 def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
@@ -581,6 +584,103 @@ def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
     perm = np.empty(nnz, dtype=np.int64)
     _transpose_kernel(indptr.numpy(), indices.numpy(), n_cols, t_indptr, t_indices, perm)
     return torch.from_numpy(t_indptr), torch.from_numpy(t_indices), torch.from_numpy(perm)
+
+
+@njit(cache=True, nogil=True)
+def _bipartite_kernel(users, items, n_users, n_items, self_loops, sum_duplicates, power,
+                      sym, values_dtype_one):
+    """Counting sort by user, per-user sort of items, duplicate merge, then the item rows by a
+    second counting sort (users come out in order). Returns (-1 - position) of the first
+    duplicate instead of a graph when duplicates are rejected."""
+    n = n_users + n_items
+    nnz = users.shape[0]
+    uptr = np.zeros(n_users + 1, dtype=np.int64)
+    for e in range(nnz):
+        uptr[users[e] + 1] += 1
+    for u in range(n_users):
+        uptr[u + 1] += uptr[u]
+    fill = uptr[:-1].copy()
+    uitems = np.empty(nnz, dtype=np.int64)
+    for e in range(nnz):
+        uitems[fill[users[e]]] = items[e]
+        fill[users[e]] += 1
+    # merge duplicates in place: (item, count) runs per user
+    cnt = np.empty(nnz, dtype=values_dtype_one.dtype)
+    dptr = np.zeros(n_users + 1, dtype=np.int64)
+    w = 0
+    for u in range(n_users):
+        row = np.sort(uitems[uptr[u]:uptr[u + 1]])
+        for t in range(row.shape[0]):
+            if t > 0 and row[t] == row[t - 1]:
+                if not sum_duplicates:
+                    return -1, dptr, uitems, cnt
+                cnt[w - 1] += 1
+            else:
+                uitems[w] = row[t]
+                cnt[w] = 1
+                w += 1
+        dptr[u + 1] = w
+    loops = 1 if self_loops else 0
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for u in range(n_users):
+        indptr[u + 1] = dptr[u + 1] - dptr[u] + loops
+    for t in range(w):
+        indptr[n_users + uitems[t] + 1] += 1
+    for i in range(n_items):
+        indptr[n_users + i + 1] += loops
+    for r in range(n):
+        indptr[r + 1] += indptr[r]
+    indices = np.empty(indptr[n], dtype=np.int64)
+    values = np.empty(indptr[n], dtype=values_dtype_one.dtype)
+    nxt = indptr[:-1].copy()
+    for u in range(n_users):
+        if self_loops:  # column u precedes every item column (>= n_users)
+            indices[nxt[u]] = u
+            values[nxt[u]] = 1
+            nxt[u] += 1
+        for t in range(dptr[u], dptr[u + 1]):
+            r = n_users + uitems[t]
+            indices[nxt[u]] = r
+            values[nxt[u]] = cnt[t]
+            nxt[u] += 1
+            indices[nxt[r]] = u
+            values[nxt[r]] = cnt[t]
+            nxt[r] += 1
+    if self_loops:  # column n_users + i follows every user column
+        for i in range(n_items):
+            r = n_users + i
+            indices[nxt[r]] = r
+            values[nxt[r]] = 1
+    if power > 0:
+        scale = np.zeros(n, dtype=np.float64)
+        for r in range(n):
+            deg = 0.0
+            for e in range(indptr[r], indptr[r + 1]):
+                deg += values[e]
+            if deg > 0:
+                scale[r] = deg ** -power
+        for r in range(n):
+            for e in range(indptr[r], indptr[r + 1]):
+                f = scale[r] * scale[indices[e]] if sym else scale[r]
+                values[e] = values[e] * f
+    return 0, indptr, indices, values
+
+
+def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                    normalization: str, self_loops: bool, duplicates: str,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    u, i = users.numpy(), items.numpy()
+    for name, a, hi in (("users", u, n_users), ("items", i, n_items)):
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= hi):
+            raise ValueError(f"{name}: index out of range [0, {hi})")
+    power = {"sym": 0.5, "rw": 1.0, "none": 0.0}[normalization]
+    one = np.ones(1, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    status, indptr, indices, values = _bipartite_kernel(
+        u, i, int(n_users), int(n_items), bool(self_loops), duplicates == "sum", power,
+        normalization == "sym", one)
+    if status != 0:
+        raise ValueError("users/items: duplicate interaction")
+    return torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(values)
 
 
 # --- contrastive loss: row blocks against all items, O(block x N) scratch -------------------
