@@ -33,12 +33,15 @@ class ContrastiveFusion(nn.Module):
         weight = torch.softmax(att, dim=-1)
         return sum(weight[:, m : m + 1] * v for m, v in enumerate(views))
 
+    def contrastive(self, view: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """The contrastive loss of one view [N, d] against the fused view [N, d] (scalar)."""
+        return contrastive_loss(view, fused, tau=self.tau, symmetric=self.symmetric,
+                                block_size=self.block_size, backend=self.backend)
+
     def forward(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...],
                 with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.fuse(views)
         if not with_loss:
             return h, None
-        loss = sum(contrastive_loss(v, h, tau=self.tau, symmetric=self.symmetric,
-                                    block_size=self.block_size, backend=self.backend)
-                   for v in views)
+        loss = sum(self.contrastive(v, h) for v in views)
         return h, loss
