@@ -20,7 +20,7 @@ def published_norm_adj(users: np.ndarray, items: np.ndarray, n_users: int,
                        n_items: int) -> torch.Tensor:
     """D^-1 (A + I) of the user-item graph, built with scipy as published, as a COO tensor."""
     r = sp.dok_matrix((n_users, n_items), dtype=np.float32)
-    for u, i in zip(users.tolist(), items.tolist()):
+    for u, i in zip(users.tolist(), items.tolist(), strict=True):
         r[u, i] = 1.0
     n = n_users + n_items
     adj = sp.dok_matrix((n, n), dtype=np.float32).tolil()
@@ -63,12 +63,12 @@ class ReferenceMICRO(nn.Module):
 
     def forward(self, adj: torch.Tensor, build_item_graph: bool = False):
         # the published forward projects the raw features on every batch
-        feats = [trs(e.weight) for trs, e in zip(self.trs, self.feat_embeddings)]
+        feats = [trs(e.weight) for trs, e in zip(self.trs, self.feat_embeddings, strict=True)]
         if build_item_graph:
             self.item_adj = [
                 (1 - self.lambda_coeff) * official_knn_graph(f, self.topk)
                 + self.lambda_coeff * orig.to(f.dtype)
-                for f, orig in zip(feats, self.original_adj)]
+                for f, orig in zip(feats, self.original_adj, strict=True)]
         else:
             self.item_adj = [a.detach() for a in self.item_adj]
         views = []

@@ -1,8 +1,9 @@
-"""Command line: ``micro-fast info`` (more subcommands join as they are built)."""
+"""Command line: ``micro-fast train | eval | make-data | info``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 from collections.abc import Sequence
@@ -38,12 +39,99 @@ def _info(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from micro_fast.train import TrainConfig, train
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
+    if args.quiet:
+        overrides["progress"] = False
+    config = TrainConfig(**overrides)
+    summary = train(config, resume=args.resume)
+    best = summary["test_at_best"]
+    if best is None:
+        print("no evaluation ran (fewer epochs than --eval-every)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from micro_fast.train import evaluate_run
+
+    result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    for split in ("valid", "test"):
+        m = result[split]
+        print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "users")
+              + f" ({m['users']} users)")
+    return 0
+
+
+def _make_data(args: argparse.Namespace) -> int:
+    from micro_fast import data
+
+    ds = data.from_spec(args.spec, seed=args.seed)
+    writer = data.save_micro if args.format == "micro" else data.save_mmrec
+    writer(ds, args.out)
+    print(f"wrote {ds.name} ({ds.n_users} users, {ds.n_items} items, {ds.n_train} train "
+          f"interactions, modalities {list(ds.features)}) to {args.out} ({args.format} layout)")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--data", help="dataset folder, 'synthetic' or 'synthetic:<size>' "
+                     "(tiny, small, medium, baby, clothing); default synthetic (tiny)")
+    a("--format", choices=["auto", "micro", "mmrec"], help="layout of a dataset folder")
+    a("--out", help="run directory (default runs/micro)")
+    a("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    a("--epochs", type=int)
+    a("--batch-size", dest="batch_size", type=int)
+    a("--lr", type=float)
+    a("--seed", type=int)
+    a("--eval-every", dest="eval_every", type=int, help="evaluate every N epochs (5)")
+    a("--patience", type=int, help="evaluations without improvement before stopping (10)")
+    a("--ks", type=lambda s: tuple(int(x) for x in s.split(",")), help="e.g. 10,20,50")
+    a("--ndcg", choices=["standard", "published"])
+    a("--modalities", type=lambda s: tuple(x for x in s.split(",") if x),
+      help="comma-separated subset; '' for none (plain LightGCN)")
+    a("--dim", type=int)
+    a("--feat-dim", dest="feat_dim", type=int)
+    a("--k", type=int, help="kNN neighbours (10)")
+    a("--lambda", dest="lambda_coeff", type=float, help="weight of the original graph (0.9)")
+    a("--knn-normalization", dest="knn_normalization", choices=["sym", "rw", "none"])
+    a("--item-layers", dest="item_layers", type=int)
+    a("--ui-layers", dest="ui_layers", type=int)
+    a("--ui-normalization", dest="ui_normalization", choices=["published", "sym"])
+    a("--contrastive-weight", dest="contrastive_weight", type=float,
+      help="0 gives the LATTICE-style variant (0.03)")
+    a("--tau", type=float)
+    a("--reg-weight", dest="reg_weight", type=float)
+    a("--device", help="cpu, cuda or auto (default)")
+    a("--backend", choices=["auto", "cuda", "cpp", "numba", "torch_ref"])
+    a("--threads", type=int, help="torch/OpenMP threads")
+    a("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="micro-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="version, backends found (and why one is missing), "
                                        "threads, device")
     info.set_defaults(func=_info)
+    tr = sub.add_parser("train", help="train MICRO (or a variant) with published defaults")
+    _add_train_args(tr)
+    tr.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint on validation and test")
+    ev.add_argument("run_dir")
+    ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=_eval)
+    md = sub.add_parser("make-data", help="write a synthetic dataset to disk")
+    md.add_argument("spec", nargs="?", default="synthetic",
+                    help="'synthetic' or 'synthetic:<size>'")
+    md.add_argument("--out", required=True, help="folder to write")
+    md.add_argument("--format", choices=["micro", "mmrec"], default="micro")
+    md.add_argument("--seed", type=int, default=0)
+    md.set_defaults(func=_make_data)
     return parser
 
 

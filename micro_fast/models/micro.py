@@ -130,7 +130,9 @@ class MICRO(nn.Module):
         ``contrastive`` terms (tensors, so that logging does not synchronize a GPU).
         """
         out = self(ui_graph, build_item_graph=build_item_graph)
-        u, p, n = out.users[users], out.items[pos], out.items[neg]
+        # index_select: reproducible backward with repeated ids (advanced indexing is not)
+        u = out.users.index_select(0, users)
+        p, n = out.items.index_select(0, pos), out.items.index_select(0, neg)
         bpr = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
         reg = self.reg_weight * 0.5 * ((u * u).sum() + (p * p).sum() + (n * n).sum()) / len(users)
         total = bpr + reg

@@ -44,7 +44,10 @@ def normalize_knn(values: torch.Tensor, indices: torch.Tensor, normalization: st
             raise ValueError(f"features: rows {rows} have a negative degree (sum of kept "
                              "similarities); 'sym' normalization is undefined for them")
         dinv = _inverse_power(deg, 0.5)
-        return dinv.unsqueeze(1) * values * dinv[indices]
+        # index_select, not dinv[indices]: the backward of advanced indexing accumulates
+        # repeated indices in a thread-dependent order on CPU (not reproducible)
+        dinv_cols = dinv.index_select(0, indices.reshape(-1)).reshape(indices.shape)
+        return dinv.unsqueeze(1) * values * dinv_cols
     return _inverse_power(deg, 1.0).unsqueeze(1) * values
 
 
