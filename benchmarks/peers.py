@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 
-def official_knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
+def official_knn_graph(features: torch.Tensor, k: int, norm_type: str = "sym") -> torch.Tensor:
     """MICRO/LATTICE ``build_sim`` + ``build_knn_normalized_graph(..., is_sparse=True,
-    norm_type="sym")`` as published: dense cosine matrix, ``torch.topk``, the COO index list
-    built in a Python loop, scatter-add degrees, sparse COO result."""
+    norm_type)`` as published: dense cosine matrix, ``torch.topk``, the COO index list built
+    in a Python loop, scatter-add degrees over rows, sparse COO result."""
     context_norm = features.div(torch.norm(features, p=2, dim=-1, keepdim=True))
     sim = torch.mm(context_norm, context_norm.transpose(1, 0))
     knn_val, knn_ind = torch.topk(sim, k, dim=-1)
@@ -20,9 +20,14 @@ def official_knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
     v = knn_val.flatten()
     n = features.shape[0]
     deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add(0, i[0], v)
-    dinv = deg.pow(-0.5)
-    dinv.masked_fill_(dinv == float("inf"), 0)
-    v = dinv[i[0]] * v * dinv[i[1]]
+    if norm_type == "sym":
+        dinv = deg.pow(-0.5)
+        dinv.masked_fill_(dinv == float("inf"), 0)
+        v = dinv[i[0]] * v * dinv[i[1]]
+    elif norm_type == "rw":
+        dinv = 1.0 / deg
+        dinv.masked_fill_(dinv == float("inf"), 0)
+        v = dinv[i[0]] * v
     return torch.sparse_coo_tensor(i, v, (n, n))
 
 

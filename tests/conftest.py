@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
 from micro_fast import backends
+
+# the published re-implementations (peers.py, reference_micro.py) live with the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 # "ci" bounds the run (the default, and what CI uses); "long" is for fuzzing sessions:
 #   HYPOTHESIS_PROFILE=long pytest tests

@@ -3,16 +3,12 @@ variants (LATTICE-style, plain LightGCN) and bad input."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import micro_fast as mf
 from micro_fast.models import MICRO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 reference_micro = pytest.importorskip("reference_micro")
 
 

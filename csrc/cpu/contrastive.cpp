@@ -103,6 +103,25 @@ TileSpan<T> scored_tile(const TileKernel<T>& kern, const Plan<T>& p, Scratch<T>&
   return sp;
 }
 
+// Scores every task's tile on a team of `threads`, statically interleaved so the assignment
+// (and with it each thread's accumulation order) does not depend on timing, and hands each
+// to fn(scratch, thread, task, span).
+template <typename T, typename Fn>
+void for_each_scored_tile(const TileKernel<T>& kern, const Plan<T>& plan, int threads,
+                          const T* n1, const T* n2, Fn fn) {
+  const int64_t ntasks = static_cast<int64_t>(plan.tasks.size());
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch<T> w(plan);
+    const int tid = omp_get_thread_num();
+#pragma omp for schedule(static, 1)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const Task& task = plan.tasks[t];
+      fn(w, tid, task, scored_tile(kern, plan, w, task, n1, n2));
+    }
+  }
+}
+
 inline void lse_merge(double& m, double& s, double mt, double st) {
   if (st == 0.0) return;
   if (mt > m) {
@@ -192,17 +211,11 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
   const int threads = team(num_threads, n, d);
   std::vector<LseAcc> acc;
   for (int t = 0; t < threads; ++t) acc.emplace_back(n, symmetric);
-  const int64_t ntasks = static_cast<int64_t>(plan.tasks.size());
   const T inv_tau = T(1.0 / tau);
   const bool fixed = tau >= kFixedShiftTau;
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch<T> w(plan);
-    LseAcc& a = acc[omp_get_thread_num()];
-#pragma omp for schedule(static, 1)
-    for (int64_t t = 0; t < ntasks; ++t) {
-      const Task& task = plan.tasks[t];
-      const TileSpan<T> sp = scored_tile(ks.tile, plan, w, task, n1, n2);
+  for_each_scored_tile(ks.tile, plan, threads, n1, n2,
+                       [&](Scratch<T>& w, int tid, const Task& task, const TileSpan<T>& sp) {
+      LseAcc& a = acc[tid];
       const int64_t i0 = sp.i0, j0 = sp.j0;
       const int mb = sp.mb, nb = sp.nb;
       const bool diag = sp.diag;
@@ -225,8 +238,7 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
         accumulate_tile_fixed(ks.dense, w, plan.pad_b, mb, nb, inv_tau, diag, rs, cs);
       else
         accumulate_tile(ks.dense, w, plan.pad_b, mb, nb, inv_tau, diag, rm, rs, cm, cs);
-    }
-  }
+  });
   if (fixed) {
     for (int64_t i = 0; i < n; ++i) {
       double s1 = 0.0, s2 = 0.0;
@@ -265,20 +277,13 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
   std::fill(grad1, grad1 + n * d, T(0));
   std::fill(grad2, grad2 + n * d, T(0));
   std::vector<std::vector<T>> priv(2 * (threads - 1), std::vector<T>(n * d, T(0)));
-  const int64_t ntasks = static_cast<int64_t>(plan.tasks.size());
   const T inv_tau = T(1.0 / tau);
   const bool fixed = tau >= kFixedShiftTau;
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch<T> w(plan);
-    const int tid = omp_get_thread_num();
-    T* gr1 = tid == 0 ? grad1 : priv[2 * (tid - 1)].data();
-    T* gr2 = tid == 0 ? grad2 : priv[2 * (tid - 1) + 1].data();
-    const int64_t ld = plan.pad_b;
-#pragma omp for schedule(static, 1)
-    for (int64_t t = 0; t < ntasks; ++t) {
-      const Task& task = plan.tasks[t];
-      const TileSpan<T> sp = scored_tile(ks.tile, plan, w, task, n1, n2);
+  const int64_t ld = plan.pad_b;
+  for_each_scored_tile(ks.tile, plan, threads, n1, n2,
+                       [&](Scratch<T>& w, int tid, const Task& task, const TileSpan<T>& sp) {
+      T* gr1 = tid == 0 ? grad1 : priv[2 * (tid - 1)].data();
+      T* gr2 = tid == 0 ? grad2 : priv[2 * (tid - 1) + 1].data();
       const int64_t i0 = sp.i0, j0 = sp.j0;
       const int mb = sp.mb, nb = sp.nb;
       const bool diag = sp.diag;
@@ -331,8 +336,7 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
       if (!diag)
         ks.dense.gemm_acc(e, 1, ld, nb, mb, sp.x + i0 * d, d, static_cast<int>(d),
                           out_cols + j0 * d, d);
-    }
-  }
+  });
   if (threads > 1) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; ++i) {

@@ -1,4 +1,5 @@
 // AVX2 + FMA instantiation of the tile and CSR row kernels (6 x 16 float, 6 x 8 double registers).
+// Standard headers first, so that they are not compiled under the target pragma.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,17 +12,13 @@
 #define MF_SIMD_AVX2 1
 #endif
 
-#include "cpu/simd.h"
-#include "cpu/isa.h"
+#include "cpu/isa_instance.h"
 
 namespace micro_fast {
 
 bool isa_kernels_avx2(IsaKernels* out) {
 #if defined(MF_SIMD_AVX2)
-  out->f32 = {FusedTile<Avx2F32, 6, 2>::descriptor(), SpmmImpl<float>::descriptor(),
-               dense_kernel<float>(&DenseTile<Avx2F32, 6, 2>::gemm_acc)};
-  out->f64 = {FusedTile<Avx2F64, 6, 2>::descriptor(), SpmmImpl<double>::descriptor(),
-               dense_kernel<double>(&DenseTile<Avx2F64, 6, 2>::gemm_acc)};
+  fill_isa_kernels<Avx2F32, Avx2F64, 6, 2>(out);
   return true;
 #else
   (void)out;

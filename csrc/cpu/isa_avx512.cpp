@@ -1,4 +1,5 @@
 // AVX-512 instantiation of the tile and CSR row kernels (8 x 32 float, 8 x 16 double registers).
+// Standard headers first, so that they are not compiled under the target pragma.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,17 +12,13 @@
 #define MF_SIMD_AVX512 1
 #endif
 
-#include "cpu/simd.h"
-#include "cpu/isa.h"
+#include "cpu/isa_instance.h"
 
 namespace micro_fast {
 
 bool isa_kernels_avx512(IsaKernels* out) {
 #if defined(MF_SIMD_AVX512)
-  out->f32 = {FusedTile<Avx512F32, 8, 2>::descriptor(), SpmmImpl<float>::descriptor(),
-               dense_kernel<float>(&DenseTile<Avx512F32, 8, 2>::gemm_acc)};
-  out->f64 = {FusedTile<Avx512F64, 8, 2>::descriptor(), SpmmImpl<double>::descriptor(),
-               dense_kernel<double>(&DenseTile<Avx512F64, 8, 2>::gemm_acc)};
+  fill_isa_kernels<Avx512F32, Avx512F64, 8, 2>(out);
   return true;
 #else
   (void)out;

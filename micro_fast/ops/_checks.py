@@ -7,14 +7,20 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def check_matrix(name: str, t: object) -> torch.Tensor:
-    """A finite, non-empty, 2-D float32/float64 tensor."""
+def check_float_2d(name: str, t: object) -> torch.Tensor:
+    """A 2-D float32/float64 tensor (no value checks)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D [rows, dim], got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    return t
+
+
+def check_matrix(name: str, t: object) -> torch.Tensor:
+    """A finite, non-empty, 2-D float32/float64 tensor."""
+    check_float_2d(name, t)
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
     # one pass without a temporary as large as t: NaN and inf both surface in the extremes

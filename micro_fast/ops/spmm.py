@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from micro_fast import backends
 from micro_fast.graph import CSRGraph
-from micro_fast.ops._checks import FLOAT_DTYPES
+from micro_fast.ops._checks import check_float_2d
 
 
 def transpose_product(impl, graph: CSRGraph, g: torch.Tensor) -> torch.Tensor:
@@ -57,12 +57,7 @@ class _SpMM(torch.autograd.Function):
 def check_operands(graph: object, x: object) -> None:
     if not isinstance(graph, CSRGraph):
         raise TypeError(f"graph must be a CSRGraph, got {type(graph).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D [nodes, dim], got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    check_float_2d("x", x)
     if x.dtype != graph.dtype:
         raise TypeError(f"x dtype {x.dtype} differs from graph values dtype {graph.dtype}")
     if x.device != graph.device:

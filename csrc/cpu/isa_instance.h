@@ -1,0 +1,20 @@
+// The kernel table of one instruction set, for the isa_*.cpp files: each compiles this with its
+// own `#pragma GCC target`, so the same templates become AVX-512, AVX2 or portable code.
+#pragma once
+
+#include "cpu/simd.h"
+#include "cpu/isa.h"
+
+namespace micro_fast {
+namespace {
+
+template <typename F32, typename F64, int MR, int NV>
+void fill_isa_kernels(IsaKernels* out) {
+  out->f32 = {FusedTile<F32, MR, NV>::descriptor(), SpmmImpl<float>::descriptor(),
+              dense_kernel<float>(&DenseTile<F32, MR, NV>::gemm_acc)};
+  out->f64 = {FusedTile<F64, MR, NV>::descriptor(), SpmmImpl<double>::descriptor(),
+              dense_kernel<double>(&DenseTile<F64, MR, NV>::gemm_acc)};
+}
+
+}  // namespace
+}  // namespace micro_fast
