@@ -10,20 +10,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma")
 #define MF_SIMD_AVX2 1
-#endif
-
 #include "cpu/isa_instance.h"
-
-namespace micro_fast {
-
-bool isa_kernels_avx2(IsaKernels* out) {
-#if defined(MF_SIMD_AVX2)
-  fill_isa_kernels<Avx2F32, Avx2F64, 6, 2>(out);
-  return true;
-#else
-  (void)out;
-  return false;
+MF_DEFINE_ISA_KERNELS(avx2, Avx2F32, Avx2F64, 6, 2)
+#else  // not x86-64 GCC/Clang: the instruction set is never offered
+#include "cpu/isa.h"
+bool micro_fast::isa_kernels_avx2(micro_fast::IsaKernels*) { return false; }
 #endif
-}
-
-}  // namespace micro_fast

@@ -10,20 +10,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
 #define MF_SIMD_AVX512 1
-#endif
-
 #include "cpu/isa_instance.h"
-
-namespace micro_fast {
-
-bool isa_kernels_avx512(IsaKernels* out) {
-#if defined(MF_SIMD_AVX512)
-  fill_isa_kernels<Avx512F32, Avx512F64, 8, 2>(out);
-  return true;
-#else
-  (void)out;
-  return false;
+MF_DEFINE_ISA_KERNELS(avx512, Avx512F32, Avx512F64, 8, 2)
+#else  // not x86-64 GCC/Clang: the instruction set is never offered
+#include "cpu/isa.h"
+bool micro_fast::isa_kernels_avx512(micro_fast::IsaKernels*) { return false; }
 #endif
-}
-
-}  // namespace micro_fast

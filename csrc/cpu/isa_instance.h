@@ -18,3 +18,13 @@ void fill_isa_kernels(IsaKernels* out) {
 
 }  // namespace
 }  // namespace micro_fast
+
+// Defines `bool isa_kernels_<name>(IsaKernels*)` for a translation unit compiled for that
+// instruction set.
+#define MF_DEFINE_ISA_KERNELS(name, F32, F64, MR, NV) \
+  namespace micro_fast {                            \
+  bool isa_kernels_##name(IsaKernels* out) {        \
+    fill_isa_kernels<F32, F64, MR, NV>(out);        \
+    return true;                                    \
+  }                                                 \
+  }
