@@ -1,22 +1,23 @@
 """kNN item graph / symmetric top-k similarity: every backend against the peers.
 
-    pytest benchmarks/bench_knn.py --benchmark-only [--benchmark-json out.json]
+    pytest benchmarks/bench_knn.py --benchmark-only [--bench-size small|paper|large]
 
 Cases are grouped by size; ``extra_info`` holds the peak extra resident memory (MiB). The
 official path (dense matrix + torch.topk + Python COO loop) and torch_ref are slow at the large
-sizes, so they run one round.
+sizes, so they run one round; dense peers are skipped where their N x N matrix does not fit.
 """
 
 from __future__ import annotations
 
 import peers
 import pytest
+import sizes
 import torch
 
 import micro_fast as mf
 
 K = 10
-SIZES = [(7050, 64), (23033, 64), (23033, 384), (7050, 4096)]
+SIZES = sizes.KNN[sizes.current()]
 SIZE_IDS = [f"N{n}-d{d}" for n, d in SIZES]
 _features: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -52,19 +53,23 @@ def test_topk_similarity_search_only(benchmark, run_case, size, backend):
              backend=backend, n=size[0], d=size[1])
 
 
-# peer -> (function of the feature tensor, needs NumPy input, slow: one round, optional module)
+# peer -> (function of the feature tensor, needs NumPy input, slow: one round, optional module,
+#          N x N float32 matrices it holds)
 PEERS = {
-    "official": (peers.official_knn_graph, False, True, None),
-    "blocked_torch": (peers.blocked_torch_topk, False, True, None),
-    "faiss": (peers.faiss_flat_ip, True, False, "faiss"),
-    "sklearn": (peers.sklearn_cosine_knn, True, True, "sklearn"),
+    "official": (peers.official_knn_graph, False, True, None, 1),
+    "blocked_torch": (peers.blocked_torch_topk, False, True, None, 0),
+    "faiss": (peers.faiss_flat_ip, True, False, "faiss", 0),
+    "sklearn": (peers.sklearn_cosine_knn, True, True, "sklearn", 2),
 }
 
 
 @pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
 @pytest.mark.parametrize("peer", list(PEERS))
 def test_peer(benchmark, run_case, size, peer):
-    fn, numpy_input, slow, module = PEERS[peer]
+    fn, numpy_input, slow, module, dense = PEERS[peer]
+    reason = sizes.skip_dense_reason(size[0], dense) if dense else None
+    if reason:
+        pytest.skip(reason)
     if module is not None:
         pytest.importorskip(module, reason=f"{module} not installed (pip install '.[bench]')")
     x = features(*size).numpy() if numpy_input else features(*size)

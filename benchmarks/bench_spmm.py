@@ -1,11 +1,12 @@
 """CSR SpMM forward and forward+backward: every backend against torch COO (the official path),
 torch CSR and scipy CSR.
 
-    pytest benchmarks/bench_spmm.py --benchmark-only
+    pytest benchmarks/bench_spmm.py --benchmark-only [--bench-size small|paper|large]
 
-Graphs: the symmetric-normalized bipartite graph of Clothing size (39,387 users x 23,033 items,
-278,677 interactions -> 62,420 nodes, 557k nonzeros) and the kNN item graph (N = 23,033,
-k = 10). ``extra_info`` holds the effective bandwidth (graph + x + y bytes over time) and the
+Graphs (``--bench-size paper``): the symmetric-normalized bipartite graph of Clothing size
+(39,387 users x 23,033 items, 278,677 interactions -> 62,420 nodes, 557k nonzeros) and the kNN
+item graph (N = 23,033, k = 10); ``small`` and ``large`` scale both (sizes.py).
+``extra_info`` holds the effective bandwidth (graph + x + y bytes over time) and the
 machine's measured copy bandwidth. Forward+backward clears ``x.grad`` first, as
 ``optimizer.zero_grad()`` does by default, so no gradient accumulation is timed.
 """
@@ -16,21 +17,29 @@ import functools
 
 import peers
 import pytest
+import sizes
 import torch
 
 import micro_fast as mf
 
-DIMS = [64, 128]
+DIMS = sizes.SPMM_DIMS[sizes.current()]
 BACKENDS = ["cpp", "numba", "cuda", "torch_ref"]
 PEERS = ["torch_coo", "torch_csr", "scipy_csr"]
 
 
+GRAPHS = ([("bipartite", s) for s in sizes.SPMM_BIPARTITE[sizes.current()]]
+          + [("knn", n) for n in sizes.SPMM_KNN[sizes.current()]])
+GRAPH_IDS = [f"{kind}-{'x'.join(map(str, s)) if kind == 'bipartite' else s}"
+             for kind, s in GRAPHS]
+
+
 @functools.cache
-def graph(name: str) -> mf.CSRGraph:
-    if name == "bipartite":
-        users, items = peers.clothing_like_interactions()
-        return mf.bipartite_graph(users, items, 39387, 23033, normalization="sym")
-    feats = torch.rand(23033, 64, generator=torch.Generator().manual_seed(0)) - 0.3
+def graph(kind: str, size) -> mf.CSRGraph:
+    if kind == "bipartite":
+        n_users, n_items, nnz = size
+        users, items = peers.clothing_like_interactions(n_users, n_items, nnz)
+        return mf.bipartite_graph(users, items, n_users, n_items, normalization="sym")
+    feats = torch.rand(size, 64, generator=torch.Generator().manual_seed(0)) - 0.3
     return mf.knn_graph(feats, 10).detach()
 
 
@@ -73,12 +82,13 @@ def _peer_fn(peer: str, g: mf.CSRGraph, x: torch.Tensor, backward: bool):
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("d", DIMS)
-@pytest.mark.parametrize("name", ["bipartite", "knn"])
+@pytest.mark.parametrize("spec", GRAPHS, ids=GRAPH_IDS)
 @pytest.mark.parametrize("impl", BACKENDS + PEERS)
-def test_spmm(benchmark, run_case, impl, name, d, mode):
-    g = graph(name)
+def test_spmm(benchmark, run_case, impl, spec, d, mode):
+    name = spec[0]
+    g = graph(*spec)
     backward = mode == "fwd+bwd"
-    benchmark.group = f"spmm {name} d={d} {mode}"
+    benchmark.group = f"spmm {name} N={g.shape[0]} d={d} {mode}"
     if impl in BACKENDS:
         if impl not in mf.backends.available():
             pytest.skip(f"backend {impl} not available: {mf.backends.status()[impl]}")
@@ -101,4 +111,5 @@ def test_spmm(benchmark, run_case, impl, name, d, mode):
         fn = _peer_fn(impl, g, _x(g, d, backward), backward)
     _record(benchmark, g, d, mode)
     rounds = 5 if impl in PEERS or impl == "torch_ref" else 30
-    run_case(fn, rounds=rounds, op="spmm", impl=impl, graph=name, d=d, mode=mode)
+    run_case(fn, rounds=rounds, op="spmm", impl=impl, graph=name, d=d, mode=mode,
+             n=g.shape[0], nnz=g.nnz)

@@ -1,11 +1,12 @@
 """One MICRO training epoch on Baby-sized synthetic data: micro_fast vs the published training
 step (reference_micro.py), plus evaluation time and peak memory.
 
-    pytest benchmarks/bench_train.py --benchmark-only -s
+    pytest benchmarks/bench_train.py --benchmark-only -s [--bench-size small|paper|large]
 
-Data: 19,445 users, 7,050 items, 160,792 interactions, 4096-d image and 1024-d text features
-(the published Baby sizes), planted structure, seed 0. Published defaults (batch 1024, so
-n_train // 1024 + 1 batches per epoch).
+Data (``--bench-size paper``): 19,445 users, 7,050 items, 160,792 interactions, 4096-d image
+and 1024-d text features (the published Baby sizes), planted structure, seed 0; ``small`` and
+``large`` use the synthetic presets that sizes.TRAIN names. Published defaults (batch 1024,
+so n_train // 1024 + 1 batches per epoch).
 
 The reference is slow (its contrastive loss over all items runs on every batch), so it is timed
 on its first ``REF_BATCHES`` batches, the graph-rebuilding first batch included, and the epoch is
@@ -22,6 +23,7 @@ import time
 
 import pytest
 import reference_micro as ref
+import sizes
 import torch
 
 from micro_fast import data as mf_data
@@ -29,7 +31,7 @@ from micro_fast.metrics import full_ranking
 from micro_fast.train import TrainConfig, build_model, interaction_graph
 
 REF_BATCHES = int(os.environ.get("MICRO_FAST_REF_BATCHES", "5"))
-SIZE = os.environ.get("MICRO_FAST_TRAIN_SIZE", "baby")
+SIZE = os.environ.get("MICRO_FAST_TRAIN_SIZE") or sizes.TRAIN[sizes.current()]
 
 
 @functools.cache
@@ -91,7 +93,8 @@ def test_epoch_ours(benchmark, run_case):
     benchmark.group = f"train epoch {SIZE}"
     benchmark.extra_info.update(n_batches=n_batches, first_batch_s=first, eval_s=eval_s,
                                 valid_recall20=valid["recall@20"])
-    run_case(epoch, rounds=1, warmup=0, op="train_epoch", impl="micro_fast", size=SIZE)
+    run_case(epoch, rounds=1, warmup=0, op="train_epoch", impl="micro_fast", size=SIZE,
+             n=ds.n_items)
 
 
 def test_epoch_reference(benchmark):
@@ -114,6 +117,7 @@ def test_epoch_reference(benchmark):
     rest = sum(times[1:]) / max(1, len(times) - 1)
     epoch_s = times[0] + (n_batches - 1) * rest
     benchmark.extra_info.update(
+        op="train_epoch", impl="reference", size=SIZE, n=ds.n_items,
         n_batches=n_batches, timed_batches=len(times), first_batch_s=times[0],
         other_batch_mean_s=rest, extrapolated_epoch_s=epoch_s,
         note=f"epoch extrapolated from {len(times)} timed batches")
@@ -138,7 +142,7 @@ def test_same_metrics(benchmark):
     ours = full_ranking(*model.embeddings(ui), ds.train, ds.valid, config.ks)
     theirs = full_ranking(u_ref, i_ref, ds.train, ds.valid, config.ks)
     benchmark.group = f"train epoch {SIZE}"
-    benchmark.extra_info.update(steps=steps, ours=ours, reference=theirs)
+    benchmark.extra_info.update(check=True, steps=steps, ours=ours, reference=theirs)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     print(f"\nafter {steps} identical batches: ours recall@20 {ours['recall@20']:.5f} "
           f"ndcg@20 {ours['ndcg@20']:.5f}; reference recall@20 {theirs['recall@20']:.5f} "
@@ -166,7 +170,10 @@ def test_eval_dense_baseline(benchmark, run_case):
         return torch.topk(scores, max(config.ks), dim=1)
 
     benchmark.group = f"evaluation {SIZE}"
-    run_case(dense_eval, rounds=3, op="eval", impl="dense_torch", size=SIZE)
+    gb = 4.0 * int((ds.valid.degrees() > 0).sum()) * ds.n_items / 1e9
+    if gb > sizes.DENSE_LIMIT_GB:
+        pytest.skip(f"out of memory: the dense score matrix takes {gb:.0f} GB")
+    run_case(dense_eval, rounds=3, op="eval", impl="dense_torch", size=SIZE, n=ds.n_items)
 
 
 def test_eval_ours(benchmark, run_case):
@@ -174,4 +181,4 @@ def test_eval_ours(benchmark, run_case):
     users, items = model.embeddings(ui)
     benchmark.group = f"evaluation {SIZE}"
     run_case(lambda: full_ranking(users, items, ds.train, ds.valid, config.ks), rounds=3,
-             op="eval", impl="micro_fast", size=SIZE)
+             op="eval", impl="micro_fast", size=SIZE, n=ds.n_items)

@@ -1,65 +1,239 @@
-"""Summarize a pytest-benchmark JSON file as markdown tables: per group, each case's median
-time, its ratio to the fastest case of the group and to every peer, peak extra memory and
-effective throughput.
+"""Turn a pytest-benchmark JSON file into BENCHMARKS.md and plots, or compare two runs.
 
-    python benchmarks/report.py results.json [--peers official,faiss,...]
+    python benchmarks/report.py results.json [--out DIR]     # DIR/BENCHMARKS.md + DIR/*.png
+    python benchmarks/report.py --compare old.json new.json   # regression table
+
+Per group (one op at one size): each case's median time, its speedup over every peer of the
+group, peak extra memory and effective throughput (GFLOP/s or GB/s) as a share of the
+machine's measured GEMM and copy ceilings. A reference whose time was extrapolated (the
+published training epoch) is reported at its extrapolated time and marked so. Plots: time vs
+size per implementation, log-log, one PNG per op family.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
+import time
 from collections import defaultdict
+from pathlib import Path
 
 PEERS = ("official", "blocked_torch", "faiss", "sklearn", "torch_coo", "torch_csr", "scipy_csr",
-         "published", "published_compiled")
+         "published", "published_compiled", "reference", "dense_torch")
 
 
 def case_name(bench: dict) -> str:
     info = bench.get("extra_info", {})
-    return info.get("impl") or info.get("backend") or info.get("op") or bench["name"]
+    name = info.get("impl") or info.get("backend") or info.get("op") or bench["name"]
+    op = info.get("op")
+    if op and op != name and name not in PEERS and op not in ("spmm", "contrastive", "eval",
+                                                               "train_epoch"):
+        name = f"{name} ({op})"
+    return name
 
 
-def summarize(data: dict) -> str:
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for b in data["benchmarks"]:
-        groups[b.get("group") or ""].append(b)
+def case_time(bench: dict) -> tuple[float, bool]:
+    """(seconds, extrapolated?) of a case."""
+    info = bench.get("extra_info", {})
+    if "extrapolated_epoch_s" in info:
+        return float(info["extrapolated_epoch_s"]), True
+    return float(bench["stats"]["median"]), False
+
+
+def timed(data: dict) -> list[dict]:
+    return [b for b in data["benchmarks"] if not b.get("extra_info", {}).get("check")]
+
+
+def machine_info() -> dict:
+    """CPU, threads, library versions and GPU of this process's machine."""
+    import torch
+
+    import micro_fast
+    from micro_fast.backends import cpp
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    try:
+        import numba
+
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = "not installed"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "simd": cpp.simd_isa(), "gpu": gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "numba": numba_version,
+            "micro_fast": micro_fast.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def ceilings(threads: int | None = None) -> dict:
+    """Measured GEMM (float32 torch.mm, 2048^3) and copy (256 MB) rates of this machine."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    src = torch.ones(64 * 2**20)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    copy = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        dst.copy_(src)
+        copy = min(copy, time.perf_counter() - t)
+    return {"gemm_gflops": 2 * 2048**3 / best / 1e9, "copy_gbps": 2 * src.numel() * 4 / copy / 1e9}
+
+
+def _rate(info: dict, seconds: float, ceil: dict | None) -> str:
+    if info.get("flop"):
+        g = info["flop"] / seconds / 1e9
+        share = f" ({100 * g / ceil['gemm_gflops']:.0f}% of GEMM)" if ceil else ""
+        return f"{g:.0f} GFLOP/s{share}"
+    if info.get("bytes"):
+        g = info["bytes"] / seconds / 1e9
+        ref = ceil["copy_gbps"] if ceil else info.get("copy_gbps")
+        return f"{g:.0f} GB/s" + (f" ({100 * g / ref:.0f}% of copy)" if ref else "")
+    return ""
+
+
+def summarize(data: dict, machine: dict | None = None, ceil: dict | None = None) -> str:
     lines = []
-    for group, benches in groups.items():
-        benches.sort(key=lambda b: b["stats"]["median"])
-        peers = {case_name(b): b["stats"]["median"] for b in benches
-                 if case_name(b) in PEERS}
+    if machine:
+        lines.append("| machine | |\n|---|---|")
+        lines += [f"| {k} | {v} |" for k, v in machine.items()]
+    if ceil:
+        lines.append(f"\nCeilings measured here: GEMM {ceil['gemm_gflops']:.0f} GFLOP/s "
+                     f"(float32 torch.mm), copy {ceil['copy_gbps']:.0f} GB/s (read + write).")
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for b in timed(data):
+        groups[b.get("group") or ""].append(b)
+    for group in sorted(groups):
+        benches = sorted(groups[group], key=lambda b: case_time(b)[0])
+        peers = {case_name(b): case_time(b)[0] for b in benches if case_name(b) in PEERS}
         lines.append(f"\n### {group}\n")
-        head = "| case | median (s) | min (s) | rounds | peak extra (MiB) | rate |"
+        head = "| case | time (s) | rounds | peak extra (MiB) | rate |"
         head += "".join(f" vs {p} |" for p in peers)
         lines.append(head)
-        lines.append("|" + "---|" * (6 + len(peers)))
+        lines.append("|" + "---|" * (5 + len(peers)))
         for b in benches:
-            info, st = b.get("extra_info", {}), b["stats"]
-            label = case_name(b)
-            if info.get("op") and info.get("op") not in (label,):
-                label = f"{label} ({info['op']})"
+            info = b.get("extra_info", {})
+            seconds, extrapolated = case_time(b)
             peak = info.get("peak_extra_mb")
-            rate = ""
-            if info.get("flop"):
-                rate = f"{info['flop'] / st['median'] / 1e9:.0f} GFLOP/s"
-            elif info.get("bytes"):
-                rate = f"{info['bytes'] / st['median'] / 1e9:.0f} GB/s"
-                if info.get("copy_gbps"):
-                    rate += f" (copy {info['copy_gbps']:.0f})"
-            row = (f"| {label} | {st['median']:.4g} | {st['min']:.4g} | {st['rounds']} | "
-                   f"{'' if peak is None else f'{peak:.0f}'} | {rate} |")
-            row += "".join(f" {t / st['median']:.2f}x |" for t in peers.values())
+            t = f"{seconds:.4g}" + (" (extrapolated)" if extrapolated else "")
+            row = (f"| {case_name(b)} | {t} | {b['stats']['rounds']} | "
+                   f"{'' if peak is None else f'{peak:.0f}'} | {_rate(info, seconds, ceil)} |")
+            row += "".join(f" {p / seconds:.2f}x |" for p in peers.values())
             lines.append(row)
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("json_file")
-    args = parser.parse_args()
-    with open(args.json_file) as fh:
-        print(summarize(json.load(fh)))
+def _family(b: dict) -> str:
+    info = b.get("extra_info", {})
+    op = info.get("op", "")
+    if op in ("knn_graph", "topk_similarity", "official", "blocked_torch", "faiss", "sklearn"):
+        return f"knn d={info.get('d')}"
+    if op == "spmm":
+        return f"spmm {info.get('graph')} d={info.get('d')} {info.get('mode')}"
+    if op == "contrastive":
+        return f"contrastive d={info.get('d')} {info.get('mode')}"
+    return op or "other"
+
+
+def plot(data: dict, out: Path) -> list[Path]:
+    """Time vs size per implementation (log-log), one PNG per op family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for b in timed(data):
+        n = b.get("extra_info", {}).get("n")
+        if n is None:
+            continue
+        fams[_family(b)][case_name(b)].append((int(n), case_time(b)[0]))
+    paths = []
+    for fam, lines in sorted(fams.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("items / nodes (N)")
+        ax.set_ylabel("time (s)")
+        ax.set_title(fam)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / (re.sub(r"[^A-Za-z0-9]+", "_", fam).strip("_") + ".png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(data: dict, out: Path, machine: dict | None = None,
+                 ceil: dict | None = None, title: str = "Benchmarks") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = plot(data, out)
+    text = f"# {title}\n\n" + summarize(data, machine, ceil)
+    if pngs:
+        text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    path = out / "BENCHMARKS.md"
+    path.write_text(text)
+    return path
+
+
+def compare(old: dict, new: dict, threshold: float = 0.10) -> str:
+    """Per case present in both runs: old and new time, new/old, and a flag past threshold."""
+    before = {b["fullname"]: b for b in timed(old)}
+    lines = ["| case | old (s) | new (s) | new / old | |", "|---|---|---|---|---|"]
+    for b in timed(new):
+        a = before.get(b["fullname"])
+        if a is None:
+            continue
+        t0, t1 = case_time(a)[0], case_time(b)[0]
+        ratio = t1 / t0
+        flag = ("slower" if ratio > 1 + threshold else "faster" if ratio < 1 - threshold
+                else "")
+        lines.append(f"| {b['fullname']} | {t0:.4g} | {t1:.4g} | {ratio:.2f} | {flag} |")
+    missing = sorted(set(before) - {b["fullname"] for b in timed(new)})
+    if missing:
+        lines.append(f"\nOnly in the old run: {', '.join(missing)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json_file", nargs="?")
+    parser.add_argument("--out", default=None, help="write BENCHMARKS.md and PNGs here")
+    parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
+    args = parser.parse_args(argv)
+    if args.compare:
+        old, new = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(compare(old, new))
+        return
+    if not args.json_file:
+        parser.error("a results JSON file (or --compare OLD NEW) is required")
+    data = json.loads(Path(args.json_file).read_text())
+    if args.out:
+        print(write_report(data, Path(args.out)))
+    else:
+        print(summarize(data))
 
 
 if __name__ == "__main__":

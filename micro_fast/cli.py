@@ -1,12 +1,14 @@
-"""Command line: ``micro-fast train | eval | make-data | info``."""
+"""Command line: ``micro-fast train | eval | make-data | bench | info``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -76,6 +78,83 @@ def _make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_OPS = {"knn": ["bench_knn.py"], "spmm": ["bench_spmm.py"],
+             "contrastive": ["bench_contrastive.py"], "train": ["bench_train.py"]}
+
+
+def bench_suite_dir() -> Path:
+    """The benchmark suite: installed as ``micro_fast.benchmarks``, or a source checkout's
+    ``benchmarks/``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("micro_fast.benchmarks")
+    candidates = list(spec.submodule_search_locations or []) if spec else []
+    candidates.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    for c in candidates:
+        if (Path(c) / "bench_knn.py").exists():
+            return Path(c)
+    raise FileNotFoundError("the benchmark suite was not found (install micro-fast from a "
+                            "wheel or source checkout that includes benchmarks/)")
+
+
+def _load_report(suite: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("micro_fast_bench_report", suite / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    suite = bench_suite_dir()
+    report = _load_report(suite)
+    if args.compare:
+        old, new = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(report.compare(old, new), end="")
+        return 0
+    try:
+        import pytest_benchmark  # noqa: F401
+    except ImportError:
+        print("micro-fast bench needs pytest-benchmark: pip install 'micro-fast[bench]'",
+              file=sys.stderr)
+        return 2
+    ops = [o for o in args.ops.split(",") if o]
+    unknown = sorted(set(ops) - set(BENCH_OPS))
+    if unknown:
+        print(f"unknown --ops {unknown}; choose from {sorted(BENCH_OPS)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [str(suite / f) for o in ops for f in BENCH_OPS[o]]
+    results = out / "results.json"
+    cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only", "-q",
+           f"--bench-size={args.size}", f"--benchmark-json={results}", "-p", "no:cacheprovider",
+           "--rootdir", str(suite)]
+    print("+ " + " ".join(cmd), flush=True)
+    env = dict(os.environ, MICRO_FAST_BENCH_THREADS=str(args.threads)) if args.threads \
+        else None
+    proc = subprocess.run(cmd, cwd=suite, env=env)
+    if proc.returncode != 0 or not results.exists():
+        print(f"the benchmark run failed (exit {proc.returncode})", file=sys.stderr)
+        return proc.returncode or 1
+    threads = args.threads or int(os.environ.get("MICRO_FAST_BENCH_THREADS", "2"))
+    machine = report.machine_info()
+    machine["threads"] = threads
+    machine["size"] = args.size
+    ceil = report.ceilings(threads)
+    data = json.loads(results.read_text())
+    (out / "machine.json").write_text(json.dumps({"machine": machine, "ceilings": ceil},
+                                                 indent=2))
+    path = report.write_report(data, out, machine, ceil,
+                               title=f"micro_fast benchmarks ({args.size})")
+    print(f"wrote {path}, the plots beside it and {results}")
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--data", help="dataset folder, 'synthetic' or 'synthetic:<size>' "
@@ -132,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--format", choices=["micro", "mmrec"], default="micro")
     md.add_argument("--seed", type=int, default=0)
     md.set_defaults(func=_make_data)
+    be = sub.add_parser("bench", help="run the benchmark suite and write a report with plots")
+    be.add_argument("--size", choices=["small", "paper", "large"], default="small",
+                    help="small: about 2 minutes on 2 cores; paper: the published datasets; "
+                         "large: 200,000 items")
+    be.add_argument("--ops", default=",".join(BENCH_OPS),
+                    help=f"comma-separated subset of {','.join(BENCH_OPS)}")
+    be.add_argument("--out", default="bench-results", help="folder for BENCHMARKS.md, "
+                    "the PNG plots and results.json")
+    be.add_argument("--threads", type=int, default=None, help="threads (default 2, as the "
+                    "suite's MICRO_FAST_BENCH_THREADS)")
+    be.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"),
+                    help="print a regression table of two results.json files and exit")
+    be.set_defaults(func=_bench)
     return parser
 
 
