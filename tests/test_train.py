@@ -110,3 +110,15 @@ def test_make_data_then_train_from_disk(tmp_path):
         s = train(TrainConfig(data=str(folder), epochs=1, eval_every=1, progress=False,
                               out=str(tmp_path / f"run_{fmt}")))
         assert s["test_at_best"]["users"] > 0
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    for args, needle in ((("train", "--data", str(tmp_path / "missing"), "--out",
+                           str(tmp_path / "r")), "missing"),
+                         (("train", "--batch-size", "0", "--out", str(tmp_path / "r")),
+                          "batch_size"),
+                         (("eval", str(tmp_path / "nothing")), "config.json")):
+        proc = _cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "error:" in proc.stderr and needle in proc.stderr
+        assert "Traceback" not in proc.stderr
