@@ -8,7 +8,7 @@ import torch
 
 from micro_fast import CSRGraph, backends, knn_graph, topk_similarity
 
-BACKENDS = backends.available()
+BACKENDS = backends.available("cpu")
 x = torch.randn(10, 4)
 
 

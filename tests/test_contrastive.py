@@ -84,10 +84,9 @@ def test_equals_published_formulation(symmetric, tau):
     z2 = torch.randn(260, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     ref = published_loss(z1, z2, tau, symmetric)
     rg = torch.autograd.grad(ref, (z1, z2))
-    for backend in backends.available():
-        mod = backends.get(backend, torch.device("cpu"), op="topk_similarity") \
-            if backend != "cuda" else None
-        if mod is None or not hasattr(mod, "contrastive_forward"):
+    for backend in backends.available("cpu"):
+        mod = backends.get(backend, torch.device("cpu"), op="topk_similarity")
+        if not hasattr(mod, "contrastive_forward"):
             continue
         loss = mf.contrastive_loss(z1, z2, tau=tau, symmetric=symmetric, backend=backend)
         g = torch.autograd.grad(loss, (z1, z2))

@@ -354,7 +354,9 @@ __global__ void __launch_bounds__(kTileThreads)
 // host helpers
 
 constexpr int64_t kMaxSplits = 65535;             // forward grid's y dimension
-constexpr int64_t kMaxFeatures = int64_t(1) << 21;  // product grid's y dimension (d / 32)
+// product grid's y dimension is ceil(d / (16 TN)), 16 TN = 32 for double, and gridDim.y is at
+// most 65535: 2^21 features (65536 double tiles) failed at launch, so the bound is 65535 * 32.
+constexpr int64_t kMaxFeatures = int64_t(65535) * 32;
 constexpr int64_t kMaxRows = int64_t(1) << 30;    // row offsets within a block stay in int
 
 template <typename T>
@@ -436,7 +438,7 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
   MF_CHECK(lse1 != nullptr && g1 != nullptr, "lse1 and g1 pointers are null");
   MF_CHECK((lse2 == nullptr) == (g2 == nullptr), "lse2 and g2 must be given together");
   MF_CHECK(grad1 != nullptr && grad2 != nullptr, "gradient pointers are null");
-  MF_CHECK(d <= kMaxFeatures, "at most 2^21 features");
+  MF_CHECK(d <= kMaxFeatures, "at most 65535 * 32 features");
   MF_CHECK(block_rows >= 1 && chunk >= 1, "block_rows and chunk must be positive");
   const int64_t rows = std::min<int64_t>({block_rows, n, kMaxRows});
   const int64_t cols = std::min<int64_t>({chunk, n, kMaxChunk});
