@@ -79,3 +79,54 @@ def test_contrastive(benchmark, run_case, impl, n, mode):
     huge = n > 50_000
     run_case(run, rounds=1 if slow or huge else 3, warmup=0 if huge else 1, op="contrastive",
              impl=impl, n=n, d=D, mode=mode, flop=flop)
+
+
+@functools.cache
+def fusion_inputs(n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    views_ = [torch.randn(n, D, generator=gen) for _ in range(2)]
+    return views_, torch.softmax(torch.randn(n, 2, generator=gen), dim=1)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("impl", ["cpp_fused", "cpp_separate", "published"])
+def test_contrastive_fusion(benchmark, run_case, impl, n, mode):
+    """MICRO's whole fusion loss with two modalities, sum_m contrastive(H_m, h), h the
+    attention-weighted sum: the fused-view kernel (one pass over the views' Gram blocks) against
+    two separate losses (ours, and the published chunked code). ``flop`` counts the separate
+    losses' arithmetic for every implementation, so GFLOP/s compare as effective rates."""
+    backward = mode == "fwd+bwd"
+    benchmark.group = f"contrastive fusion M=2 N={n} d={D} {mode}"
+    if impl == "published" and backward and sizes.skip_dense_reason(n, 2):
+        pytest.skip(sizes.skip_dense_reason(n, 2))
+    if impl != "published" and "cpp" not in mf.backends.available():
+        pytest.skip("backend cpp not available")
+    if n > 50_000 and impl == "published":
+        pytest.skip(f"published takes many minutes per call at N={n}")
+    base, base_w = fusion_inputs(n)
+    hs = [v.clone().requires_grad_(backward) for v in base]
+    w = base_w.clone().requires_grad_(backward)
+
+    def loss_fn():
+        if impl == "cpp_fused":
+            return mf.contrastive_fusion_loss(hs, w, backend="cpp")
+        h = w[:, :1] * hs[0] + w[:, 1:] * hs[1]
+        if impl == "cpp_separate":
+            return sum(mf.contrastive_loss(v, h, backend="cpp") for v in hs)
+        return sum(peers.published_contrastive(v, h) for v in hs)
+
+    def run():
+        loss = loss_fn()
+        if backward:
+            loss.backward()
+            w.grad = None
+            for v in hs:
+                v.grad = None
+        return loss
+
+    flop = 2 * (12 if backward else 3) * n * n * D
+    slow = impl == "published"
+    huge = n > 50_000
+    run_case(run, rounds=1 if slow or huge else 3, warmup=0 if huge else 1,
+             op="contrastive_fusion", impl=impl, n=n, d=D, mode=mode, flop=flop)

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "cpu/bipartite_graph.h"
 #include "cpu/contrastive.h"
+#include "cpu/contrastive_fusion.h"
 #include "cpu/isa.h"
 #include "cpu/spmm.h"
 #include "cpu/topk_similarity.h"
@@ -270,6 +271,57 @@ py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double 
   return py::make_tuple(grad1, grad2);
 }
 
+template <typename T>
+void check_fusion(const CArray<T>& u, const CArray<T>& coef) {
+  MF_CHECK(u.ndim() == 3, "views must be 3-D [m, n, d]");
+  MF_CHECK(coef.ndim() == 2 && coef.shape(0) == u.shape(1) && coef.shape(1) == u.shape(0),
+           "coef must be [n, m] for views [m, n, d]");
+  MF_CHECK(u.shape(0) > 0 && u.shape(1) > 0 && u.shape(2) > 0, "views must be non-empty");
+}
+
+template <typename T>
+void check_stats(const CArray<T>& v, int64_t m, int64_t n, const char* name) {
+  MF_CHECK(v.ndim() == 2 && v.shape(0) == m && v.shape(1) == n,
+           std::string(name) + " must be [m, n]");
+}
+
+template <typename T>
+CArray<T> contrastive_fusion_forward(const CArray<T>& u, const CArray<T>& coef, double tau,
+                                     int64_t block_size, int num_threads) {
+  check_fusion(u, coef);
+  const int64_t m = u.shape(0), n = u.shape(1), d = u.shape(2);
+  CArray<T> lse({m, n});
+  const T *pu = u.data(), *pc = coef.data();
+  T* pl = lse.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::contrastive_fusion_forward<T>(pu, pc, m, n, d, tau, block_size, num_threads, pl);
+  }
+  return lse;
+}
+
+template <typename T>
+py::tuple contrastive_fusion_backward(const CArray<T>& u, const CArray<T>& coef, double tau,
+                                      const CArray<T>& lse, const CArray<T>& g,
+                                      int64_t block_size, int num_threads,
+                                      const std::optional<CArray<T>>& out_u,
+                                      const std::optional<CArray<T>>& out_coef) {
+  check_fusion(u, coef);
+  const int64_t m = u.shape(0), n = u.shape(1), d = u.shape(2);
+  check_stats(lse, m, n, "lse");
+  check_stats(g, m, n, "g");
+  CArray<T> grad_u = output_array<T>(out_u, {m, n, d}, "contrastive_fusion_backward");
+  CArray<T> grad_coef = output_array<T>(out_coef, {n, m}, "contrastive_fusion_backward");
+  const T *pu = u.data(), *pc = coef.data(), *pl = lse.data(), *pg = g.data();
+  T *ou = grad_u.mutable_data(), *oc = grad_coef.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::contrastive_fusion_backward<T>(pu, pc, m, n, d, tau, pl, pg, block_size,
+                                               num_threads, ou, oc);
+  }
+  return py::make_tuple(grad_u, grad_coef);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -318,6 +370,22 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1,
           py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none());
+  mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<float>,
+          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+  mod.def("contrastive_fusion_backward", &contrastive_fusion_backward<float>,
+          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
+          py::arg("lse").noconvert(), py::arg("g").noconvert(), py::arg("block_size") = 0,
+          py::arg("num_threads") = 1, py::arg("out_u").noconvert() = py::none(),
+          py::arg("out_coef").noconvert() = py::none());
+  mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<double>,
+          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+  mod.def("contrastive_fusion_backward", &contrastive_fusion_backward<double>,
+          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
+          py::arg("lse").noconvert(), py::arg("g").noconvert(), py::arg("block_size") = 0,
+          py::arg("num_threads") = 1, py::arg("out_u").noconvert() = py::none(),
+          py::arg("out_coef").noconvert() = py::none());
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");

@@ -174,10 +174,6 @@ void accumulate_tile(const DenseKernel<T>& dk, Scratch<T>& w, int64_t ld, int mb
   }
 }
 
-// For tau >= kFixedShiftTau every term exp((s - 1) / tau), s in [-1, 1], is a normal float, so
-// all sums can share the shift 1/tau (the largest possible score): one exp per entry serves the
-// row and the column sums alike, and no maxima are needed. Smaller tau takes the running-max path.
-constexpr double kFixedShiftTau = 0.05;
 
 template <typename T>
 void accumulate_tile_fixed(const DenseKernel<T>& dk, Scratch<T>& w, int64_t ld, int mb, int nb,
@@ -195,10 +191,6 @@ void accumulate_tile_fixed(const DenseKernel<T>& dk, Scratch<T>& w, int64_t ld, 
     for (int j = 0; j < nb; ++j) cs[j] += col[j];
 }
 
-int team(int num_threads, int64_t n, int64_t d) {
-  return double(n) * double(n) * double(d) < double(1 << 22) ? 1 : std::max(1, num_threads);
-}
-
 }  // namespace
 
 template <typename T>
@@ -208,7 +200,7 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
   MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
   const auto& ks = isa_kernels<T>();
   const Plan<T> plan(ks.tile, n, d, block_size, symmetric);
-  const int threads = team(num_threads, n, d);
+  const int threads = contrastive_team(num_threads, n, d);
   std::vector<LseAcc> acc;
   for (int t = 0; t < threads; ++t) acc.emplace_back(n, symmetric);
   const T inv_tau = T(1.0 / tau);
@@ -273,7 +265,7 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
   const bool symmetric = lse2 != nullptr;
   const auto& ks = isa_kernels<T>();
   const Plan<T> plan(ks.tile, n, d, block_size, symmetric);
-  const int threads = team(num_threads, n, d);
+  const int threads = contrastive_team(num_threads, n, d);
   std::fill(grad1, grad1 + n * d, T(0));
   std::fill(grad2, grad2 + n * d, T(0));
   std::vector<std::vector<T>> priv(2 * (threads - 1), std::vector<T>(n * d, T(0)));

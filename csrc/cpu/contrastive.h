@@ -1,9 +1,21 @@
 // Blockwise all-pairs contrastive (InfoNCE) statistics and gradients, never N x N in memory.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace micro_fast {
+
+// For tau >= kFixedShiftTau every term exp((s - 1) / tau), s in [-1, 1], is a normal float, so
+// all sums can share the shift 1/tau (the largest possible score): one exp per entry serves the
+// row and the column sums alike, and no maxima are needed. Smaller tau takes the running-max path.
+constexpr double kFixedShiftTau = 0.05;
+
+// Threads worth starting for n x n x d work: one for small problems, where a team costs more
+// than it saves.
+inline int contrastive_team(int num_threads, int64_t n, int64_t d) {
+  return double(n) * double(n) * double(d) < double(1 << 22) ? 1 : std::max(1, num_threads);
+}
 
 // n1, n2: [n, d] L2-normalized rows. With s11 = n1 n1^T, s12 = n1 n2^T, s22 = n2 n2^T:
 //   lse1[i] = log(sum_{j != i} exp(s11_ij / tau) + sum_j exp(s12_ij / tau))

@@ -30,6 +30,16 @@ struct DenseKernel {
   double (*exp_sum)(const T* s, T a, T b0, int64_t n, T* col);
   // e[j] = exp(a * s[j] - b0) * (alpha + (beta ? beta[j] : 0))
   void (*exp_scale)(const T* s, T a, T b0, T alpha, const T* beta, int64_t n, T* e);
+  // exp_sum and exp_scale of the combination c[j] = sum_q p[q][j] * (wv ? wv[q][j] : ws[q]),
+  // q < m, which is never stored
+  double (*comb_exp_sum)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
+                         int64_t n, T* col);
+  void (*comb_exp_scale)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
+                         T alpha, const T* beta, int64_t n, T* e);
+  void (*fma_into)(T* acc, const T* x, const T* y, int64_t n);  // acc += x * y
+  double (*dot)(const T* x, const T* y, int64_t n);
+  // out[j] = (base ? base[j] : 0) + wv[j] * x[j] + (y ? c * y[j] : 0)
+  void (*axpby)(const T* base, const T* wv, const T* x, T c, const T* y, int64_t n, T* out);
 };
 
 namespace {
@@ -40,6 +50,24 @@ typedef int32_t vi16 __attribute__((vector_size(64)));
 // Cody-Waite range reduction + degree-6 minimax polynomial (Cephes expf), ~1 ulp; inputs are
 // clamped to [-87.3, 88.3], so the result is always a normal float.
 inline vf16 exp16_f32(vf16 v) {
+#if defined(MF_SIMD_AVX512)
+  // The same reduction and polynomial in native AVX-512: vscalefps applies 2^k exactly, so the
+  // integer exponent arithmetic and the upper clamp go away. max(lo, v) keeps NaN inputs.
+  const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_set1_ps(-87.3f), (__m512)v),
+                                 _mm512_set1_ps(88.3f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 q = _mm512_set1_ps(1.9875691500E-4f);
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.3981999507E-3f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(8.3334519073E-3f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.1665795894E-2f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.6666665459E-1f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(5.0000001201E-1f));
+  q = _mm512_fmadd_ps(_mm512_mul_ps(q, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return (vf16)_mm512_scalef_ps(q, k);
+#else
   v = v < -87.3f ? vf16{} - 87.3f : v;
   v = v > 88.3f ? vf16{} + 88.3f : v;
   vf16 t = v * 1.44269504088896341f;
@@ -57,6 +85,7 @@ inline vf16 exp16_f32(vf16 v) {
   vf16 scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+#endif
 }
 
 inline void exp_inplace_f32(float* x, int64_t n) {
@@ -98,6 +127,27 @@ struct RowOps {
     return v;
   }
   static inline void st(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+  // Sum of the lanes: a shuffle tree where the ISA has one (row sums are taken per tile row, so
+  // a serial lane-by-lane sum would cost as much as the row's exponentials).
+  static inline double hsum(V v) {
+#if defined(MF_SIMD_AVX512)
+    if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps((__m512)v);
+    else return _mm512_reduce_add_pd((__m512d)v);
+#else
+    double r = 0.0;
+    for (int q = 0; q < W; ++q) r += v[q];
+    return r;
+#endif
+  }
+  // sum_q p[q][j..j+W) * (wv ? wv[q][j..j+W) : ws[q])
+  static inline V comb(const T* const* p, const T* const* wv, const T* ws, int m, int64_t j) {
+    V acc = {};
+    if (wv)
+      for (int q = 0; q < m; ++q) acc += ld(p[q] + j) * ld(wv[q] + j);
+    else
+      for (int q = 0; q < m; ++q) acc += ld(p[q] + j) * ws[q];
+    return acc;
+  }
 
   static void exp_affine(const T* s, T a, const T* b, T b0, int64_t n, T* e) {
     int64_t j = 0;
@@ -122,8 +172,7 @@ struct RowOps {
     V acc = {};
     int64_t j = 0;
     for (; j + W <= n; j += W) acc += ld(x + j);
-    double r = 0.0;
-    for (int q = 0; q < W; ++q) r += acc[q];
+    double r = hsum(acc);
     for (; j < n; ++j) r += x[j];
     return r;
   }
@@ -142,6 +191,30 @@ struct RowOps {
     int64_t j = 0;
     for (; j + W <= n; j += W) st(y + j, a * ld(y + j) + ld(x + j) * ld(w + j));
     for (; j < n; ++j) y[j] = a * y[j] + x[j] * w[j];
+  }
+  static void fma_into(T* acc, const T* x, const T* y, int64_t n) {
+    int64_t j = 0;
+    for (; j + W <= n; j += W) st(acc + j, ld(acc + j) + ld(x + j) * ld(y + j));
+    for (; j < n; ++j) acc[j] += x[j] * y[j];
+  }
+  static double dot(const T* x, const T* y, int64_t n) {
+    V acc = {};
+    int64_t j = 0;
+    for (; j + W <= n; j += W) acc += ld(x + j) * ld(y + j);
+    double r = hsum(acc);
+    for (; j < n; ++j) r += x[j] * y[j];
+    return r;
+  }
+  static void axpby(const T* base, const T* wv, const T* x, T c, const T* y, int64_t n, T* out) {
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+      V v = ld(wv + j) * ld(x + j);
+      if (base) v += ld(base + j);
+      if (y) v += c * ld(y + j);
+      st(out + j, v);
+    }
+    for (; j < n; ++j)
+      out[j] = (base ? base[j] : T(0)) + wv[j] * x[j] + (y ? c * y[j] : T(0));
   }
 };
 
@@ -174,8 +247,7 @@ double row_exp_sum(const T* s, T a, T b0, int64_t n, T* col) {
     acc += e;
     if (col) O::st(col + j, O::ld(col + j) + e);
   }
-  double r = 0.0;
-  for (int q = 0; q < O::W; ++q) r += acc[q];
+  double r = O::hsum(acc);
   if (j < n) {
     T tail[O::W];
     const int64_t rem = n - j;
@@ -187,6 +259,58 @@ double row_exp_sum(const T* s, T a, T b0, int64_t n, T* col) {
     }
   }
   return r;
+}
+
+// row_exp_sum of the combination sum_q p[q] * (wv ? wv[q] : ws[q]), without storing it.
+template <typename T>
+double row_comb_exp_sum(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
+                        int64_t n, T* col) {
+  using O = RowOps<T>;
+  typename O::V acc = {};
+  int64_t j = 0;
+  for (; j + O::W <= n; j += O::W) {
+    const typename O::V e = ExpV<T>::exp(a * O::comb(p, wv, ws, m, j) - b0);
+    acc += e;
+    if (col) O::st(col + j, O::ld(col + j) + e);
+  }
+  double r = O::hsum(acc);
+  if (j < n) {
+    T tail[O::W];
+    const int64_t rem = n - j;
+    for (int64_t t = 0; t < rem; ++t) {
+      T c = 0;
+      for (int q = 0; q < m; ++q) c += p[q][j + t] * (wv ? wv[q][j + t] : ws[q]);
+      tail[t] = a * c - b0;
+    }
+    exp_tail(tail, rem);
+    for (int64_t t = 0; t < rem; ++t) {
+      r += tail[t];
+      if (col) col[j + t] += tail[t];
+    }
+  }
+  return r;
+}
+
+// e[j] = exp(a * c[j] - b0) * (alpha + (beta ? beta[j] : 0)) for the same combination c.
+template <typename T>
+void row_comb_exp_scale(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
+                        T alpha, const T* beta, int64_t n, T* e) {
+  using O = RowOps<T>;
+  int64_t j = 0;
+  for (; j + O::W <= n; j += O::W) {
+    const typename O::V w = ExpV<T>::exp(a * O::comb(p, wv, ws, m, j) - b0);
+    O::st(e + j, w * (beta ? alpha + O::ld(beta + j) : typename O::V{} + alpha));
+  }
+  if (j < n) {
+    const int64_t rem = n - j;
+    for (int64_t t = 0; t < rem; ++t) {
+      T c = 0;
+      for (int q = 0; q < m; ++q) c += p[q][j + t] * (wv ? wv[q][j + t] : ws[q]);
+      e[j + t] = a * c - b0;
+    }
+    exp_tail(e + j, rem);
+    for (int64_t t = 0; t < rem; ++t) e[j + t] *= alpha + (beta ? beta[j + t] : T(0));
+  }
 }
 
 template <typename T>
@@ -222,7 +346,12 @@ DenseKernel<T> dense_kernel(void (*gemm)(const T*, int64_t, int64_t, int, int, c
                         &RowOps<T>::add_into,
                         &RowOps<T>::mul_add,
                         &row_exp_sum<T>,
-                        &row_exp_scale<T>};
+                        &row_exp_scale<T>,
+                        &row_comb_exp_sum<T>,
+                        &row_comb_exp_scale<T>,
+                        &RowOps<T>::fma_into,
+                        &RowOps<T>::dot,
+                        &RowOps<T>::axpby};
 }
 
 template <class S, int MR, int NV>

@@ -1,6 +1,6 @@
 """Kernel backends behind one array-level contract.
 
-Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``) exposes:
+Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``, ``numba_cuda``) exposes:
 
 ``is_available() -> tuple[bool, str]``
     whether it can run here, and why not.
@@ -24,6 +24,15 @@ Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``) exposes:
 ``bipartite_graph(users, items, n_users, n_items, normalization, self_loops, duplicates,
 dtype) -> (indptr, indices, values)``
     the normalized (U+I) x (U+I) user-item adjacency (see ``ops.bipartite_graph``).
+``contrastive_forward(n1, n2, tau, symmetric, block_size) -> (lse1, lse2 | None)`` and
+``contrastive_backward(n1, n2, tau, lse1, lse2, g1, g2, block_size) -> (grad1, grad2)``
+    the row log-sum-exps of MICRO's contrastive loss for L2-normalized ``n1``, ``n2`` [N, d],
+    and the gradients of ``sum g1 * lse1 (+ g2 * lse2)`` (see ``ops.contrastive_loss``).
+``contrastive_fusion_forward(u, coef, tau, block_size) -> lse`` and
+``contrastive_fusion_backward(u, coef, tau, lse, g, block_size) -> (grad_u, grad_coef)``
+    the same statistics for every view ``u`` [M, N, d] against the fused view
+    ``sum_k coef[:, k, None] * u[k]`` ([M, N]), from the views' Gram blocks, ``tau >= 0.05``
+    (see ``ops.contrastive_fusion``).
 
 A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next.
 ``torch_ref`` is the ground truth every other backend is tested against.
@@ -37,7 +46,7 @@ from types import ModuleType
 import torch
 
 #: Preference order of ``backend="auto"``.
-BACKENDS: tuple[str, ...] = ("cuda", "cpp", "numba", "torch_ref")
+BACKENDS: tuple[str, ...] = ("cuda", "numba_cuda", "cpp", "numba", "torch_ref")
 
 _modules: dict[str, ModuleType] = {}
 
@@ -62,9 +71,15 @@ def status() -> dict[str, str]:
     return out
 
 
-def available() -> list[str]:
-    """Names of the backends that can run on this machine, in ``auto`` preference order."""
-    return [name for name, why in status().items() if why == "available"]
+def available(device: torch.device | str | None = None) -> list[str]:
+    """Names of the backends that can run on this machine, in ``auto`` preference order; with
+    ``device``, only those that run on its tensors (``"cpu"``: not ``cuda`` nor ``numba_cuda``,
+    even where they are available)."""
+    names = [name for name, why in status().items() if why == "available"]
+    if device is not None:
+        device = torch.device(device)
+        names = [name for name in names if _load(name).supports(device)]
+    return names
 
 
 def get(backend: str, device: torch.device, op: str = "topk_similarity") -> ModuleType:
@@ -74,7 +89,9 @@ def get(backend: str, device: torch.device, op: str = "topk_similarity") -> Modu
         for name in BACKENDS:
             try:
                 mod = _load(name)
-                if mod.is_available()[0] and mod.supports(device) and hasattr(mod, op):
+                # supports() first: it is cheap, while is_available() may initialize a driver
+                # (numba_cuda) that a CPU tensor never needs
+                if mod.supports(device) and mod.is_available()[0] and hasattr(mod, op):
                     return mod
             except ImportError:
                 continue

@@ -90,3 +90,21 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
                             _np(g2), int(block_size or 0), torch.get_num_threads(),
                             _np(grad1), _np(grad2))
     return grad1, grad2
+
+
+def contrastive_fusion_forward(u: torch.Tensor, coef: torch.Tensor, tau: float,
+                               block_size: int | None) -> torch.Tensor:
+    return torch.from_numpy(_C.contrastive_fusion_forward(_np(u), _np(coef), float(tau),
+                                                          int(block_size or 0),
+                                                          torch.get_num_threads()))
+
+
+def contrastive_fusion_backward(u: torch.Tensor, coef: torch.Tensor, tau: float,
+                                lse: torch.Tensor, g: torch.Tensor, block_size: int | None,
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_u, grad_coef = torch.empty(u.shape, dtype=u.dtype), torch.empty(coef.shape,
+                                                                          dtype=coef.dtype)
+    _C.contrastive_fusion_backward(_np(u), _np(coef), float(tau), _np(lse), _np(g),
+                                   int(block_size or 0), torch.get_num_threads(), _np(grad_u),
+                                   _np(grad_coef))
+    return grad_u, grad_coef

@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from micro_fast.graph import CSRGraph
-from micro_fast.nn.fusion import ContrastiveFusion
+from micro_fast.nn.fusion import ContrastiveFusion, fuse_views
 from micro_fast.nn.graph_learner import KNNGraphLearner
 from micro_fast.nn.propagation import LightGCN
 
@@ -36,6 +36,7 @@ class MICROOutput(NamedTuple):
     items: torch.Tensor            # [I, dim] final item representations
     views: list[torch.Tensor]      # per modality H_m [I, dim]
     fused: torch.Tensor | None     # h [I, dim] (None without modalities)
+    weights: torch.Tensor | None   # attention a [I, M] with h = sum_m a[:, m] H_m
 
 
 class MICRO(nn.Module):
@@ -113,13 +114,14 @@ class MICRO(nn.Module):
         """ui_graph: (U+I, U+I) ``CSRGraph`` (see ``bipartite_graph``)."""
         users, items = self.backbone(ui_graph)
         if not self.learners:
-            return MICROOutput(users, items, [], None)
+            return MICROOutput(users, items, [], None, None)
         graphs = self.item_graphs(build_item_graph)
         e_item = self.item_id_embedding.weight
         views = [self.learners[m].propagate(graphs[m], e_item, self.item_layers)
                  for m in self.learners]
-        fused = self.fusion.fuse(views)
-        return MICROOutput(users, items + F.normalize(fused, p=2, dim=1), views, fused)
+        weights = self.fusion.attention(views)
+        fused = fuse_views(views, weights)
+        return MICROOutput(users, items + F.normalize(fused, p=2, dim=1), views, fused, weights)
 
     def loss(self, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
              neg: torch.Tensor, *, build_item_graph: bool = False,
@@ -138,8 +140,7 @@ class MICRO(nn.Module):
         total = bpr + reg
         contrast = torch.zeros((), dtype=total.dtype, device=total.device)
         if out.views and self.contrastive_weight > 0:
-            contrast = self.contrastive_weight * sum(
-                self.fusion.contrastive(v, out.fused) for v in out.views)
+            contrast = self.contrastive_weight * self.fusion.loss(out.views, out.weights)
             total = total + contrast
         return total, {"bpr": bpr.detach(), "reg": reg.detach(), "contrastive": contrast.detach()}
 

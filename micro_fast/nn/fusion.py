@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from micro_fast.ops.contrastive_fusion import contrastive_fusion_loss, fuse_views
 from micro_fast.ops.contrastive_loss import contrastive_loss
 
 
@@ -25,13 +26,22 @@ class ContrastiveFusion(nn.Module):
         self.tau, self.symmetric = tau, symmetric
         self.block_size, self.backend = block_size, backend
 
-    def fuse(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The attention-weighted sum of the views (no loss)."""
+    def attention(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The fusion weights [N, M]: a softmax over the views of q(H_m)."""
         if len(views) == 0:
             raise ValueError("views must hold at least one [N, d] tensor")
-        att = torch.cat([self.query(v) for v in views], dim=-1)  # [N, M]
-        weight = torch.softmax(att, dim=-1)
-        return sum(weight[:, m : m + 1] * v for m, v in enumerate(views))
+        return torch.softmax(torch.cat([self.query(v) for v in views], dim=-1), dim=-1)
+
+    def fuse(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The attention-weighted sum of the views (no loss)."""
+        return fuse_views(views, self.attention(views))
+
+    def loss(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...],
+             weights: torch.Tensor) -> torch.Tensor:
+        """:math:`\\sum_m` contrastive_loss(H_m, h) for ``h = fuse_views(views, weights)``, by
+        ``contrastive_fusion_loss`` (one pass over the Gram blocks of the views)."""
+        return contrastive_fusion_loss(views, weights, tau=self.tau, symmetric=self.symmetric,
+                                       block_size=self.block_size, backend=self.backend)
 
     def contrastive(self, view: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """The contrastive loss of one view [N, d] against the fused view [N, d] (scalar)."""
@@ -40,8 +50,8 @@ class ContrastiveFusion(nn.Module):
 
     def forward(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...],
                 with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.fuse(views)
+        weights = self.attention(views)
+        h = fuse_views(views, weights)
         if not with_loss:
             return h, None
-        loss = sum(self.contrastive(v, h) for v in views)
-        return h, loss
+        return h, self.loss(views, weights)

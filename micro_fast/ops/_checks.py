@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -36,6 +38,13 @@ def check_k(k: object, n: int, what: str = "keys") -> int:
     if k < 1 or k > n:
         raise ValueError(f"k must be in [1, {n}] (the number of {what}), got {k}")
     return k
+
+
+def check_tau(tau: object) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) \
+            or tau <= 0:
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    return float(tau)
 
 
 def check_block_size(block_size: object) -> int | None:

@@ -23,14 +23,12 @@ flow to ``z1`` and ``z2`` through the normalization (done in torch, as published
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends
-from micro_fast.ops._checks import check_block_size, check_matrix
+from micro_fast.ops._checks import check_block_size, check_matrix, check_tau
 
 
 class _ContrastiveLoss(torch.autograd.Function):
@@ -88,9 +86,7 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         raise TypeError(f"z2 dtype {z2.dtype} differs from z1 dtype {z1.dtype}")
     if z1.device != z2.device:
         raise ValueError(f"z2 is on {z2.device} but z1 is on {z1.device}")
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) \
-            or tau <= 0:
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    tau = check_tau(tau)
     block_size = check_block_size(block_size)
     impl = backends.get(backend, z1.device, op="contrastive_forward")
     n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)

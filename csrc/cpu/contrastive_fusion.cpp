@@ -1,0 +1,334 @@
+// Fused-view contrastive loss driver (see contrastive_fusion.h for the math).
+//
+// MICRO contrasts every view u_q with the fused view f = normalize(sum_k a_k H_k). As
+// f_j = sum_k coef[j, k] u_k[j], every score the loss needs is a combination of entries of the
+// Gram blocks P^{qk} = u_q u_k^T: cross scores S^q_ij = sum_k coef[j, k] P^{qk}_ij, and their
+// transposes S^q_ji = sum_k coef[i, k] P^{kq}_ij. Tasks are unordered pairs of row blocks
+// (I <= J); each computes the m^2 tiles P^{qk}_IJ once and serves the row sums of I and J, in
+// every view. For m = 2 that is 2 N^2 d multiply-adds forward (against 3 for two separate
+// contrastive_forward calls) and 6 N^2 d backward (against 9).
+//
+// Backward: with alpha_q[i] = g[q, i] exp(1/tau - lse[q, i]) / tau, the derivative of L w.r.t.
+// P^{qk}_IJ(a, b) (i = I0 + a, j = J0 + b) is
+//   G^{qk} = [q == k] exp((P^{qq} - 1)/tau) (alpha_q[i] + alpha_q[j])
+//          + coef[j, k] A^q_ij + coef[i, q] A^k_ji,    A^q_ij = alpha_q[i] exp((S^q_ij - 1)/tau)
+// (diagonal pairs I == J: every ordered (i, j) is its own entry, so only the alpha_q[i] and
+// A^q_ij terms, and i == j left out of the first). Then grad u_q[I] += G^{qk} u_k[J] and
+// grad u_k[J] += G^{qk T} u_q[I], and grad coef[j, k] += sum_q sum_i A^q_ij P^{qk}_ij.
+// Work is split statically over threads with private accumulators merged in thread order, so
+// results repeat exactly for a thread count.
+#include "cpu/contrastive_fusion.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+#include "cpu/contrastive.h"
+#include "cpu/isa.h"
+
+namespace micro_fast {
+namespace {
+
+constexpr int kChunk = 128;
+constexpr int64_t kDefaultBlock = 128;  // m^2 + 2m tiles per thread stay in L2
+
+template <typename T>
+struct FusionPlan {
+  int64_t m, n, d, block, pad_a, pad_b, tile, kc_max, nblocks;
+  int nchunks;
+  std::vector<std::pair<int32_t, int32_t>> tasks;
+
+  FusionPlan(const TileKernel<T>& kern, int64_t m_, int64_t n_, int64_t d_, int64_t block_size)
+      : m(m_), n(n_), d(d_) {
+    const int64_t lcm = std::lcm<int64_t>(kern.mr, kern.nr);
+    block = (std::max<int64_t>(block_size > 0 ? block_size : kDefaultBlock, 1) + lcm - 1) / lcm *
+            lcm;
+    pad_a = (block + kern.mr - 1) / kern.mr * kern.mr;
+    pad_b = (block + kern.nr - 1) / kern.nr * kern.nr;
+    tile = pad_a * pad_b;
+    kc_max = std::min<int64_t>(d, kChunk);
+    nchunks = static_cast<int>((d + kChunk - 1) / kChunk);
+    nblocks = (n + block - 1) / block;
+    const int32_t nb = static_cast<int32_t>(nblocks);
+    for (int32_t i = 0; i < nb; ++i)
+      for (int32_t j = i; j < nb; ++j) tasks.push_back({i, j});
+  }
+};
+
+template <typename T>
+struct FusionScratch {
+  std::vector<T> p, arow, acol, tmp, col;
+  std::vector<const T*> rows, wv;
+  std::vector<T> ws;
+  explicit FusionScratch(const FusionPlan<T>& pl)
+      : p(pl.m * pl.m * pl.tile), arow(pl.m * pl.tile), acol(pl.m * pl.tile), tmp(pl.pad_b),
+        col(pl.pad_b), rows(pl.m), wv(pl.m), ws(pl.m) {}
+  T* gram(const FusionPlan<T>& pl, int64_t q, int64_t k) { return p.data() + (q * pl.m + k) * pl.tile; }
+};
+
+// One task's block pair and its m^2 Gram tiles P^{qk} (row stride pad_b) in w.p.
+struct Span {
+  int64_t i0, j0;
+  int mb, nb;
+  bool diag;
+};
+
+// Every row block of every view packed once per call, as the tile kernel's left (A) and right
+// (B) operands, chunk by chunk of the feature dimension: each block meets every other block,
+// so packing per task would repeat the same work nblocks times.
+template <typename T>
+struct Packed {
+  std::vector<T> a, b;
+  int64_t sa, sb;  // elements per packed block and chunk
+  Packed(const TileKernel<T>& kern, const FusionPlan<T>& pl, const T* u, int threads)
+      : a(pl.nchunks * pl.m * pl.nblocks * pl.pad_a * pl.kc_max),
+        b(pl.nchunks * pl.m * pl.nblocks * pl.pad_b * pl.kc_max),
+        sa(pl.pad_a * pl.kc_max), sb(pl.pad_b * pl.kc_max) {
+    const int64_t jobs = pl.nchunks * pl.m * pl.nblocks;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < jobs; ++t) {
+      const int64_t blk = t % pl.nblocks, q = (t / pl.nblocks) % pl.m, c = t / (pl.nblocks * pl.m);
+      const int64_t p0 = c * kChunk, r0 = blk * pl.block;
+      const int kc = static_cast<int>(std::min<int64_t>(kChunk, pl.d - p0));
+      const int rows = static_cast<int>(std::min(pl.block, pl.n - r0));
+      kern.pack_a(u + q * pl.n * pl.d, pl.d, r0, rows, p0, kc, a.data() + t * sa);
+      kern.pack_b(u + q * pl.n * pl.d, pl.d, r0, rows, p0, kc, b.data() + t * sb);
+    }
+  }
+  const T* pa(const FusionPlan<T>& pl, int c, int64_t q, int64_t blk) const {
+    return a.data() + ((c * pl.m + q) * pl.nblocks + blk) * sa;
+  }
+  const T* pb(const FusionPlan<T>& pl, int c, int64_t q, int64_t blk) const {
+    return b.data() + ((c * pl.m + q) * pl.nblocks + blk) * sb;
+  }
+};
+
+template <typename T>
+Span gram_tiles(const TileKernel<T>& kern, const FusionPlan<T>& pl, const Packed<T>& pk,
+                FusionScratch<T>& w, std::pair<int32_t, int32_t> task) {
+  const Span sp{task.first * pl.block, task.second * pl.block,
+                static_cast<int>(std::min(pl.block, pl.n - task.first * pl.block)),
+                static_cast<int>(std::min(pl.block, pl.n - task.second * pl.block)),
+                task.first == task.second};
+  for (int c = 0; c < pl.nchunks; ++c) {
+    const int kc = static_cast<int>(std::min<int64_t>(kChunk, pl.d - int64_t(c) * kChunk));
+    for (int64_t q = 0; q < pl.m; ++q)
+      for (int64_t k = 0; k < pl.m; ++k) {
+        TileArgs<T> args{pk.pa(pl, c, q, task.first), pk.pb(pl, c, k, task.second), kc, sp.i0,
+                         sp.mb, sp.j0, sp.nb, c == 0, false, w.gram(pl, q, k),
+                         static_cast<int>(pl.pad_b), nullptr, nullptr, nullptr};
+        kern.tile(args);
+      }
+  }
+  return sp;
+}
+
+// Operands of row a of S^q_IJ (i = I0 + a against the columns of J): sum_k coef_t[k][j] P^{qk}.
+template <typename T>
+void cross_row(const FusionPlan<T>& pl, FusionScratch<T>& w, const T* coef_t, const Span& sp,
+               int64_t q, int a) {
+  for (int64_t k = 0; k < pl.m; ++k) {
+    w.rows[k] = w.gram(pl, q, k) + a * pl.pad_b;
+    w.wv[k] = coef_t + k * pl.n + sp.j0;
+  }
+}
+
+// Operands of row a of the transposed cross scores S^q_ji (j in J, i = I0 + a):
+// sum_k coef[i][k] P^{kq}.
+template <typename T>
+void cross_col(const FusionPlan<T>& pl, FusionScratch<T>& w, const T* coef, const Span& sp,
+               int64_t q, int a) {
+  for (int64_t k = 0; k < pl.m; ++k) {
+    w.rows[k] = w.gram(pl, k, q) + a * pl.pad_b;
+    w.ws[k] = coef[(sp.i0 + a) * pl.m + k];
+  }
+}
+
+template <typename T>
+std::vector<T> transposed(const T* coef, int64_t n, int64_t m) {
+  std::vector<T> t(m * n);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t k = 0; k < m; ++k) t[k * n + j] = coef[j * m + k];
+  return t;
+}
+
+void check_args(int64_t m, int64_t n, int64_t d, double tau) {
+  MF_CHECK(m > 0 && n > 0 && d > 0, "views must be non-empty");
+  MF_CHECK(std::isfinite(tau) && tau >= kFixedShiftTau,
+           "tau must be finite and >= 0.05 for the fused-view kernel");
+}
+
+}  // namespace
+
+template <typename T>
+void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n, int64_t d,
+                                double tau, int64_t block_size, int num_threads, T* lse) {
+  check_args(m, n, d, tau);
+  const auto& ks = isa_kernels<T>();
+  const FusionPlan<T> pl(ks.tile, m, n, d, block_size);
+  const int threads = contrastive_team(num_threads, n, m * d);
+  const std::vector<T> coef_t = transposed(coef, n, m);
+  std::vector<std::vector<double>> sums(threads, std::vector<double>(m * n, 0.0));
+  const Packed<T> pk(ks.tile, pl, u, threads);
+  const T inv_tau = T(1.0 / tau);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
+#pragma omp parallel num_threads(threads)
+  {
+    FusionScratch<T> w(pl);
+    double* acc = sums[omp_get_thread_num()].data();
+#pragma omp for schedule(static, 1)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const Span sp = gram_tiles(ks.tile, pl, pk, w, pl.tasks[t]);
+      T* col = w.col.data();
+      const int mm = static_cast<int>(m);
+      for (int64_t q = 0; q < m; ++q) {
+        double* rs = acc + q * n;
+        for (int a = 0; a < sp.mb; ++a) {
+          cross_row(pl, w, coef_t.data(), sp, q, a);
+          rs[sp.i0 + a] += ks.dense.comb_exp_sum(w.rows.data(), w.wv.data(), nullptr, mm,
+                                                 inv_tau, inv_tau, sp.nb, nullptr);
+        }
+        if (!sp.diag) {
+          std::fill(col, col + sp.nb, T(0));
+          for (int a = 0; a < sp.mb; ++a) {
+            cross_col(pl, w, coef, sp, q, a);
+            ks.dense.comb_exp_sum(w.rows.data(), nullptr, w.ws.data(), mm, inv_tau, inv_tau,
+                                  sp.nb, col);
+          }
+          for (int b = 0; b < sp.nb; ++b) rs[sp.j0 + b] += col[b];
+        }
+        // intra-view terms, after the cross ones: the diagonal is masked in place
+        T* pqq = w.gram(pl, q, q);
+        if (sp.diag) {
+          for (int a = 0; a < sp.mb; ++a) pqq[a * pl.pad_b + a] = neg_inf;
+        } else {
+          std::fill(col, col + sp.nb, T(0));
+        }
+        for (int a = 0; a < sp.mb; ++a)
+          rs[sp.i0 + a] += ks.dense.exp_sum(pqq + a * pl.pad_b, inv_tau, inv_tau, sp.nb,
+                                            sp.diag ? nullptr : col);
+        if (!sp.diag)
+          for (int b = 0; b < sp.nb; ++b) rs[sp.j0 + b] += col[b];
+      }
+    }
+  }
+  for (int64_t r = 0; r < m * n; ++r) {
+    double s = 0.0;
+    for (int t = 0; t < threads; ++t) s += sums[t][r];
+    lse[r] = T(1.0 / tau + std::log(s));
+  }
+}
+
+template <typename T>
+void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n, int64_t d,
+                                 double tau, const T* lse, const T* g, int64_t block_size,
+                                 int num_threads, T* grad_u, T* grad_coef) {
+  check_args(m, n, d, tau);
+  const auto& ks = isa_kernels<T>();
+  const auto& dk = ks.dense;
+  const FusionPlan<T> pl(ks.tile, m, n, d, block_size);
+  const int threads = contrastive_team(num_threads, n, m * d);
+  const std::vector<T> coef_t = transposed(coef, n, m);
+  const T inv_tau = T(1.0 / tau);
+  std::vector<T> alpha(m * n);
+  for (int64_t r = 0; r < m * n; ++r)
+    alpha[r] = g[r] * inv_tau * T(std::exp(1.0 / tau - double(lse[r])));
+  const int64_t nd = n * d;
+  std::fill(grad_u, grad_u + m * nd, T(0));
+  std::vector<std::vector<T>> priv(threads - 1, std::vector<T>(m * nd, T(0)));
+  std::vector<std::vector<double>> dcoef(threads, std::vector<double>(n * m, 0.0));
+  const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
+  const int64_t ld = pl.pad_b;
+  const Packed<T> pk(ks.tile, pl, u, threads);
+  const int mm = static_cast<int>(m);
+#pragma omp parallel num_threads(threads)
+  {
+    FusionScratch<T> w(pl);
+    const int tid = omp_get_thread_num();
+    T* gu = tid == 0 ? grad_u : priv[tid - 1].data();
+    double* dc = dcoef[tid].data();
+#pragma omp for schedule(static, 1)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const Span sp = gram_tiles(ks.tile, pl, pk, w, pl.tasks[t]);
+      // A^q (rows of I against J) and, off the diagonal, the transposed A^q_ji
+      for (int64_t q = 0; q < m; ++q) {
+        const T* aq = alpha.data() + q * n;
+        for (int a = 0; a < sp.mb; ++a) {
+          cross_row(pl, w, coef_t.data(), sp, q, a);
+          dk.comb_exp_scale(w.rows.data(), w.wv.data(), nullptr, mm, inv_tau, inv_tau,
+                            aq[sp.i0 + a], nullptr, sp.nb, w.arow.data() + q * pl.tile + a * ld);
+          if (!sp.diag) {
+            cross_col(pl, w, coef, sp, q, a);
+            dk.comb_exp_scale(w.rows.data(), nullptr, w.ws.data(), mm, inv_tau, inv_tau, T(0),
+                              aq + sp.j0, sp.nb, w.acol.data() + q * pl.tile + a * ld);
+          }
+        }
+      }
+      T* col = w.col.data();
+      for (int64_t q = 0; q < m; ++q) {
+        const T* aq = alpha.data() + q * n;
+        for (int64_t k = 0; k < m; ++k) {
+          T* pt = w.gram(pl, q, k);
+          const T* arow = w.arow.data() + q * pl.tile;
+          const T* acol = w.acol.data() + k * pl.tile;
+          std::fill(col, col + sp.nb, T(0));
+          for (int a = 0; a < sp.mb; ++a) {
+            T* row = pt + a * ld;
+            const int64_t i = sp.i0 + a;
+            dk.fma_into(col, arow + a * ld, row, sp.nb);
+            if (!sp.diag) dc[i * m + q] += dk.dot(acol + a * ld, row, sp.nb);
+            const T* base = nullptr;
+            if (q == k) {
+              dk.exp_scale(row, inv_tau, inv_tau, aq[i], sp.diag ? nullptr : aq + sp.j0, sp.nb,
+                           w.tmp.data());
+              if (sp.diag) w.tmp[a] = T(0);
+              base = w.tmp.data();
+            }
+            // the score row is read for the last time: G^{qk} takes its place
+            dk.axpby(base, coef_t.data() + k * n + sp.j0, arow + a * ld,
+                     sp.diag ? T(0) : coef[i * m + q], sp.diag ? nullptr : acol + a * ld, sp.nb,
+                     row);
+          }
+          for (int b = 0; b < sp.nb; ++b) dc[(sp.j0 + b) * m + k] += col[b];
+          dk.gemm_acc(pt, ld, 1, sp.mb, sp.nb, u + k * nd + sp.j0 * d, d, static_cast<int>(d),
+                      gu + q * nd + sp.i0 * d, d);
+          dk.gemm_acc(pt, 1, ld, sp.nb, sp.mb, u + q * nd + sp.i0 * d, d, static_cast<int>(d),
+                      gu + k * nd + sp.j0 * d, d);
+        }
+      }
+    }
+  }
+  if (threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < m * n; ++r)
+      for (int t = 1; t < threads; ++t) {
+        const T* p = priv[t - 1].data() + r * d;
+        for (int64_t c = 0; c < d; ++c) grad_u[r * d + c] += p[c];
+      }
+  }
+  for (int64_t r = 0; r < n * m; ++r) {
+    double s = 0.0;
+    for (int t = 0; t < threads; ++t) s += dcoef[t][r];
+    grad_coef[r] = T(s);
+  }
+}
+
+template void contrastive_fusion_forward<float>(const float*, const float*, int64_t, int64_t,
+                                                int64_t, double, int64_t, int, float*);
+template void contrastive_fusion_forward<double>(const double*, const double*, int64_t, int64_t,
+                                                 int64_t, double, int64_t, int, double*);
+template void contrastive_fusion_backward<float>(const float*, const float*, int64_t, int64_t,
+                                                 int64_t, double, const float*, const float*,
+                                                 int64_t, int, float*, float*);
+template void contrastive_fusion_backward<double>(const double*, const double*, int64_t, int64_t,
+                                                  int64_t, double, const double*, const double*,
+                                                  int64_t, int, double*, double*);
+
+}  // namespace micro_fast

@@ -1,0 +1,122 @@
+r"""Contrastive loss of every view against the views' weighted fusion (MICRO's fusion loss).
+
+For views :math:`H_1..H_M` [N, d] and per-item weights :math:`a` [N, M], with the fused view
+:math:`h_j = \sum_k a_{jk} H_{k,j}`:
+
+.. math:: L = \sum_m \mathrm{contrastive\_loss}(H_m, h)
+
+(one direction, view -> fused, as published; see ``contrastive_loss``). This is exactly what
+``sum(contrastive_loss(H_m, h) for m)`` computes, but the fused view is a per-row combination
+of the views, so with :math:`u_m = H_m / \lVert H_m \rVert` the normalized fused view is
+:math:`\hat h_j = \sum_k c_{jk} u_{k,j}`, :math:`c_{jk} = a_{jk} \lVert H_{k,j} \rVert /
+\lVert h_j \rVert`, and every score the loss needs is a combination of the Gram blocks
+:math:`u_m u_k^T`:
+
+.. math:: \langle u_{m,i}, \hat h_j \rangle = \sum_k c_{jk} \langle u_{m,i}, u_{k,j} \rangle .
+
+A backend with a fused kernel (``contrastive_fusion_forward``) multiplies each unordered pair of
+row blocks of the stacked views once: :math:`M^2 N^2 d` multiply-adds in forward + backward
+(4 + 4 for two views, with the backward's recomputation) against :math:`6 M N^2 d` for M separate
+losses. Gradients reach :math:`u` and :math:`c` from the kernel, and from there ``views`` and
+``weights`` through torch. Other backends, ``symmetric=True`` and ``tau < 0.05`` (where the
+fused kernel's fixed exponent shift could underflow) compute the sum of separate losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from micro_fast import backends
+from micro_fast.ops._checks import check_block_size, check_matrix, check_tau
+from micro_fast.ops.contrastive_loss import contrastive_loss
+
+#: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
+FUSED_MIN_TAU = 0.05
+_EPS = 1e-12  # F.normalize's
+
+
+class _FusionLSE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, coef, tau, block_size, impl):  # noqa: D102
+        u, coef = u.detach().contiguous(), coef.detach().contiguous()
+        lse = impl.contrastive_fusion_forward(u, coef, tau, block_size).to(u.device)
+        ctx.save_for_backward(u, coef, lse)
+        ctx.tau, ctx.block_size, ctx.impl = tau, block_size, impl
+        return lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        u, coef, lse = ctx.saved_tensors
+        grad_u, grad_coef = ctx.impl.contrastive_fusion_backward(
+            u, coef, ctx.tau, lse, grad.to(u.dtype).contiguous(), ctx.block_size)
+        return grad_u.to(u.device), grad_coef.to(u.device), None, None, None
+
+
+def fuse_views(views: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """The fused view :math:`h = \\sum_k a_{:,k} H_k` [N, d]."""
+    return sum(weights[:, k:k + 1] * v for k, v in enumerate(views))
+
+
+def _fused_backend(backend: str, device: torch.device):
+    impl = backends.get(backend, device, op="contrastive_forward")
+    return impl if hasattr(impl, "contrastive_fusion_forward") else None
+
+
+def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor, *,
+                            tau: float = 0.5, symmetric: bool = False,
+                            block_size: int | None = None, backend: str = "auto",
+                            ) -> torch.Tensor:
+    """:math:`\\sum_m` ``contrastive_loss(views[m], h)`` with ``h = sum_k weights[:, k] views[k]``.
+
+    Args:
+        views: M >= 1 float32/float64 tensors [N, d] of one shape, dtype and device.
+        weights: [N, M] fusion weights (e.g. MICRO's attention softmax), same dtype and device.
+        tau: temperature, > 0.
+        symmetric: GRACE's two-direction form of each term (no fused kernel).
+        block_size: rows per tile; ``None`` picks per backend.
+        backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
+
+    Returns:
+        scalar tensor, differentiable w.r.t. ``views`` and ``weights``.
+    """
+    views = list(views) if not isinstance(views, torch.Tensor) else [views]
+    if len(views) == 0:
+        raise ValueError("views must hold at least one [N, d] tensor")
+    for m, v in enumerate(views):
+        check_matrix(f"views[{m}]", v)
+        if v.shape != views[0].shape:
+            raise ValueError(f"views[{m}] has shape {tuple(v.shape)}, views[0] has "
+                             f"{tuple(views[0].shape)}")
+        if v.dtype != views[0].dtype:
+            raise TypeError(f"views[{m}] dtype {v.dtype} differs from views[0] dtype "
+                            f"{views[0].dtype}")
+        if v.device != views[0].device:
+            raise ValueError(f"views[{m}] is on {v.device} but views[0] is on {views[0].device}")
+    n, nviews = views[0].shape[0], len(views)
+    check_matrix("weights", weights)
+    if tuple(weights.shape) != (n, nviews):
+        raise ValueError(f"weights must be [N, M] = [{n}, {nviews}], got {tuple(weights.shape)}")
+    if weights.dtype != views[0].dtype or weights.device != views[0].device:
+        raise TypeError(f"weights must have the views' dtype and device ({views[0].dtype}, "
+                        f"{views[0].device}), got {weights.dtype} on {weights.device}")
+    tau = check_tau(tau)
+    block_size = check_block_size(block_size)
+    impl = _fused_backend(backend, views[0].device)
+    fused = fuse_views(views, weights)
+    if impl is None or symmetric or tau < FUSED_MIN_TAU:
+        return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,
+                                    block_size=block_size, backend=backend) for v in views)
+    u = torch.stack([F.normalize(v, dim=1) for v in views])  # [M, N, d]
+    norms = torch.stack([torch.linalg.vector_norm(v, dim=1).clamp_min(_EPS) for v in views],
+                        dim=1)  # [N, M]
+    fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True).clamp_min(_EPS)
+    # with the clamps as in F.normalize, sum_k coef[:, k] u_k is exactly normalize(fused)
+    coef = weights * norms / fused_norm
+    lse = _FusionLSE.apply(u, coef, tau, block_size, impl)  # [M, N]
+    diag = (u * (fused / fused_norm)).sum(dim=2) / tau  # <u_m,i, h_i / |h_i|> / tau
+    return (lse - diag).mean(dim=1).sum()
