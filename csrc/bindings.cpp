@@ -53,8 +53,10 @@ template <typename T>
 py::tuple topk_similarity(const CArray<T>& queries, const std::optional<CArray<T>>& keys, int k,
                           const std::optional<IndexArray>& exclude_indptr,
                           const std::optional<IndexArray>& exclude_indices, int64_t block_size,
-                          int num_threads) {
+                          int num_threads, int64_t shard, int64_t num_shards) {
   MF_CHECK(queries.ndim() == 2, "queries must be 2-D");
+  MF_CHECK(num_shards >= 1 && shard >= 0 && shard < num_shards,
+           "shard must be in [0, num_shards)");
   const int64_t m = queries.shape(0), d = queries.shape(1);
   int64_t n = m;
   const T* kp = nullptr;
@@ -76,7 +78,8 @@ py::tuple topk_similarity(const CArray<T>& queries, const std::optional<CArray<T
   int64_t* ip = indices.mutable_data();
   {
     py::gil_scoped_release release;
-    micro_fast::topk_similarity<T>(qp, m, kp, n, d, k, ep, ei, block_size, num_threads, vp, ip);
+    micro_fast::topk_similarity<T>(qp, m, kp, n, d, k, ep, ei, block_size, num_threads, vp, ip,
+                                   shard, num_shards);
   }
   return py::make_tuple(values, indices);
 }
@@ -331,11 +334,13 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("topk_similarity", &topk_similarity<float>, py::arg("queries").noconvert(),
           py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
           py::arg("exclude_indices").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
   mod.def("topk_similarity", &topk_similarity<double>, py::arg("queries").noconvert(),
           py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
           py::arg("exclude_indices").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
   mod.def("spmm", &spmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
           py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
           py::arg("checked") = true, py::arg("out").noconvert() = py::none());

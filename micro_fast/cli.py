@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(**overrides)
     summary = train(config, resume=args.resume)
     best = summary["test_at_best"]
-    if best is None:
+    if best is None and os.environ.get("RANK", "0") == "0":
         print("no evaluation ran (fewer epochs than --eval-every)")
     return 0
 
@@ -185,8 +185,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     a("--tau", type=float)
     a("--reg-weight", dest="reg_weight", type=float)
     a("--device", help="cpu, cuda or auto (default)")
-    a("--backend", choices=["auto", "cuda", "cpp", "numba", "torch_ref"])
+    a("--backend", choices=["auto", "cuda", "numba_cuda", "cpp", "numba", "torch_ref"])
     a("--threads", type=int, help="torch/OpenMP threads")
+    a("--dist-timeout", dest="dist_timeout", type=float,
+      help="under torchrun: seconds a rank waits for the others before failing (600)")
     a("--quiet", action="store_true", help="no progress output")
 
 
@@ -235,6 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # bad data, options or paths: one line naming the problem, not a traceback
         print(f"micro-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from micro_fast.distributed import CollectiveError
+
+        if not isinstance(exc, CollectiveError):
+            raise
+        # under torchrun: another rank died or stalled; say so instead of hanging
+        print(f"micro-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -252,6 +252,19 @@ class CSRGraph:
         return self.indptr[1:] - self.indptr[:-1]
 
     # --- transpose ---------------------------------------------------------------------
+    def select_rows(self, rows: torch.Tensor) -> CSRGraph:
+        """The (len(rows), n_cols) graph of the given rows (int64 [R], any order, repeats
+        allowed), all columns kept."""
+        rows = rows.to(self.device)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        counts = ends - starts
+        indptr = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(counts, 0, out=indptr[1:])
+        offsets = torch.repeat_interleave(starts - indptr[:-1], counts)
+        pos = torch.arange(int(indptr[-1]), device=self.device) + offsets
+        return CSRGraph(indptr, self.indices[pos], self.values[pos],
+                        (rows.numel(), self.shape[1]), validate=False)
+
     def transpose(self) -> CSRGraph:
         """The transpose, as a CSRGraph; its structure is computed once per structure."""
         if self.symmetric:

@@ -29,23 +29,100 @@ from micro_fast.ops.topk_similarity import topk_similarity
 NDCG_VARIANTS = ("standard", "published")
 
 
-def _rows(graph: CSRGraph, rows: torch.Tensor) -> CSRGraph:
-    """The sub-graph of ``rows`` (all columns kept)."""
-    starts, ends = graph.indptr[rows], graph.indptr[rows + 1]
-    counts = ends - starts
-    indptr = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=rows.device)
-    torch.cumsum(counts, 0, out=indptr[1:])
-    offsets = torch.repeat_interleave(starts - indptr[:-1], counts)
-    pos = torch.arange(int(indptr[-1]), device=rows.device) + offsets
-    return CSRGraph(indptr, graph.indices[pos], graph.values[pos], (rows.numel(), graph.shape[1]),
-                    validate=False)
-
-
 def _check(name: str, graph: object, shape: tuple[int, int]) -> None:
     if not isinstance(graph, CSRGraph):
         raise TypeError(f"{name} must be a CSRGraph, got {type(graph).__name__}")
     if graph.shape != shape:
         raise ValueError(f"{name} has shape {graph.shape}, expected {shape} (users, items)")
+
+
+def check_ranking_inputs(user_emb: object, item_emb: object, train: CSRGraph | None,
+                  target: CSRGraph, ks: object, ndcg: str, user_block: int) -> tuple[int, ...]:
+    if not isinstance(user_emb, torch.Tensor) or user_emb.dim() != 2:
+        raise ValueError("user_emb must be a 2-D tensor [users, dim]")
+    if not isinstance(item_emb, torch.Tensor) or item_emb.dim() != 2:
+        raise ValueError("item_emb must be a 2-D tensor [items, dim]")
+    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
+    _check("target", target, (n_users, n_items))
+    if train is not None:
+        _check("train", train, (n_users, n_items))
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be non-empty cut-offs >= 1, got {ks}")
+    if ndcg not in NDCG_VARIANTS:
+        raise ValueError(f"ndcg must be one of {NDCG_VARIANTS}, got {ndcg!r}")
+    if user_block < 1:
+        raise ValueError(f"user_block must be >= 1, got {user_block}")
+    return ks
+
+
+def metric_names(ks: tuple[int, ...]) -> list[str]:
+    """Column order of ``per_user_metrics``."""
+    return [f"{m}@{k}" for k in ks for m in ("recall", "precision", "ndcg", "hit")]
+
+
+def evaluated_users(target: CSRGraph) -> torch.Tensor:
+    """The users with at least one target item (int64, ascending): those the metrics average."""
+    return torch.nonzero(target.degrees() > 0).flatten()
+
+
+def per_user_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRGraph | None,
+                     target: CSRGraph, users: torch.Tensor, ks: tuple[int, ...], *,
+                     ndcg: str = "standard", user_block: int = 8192,
+                     backend: str = "auto") -> torch.Tensor:
+    """float64 [len(users), 4 len(ks)]: each metric (``metric_names`` order) of each of
+    ``users`` (which must have target items). A user's row depends on that user alone, so
+    any split of the users gives the same rows."""
+    n_items = item_emb.shape[0]
+    kmax = min(max(ks), n_items)
+    device = user_emb.device
+    users = users.to(device)
+    # discounts 1 / log2(j + 1) for ranks j = 1..kmax
+    disc = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=device))
+    cdisc = torch.cumsum(disc, 0)
+    tgt_keys = target.row_indices().to(device) * n_items + target.indices.to(device)
+    out = torch.empty(users.numel(), 4 * len(ks), dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for b0 in range(0, users.numel(), user_block):
+            rows = users[b0:b0 + user_block]
+            exclude = train.select_rows(rows) if train is not None else None
+            _, top = topk_similarity(user_emb[rows], item_emb, kmax, exclude=exclude,
+                                     backend=backend)
+            keys = rows[:, None] * n_items + top
+            pos = torch.searchsorted(tgt_keys, keys.reshape(-1)).clamp_max(tgt_keys.numel() - 1)
+            hits = ((tgt_keys[pos] == keys.reshape(-1)) & (top.reshape(-1) >= 0))
+            hits = hits.reshape(keys.shape).to(torch.float64)  # [B, kmax]
+            n_target = (target.indptr[rows + 1] - target.indptr[rows]).to(device, torch.float64)
+            cum = torch.cumsum(hits, dim=1)
+            dcg = torch.cumsum(hits * disc, dim=1)
+            cols = []
+            for k in ks:
+                kk = min(k, kmax)
+                h = cum[:, kk - 1]
+                if ndcg == "standard":
+                    ideal = cdisc[(n_target.clamp_max(kk) - 1).long()]
+                else:  # ideal list = the retrieved hits moved to the top
+                    n_hit = h.long()
+                    ideal = torch.where(n_hit > 0, cdisc[(n_hit - 1).clamp_min(0)],
+                                        torch.ones_like(h))
+                cols += [h / n_target, h / k, dcg[:, kk - 1] / ideal, (h > 0).to(torch.float64)]
+            out[b0:b0 + rows.numel()] = torch.stack(cols, dim=1)
+    return out
+
+
+def reduce_metrics(values: torch.Tensor, ks: tuple[int, ...],
+                   user_block: int = 8192) -> dict[str, float]:
+    """Means of ``per_user_metrics`` rows (all evaluated users, in user order), summed in
+    blocks of ``user_block`` users so that the result does not depend on how the rows were
+    computed."""
+    n = values.shape[0]
+    sums = torch.zeros(values.shape[1], dtype=torch.float64)
+    for b0 in range(0, n, user_block):
+        sums += values[b0:b0 + user_block].sum(dim=0).cpu()
+    out = {key: (float(sums[c]) / n if n else math.nan)
+           for c, key in enumerate(metric_names(ks))}
+    out["users"] = n
+    return out
 
 
 def full_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRGraph | None,
@@ -68,56 +145,7 @@ def full_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRGraph
     Returns:
         ``{"recall@K": ..., "precision@K": ..., "ndcg@K": ..., "hit@K": ..., "users": n}``.
     """
-    if not isinstance(user_emb, torch.Tensor) or user_emb.dim() != 2:
-        raise ValueError("user_emb must be a 2-D tensor [users, dim]")
-    if not isinstance(item_emb, torch.Tensor) or item_emb.dim() != 2:
-        raise ValueError("item_emb must be a 2-D tensor [items, dim]")
-    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
-    _check("target", target, (n_users, n_items))
-    if train is not None:
-        _check("train", train, (n_users, n_items))
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be non-empty cut-offs >= 1, got {ks}")
-    if ndcg not in NDCG_VARIANTS:
-        raise ValueError(f"ndcg must be one of {NDCG_VARIANTS}, got {ndcg!r}")
-    if user_block < 1:
-        raise ValueError(f"user_block must be >= 1, got {user_block}")
-    kmax = min(max(ks), n_items)
-    device = user_emb.device
-    users = torch.nonzero(target.degrees() > 0).flatten().to(device)
-    # discounts 1 / log2(j + 1) for ranks j = 1..kmax
-    disc = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=device))
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "precision", "ndcg", "hit")}
-    tgt_keys = target.row_indices().to(device) * n_items + target.indices.to(device)
-    with torch.no_grad():
-        for b0 in range(0, users.numel(), user_block):
-            rows = users[b0:b0 + user_block]
-            exclude = _rows(train, rows) if train is not None else None
-            _, top = topk_similarity(user_emb[rows], item_emb, kmax, exclude=exclude,
-                                     backend=backend)
-            keys = rows[:, None] * n_items + top
-            pos = torch.searchsorted(tgt_keys, keys.reshape(-1)).clamp_max(tgt_keys.numel() - 1)
-            hits = ((tgt_keys[pos] == keys.reshape(-1)) & (top.reshape(-1) >= 0))
-            hits = hits.reshape(keys.shape).to(torch.float64)  # [B, kmax]
-            n_target = (target.indptr[rows + 1] - target.indptr[rows]).to(device, torch.float64)
-            cum = torch.cumsum(hits, dim=1)
-            dcg = torch.cumsum(hits * disc, dim=1)
-            cdisc = torch.cumsum(disc, 0)
-            for k in ks:
-                kk = min(k, kmax)
-                h = cum[:, kk - 1]
-                sums[f"recall@{k}"] += float((h / n_target).sum())
-                sums[f"precision@{k}"] += float((h / k).sum())
-                sums[f"hit@{k}"] += float((h > 0).sum())
-                if ndcg == "standard":
-                    ideal = cdisc[(n_target.clamp_max(kk) - 1).long()]
-                else:  # ideal list = the retrieved hits moved to the top
-                    n_hit = h.long()
-                    ideal = torch.where(n_hit > 0, cdisc[(n_hit - 1).clamp_min(0)],
-                                        torch.ones_like(h))
-                sums[f"ndcg@{k}"] += float((dcg[:, kk - 1] / ideal).sum())
-    n = users.numel()
-    out = {key: (v / n if n else math.nan) for key, v in sums.items()}
-    out["users"] = n
-    return out
+    ks = check_ranking_inputs(user_emb, item_emb, train, target, ks, ndcg, user_block)
+    values = per_user_metrics(user_emb, item_emb, train, target, evaluated_users(target), ks,
+                              ndcg=ndcg, user_block=user_block, backend=backend)
+    return reduce_metrics(values, ks, user_block)

@@ -7,6 +7,13 @@ time, and validation/test metrics on evaluation epochs), ``last.pt`` (written ev
 Checkpoints are written to a temporary file and renamed, so a killed run leaves the previous
 complete checkpoint and ``resume=True`` continues from it, losing at most the epoch in flight.
 With the same seed a CPU run is reproducible, resumed or not.
+
+Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1 in the environment) the same call
+trains with DistributedDataParallel: every rank draws the same global BPR batch from the seeded
+sampler and trains on its contiguous share of it (the loss is weighted so that the averaged
+gradient is the one of the global batch), the kNN graph rebuilds and the evaluation are split
+over the ranks (``micro_fast.distributed``), and rank 0 alone writes the run directory. NCCL
+is used on CUDA devices (one GPU per local rank), gloo on CPU.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from micro_fast import data as mf_data
+from micro_fast import distributed
 from micro_fast.graph import CSRGraph
-from micro_fast.metrics import full_ranking
 from micro_fast.models import MICRO
 from micro_fast.ops.bipartite_graph import bipartite_graph
 
@@ -64,6 +72,7 @@ class TrainConfig:
     backend: str = "auto"
     threads: int | None = None
     progress: bool = True
+    dist_timeout: float = 600.0        # seconds a rank waits for the others (torchrun runs)
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -78,6 +87,7 @@ class TrainConfig:
              f"ui_normalization must be one of {UI_NORMALIZATIONS}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              "device must be 'auto', 'cpu' or 'cuda[:N]'"),
+            (self.dist_timeout > 0, "dist_timeout must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -147,8 +157,8 @@ def evaluate(model: MICRO, ui_graph: CSRGraph, dataset: mf_data.Dataset, split: 
     users, items = model.embeddings(ui_graph)
     model.train(was_training)
     dev = users.device
-    return full_ranking(users, items, dataset.train.to(dev), target.to(dev), ks, ndcg=ndcg,
-                        backend=backend)
+    return distributed.full_ranking(users, items, dataset.train.to(dev), target.to(dev), ks,
+                                    ndcg=ndcg, backend=backend)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -194,6 +204,31 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+class _BatchLoss(nn.Module):
+    """``model.loss`` as a forward, which is what DistributedDataParallel wraps."""
+
+    def __init__(self, model: MICRO) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
+                neg: torch.Tensor, build_item_graph: bool):
+        return self.model.loss(ui_graph, users, pos, neg, build_item_graph=build_item_graph)
+
+
+def _setup_device_and_group(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    """(rank, world, device, whether this call created the process group)."""
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(config.device)
+    if world_env > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    created = world_env > 1 and not distributed.is_active()
+    rank, world = distributed.init_from_env("nccl" if device.type == "cuda" else "gloo",
+                                            config.dist_timeout)
+    return rank, world, device, created
+
+
 def train(config: TrainConfig, *, resume: bool = False,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
           dataset: mf_data.Dataset | None = None) -> dict[str, Any]:
@@ -201,20 +236,39 @@ def train(config: TrainConfig, *, resume: bool = False,
 
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is on disk.
     ``dataset`` overrides ``config.data`` (the run then cannot be re-evaluated from its
-    directory alone).
+    directory alone). Under ``torchrun`` every rank calls this (see the module docstring).
     """
-    from tqdm.auto import tqdm
-
     config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
+    rank, world, device, created_group = _setup_device_and_group(config)
+    try:
+        return _train(config, resume, on_epoch_end, dataset, rank, world, device)
+    finally:
+        if created_group:
+            distributed.shutdown()
+
+
+def _train(config: TrainConfig, resume: bool,
+           on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+           dataset: mf_data.Dataset | None, rank: int, world: int,
+           device: torch.device) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    lead = rank == 0  # the rank that writes files and prints
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     dataset = dataset if dataset is not None else load_dataset(config)
     model = build_model(config, dataset).to(device)
     ui_graph = interaction_graph(dataset, config.ui_normalization, device)
+    step_module: nn.Module = _BatchLoss(model)
+    if world > 1:
+        # learned-graph parameters get gradients only on the graph-rebuilding batch
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False, find_unused_parameters=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: config.lr_decay ** (e / config.lr_decay_epochs))
@@ -233,13 +287,16 @@ def train(config: TrainConfig, *, resume: bool = False,
         state = ckpt["state"]
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint {last_path}")
-    _atomic_write_text(json.dumps(dataclasses.asdict(config), indent=2), out / "config.json")
     history = _read_metrics(metrics_path, state["epoch"])
-    _atomic_write_text("".join(json.dumps(r) + "\n" for r in history), metrics_path)
-    if config.progress:
+    progress = config.progress and lead
+    if lead:
+        _atomic_write_text(json.dumps(dataclasses.asdict(config), indent=2),
+                           out / "config.json")
+        _atomic_write_text("".join(json.dumps(r) + "\n" for r in history), metrics_path)
+    if progress:
         print(f"data: {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
               f"{dataset.n_train} train interactions; modalities {model.modalities}; "
-              f"device {device}")
+              f"device {device}" + (f"; {world} ranks" if world > 1 else ""))
     model.train()
     while state["epoch"] < config.epochs and not state["stopped_early"]:
         epoch = state["epoch"]
@@ -247,22 +304,29 @@ def train(config: TrainConfig, *, resume: bool = False,
         sums = {"loss": 0.0, "bpr": 0.0, "reg": 0.0, "contrastive": 0.0}
         acc = None
         n_batches = sampler.n_batches
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not config.progress,
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not progress,
                    leave=False, unit="batch")
         for b in bar:
-            users, pos, neg = (t.to(device) for t in sampler.sample())
+            batch = sampler.sample()  # the global batch, the same on every rank
+            r0, r1 = distributed.row_range(len(batch[0]), rank, world)
+            users, pos, neg = (t[r0:r1].to(device) for t in batch)
+            # DDP averages gradients over ranks: weighting each rank's batch mean by its share
+            # makes that average the gradient of the global batch mean
+            weight = (r1 - r0) * world / len(batch[0])
             optimizer.zero_grad()
-            loss, parts = model.loss(ui_graph, users, pos, neg, build_item_graph=b == 0)
-            loss.backward()
+            loss, parts = distributed.guard(f"training step (epoch {epoch}, batch {b})",
+                                            _step, step_module, ui_graph, users, pos, neg,
+                                            b == 0, weight, collective=False)
             optimizer.step()
-            step = torch.stack([loss.detach(), parts["bpr"], parts["reg"], parts["contrastive"]])
+            step = weight * torch.stack([loss, parts["bpr"], parts["reg"], parts["contrastive"]])
             acc = step if acc is None else acc + step
-            if config.progress and (b % 10 == 0 or b == n_batches - 1):
+            if progress and (b % 10 == 0 or b == n_batches - 1):
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{float(step[0]):.4f}",
-                                samples_s=f"{(b + 1) * len(users) / elapsed:.0f}")
+                                samples_s=f"{(b + 1) * len(batch[0]) / elapsed:.0f}")
         bar.close()
         scheduler.step()
+        acc = distributed.all_reduce_mean(acc, f"loss reduction (epoch {epoch})")
         for key, v in zip(sums, acc.tolist(), strict=True):
             sums[key] = v
         if math.isnan(sums["loss"]):
@@ -291,15 +355,16 @@ def train(config: TrainConfig, *, resume: bool = False,
             record["eval_s"] = time.perf_counter() - t1
         state["epoch"] = epoch + 1
         history.append(record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if improved:
-            _atomic_save({"model": model.state_dict(), "epoch": epoch, "valid": record["valid"],
-                          "test": record["test"]}, best_path)
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                      "torch_rng": torch.get_rng_state(), "state": state}, last_path)
-        if config.progress:
+        if lead:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if improved:
+                _atomic_save({"model": model.state_dict(), "epoch": epoch,
+                              "valid": record["valid"], "test": record["test"]}, best_path)
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+                          "torch_rng": torch.get_rng_state(), "state": state}, last_path)
+        if progress:
             msg = (f"epoch {epoch}: loss {sums['loss']:.4f} (bpr {sums['bpr']:.4f}, "
                    f"contrastive {sums['contrastive']:.4f}) [{train_time:.1f}s]")
             if "valid" in record:
@@ -313,18 +378,27 @@ def train(config: TrainConfig, *, resume: bool = False,
         "data": dataset.name, "epochs_run": state["epoch"],
         "stopped_early": state["stopped_early"], "best_epoch": state["best_epoch"],
         "best_valid": state["best_valid"], "test_at_best": state["best_test"],
-        "train_time_s": state["train_time"], "device": str(device),
+        "train_time_s": state["train_time"], "device": str(device), "world_size": world,
         "modalities": model.modalities, "config": dataclasses.asdict(config),
     }
-    _atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
-    plot_curves(history, out / "curves.png")
-    if config.progress:
+    if lead:
+        _atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
+        plot_curves(history, out / "curves.png")
+    if progress:
         best = state["best_test"]
         if best is not None:
             print(f"best valid epoch {state['best_epoch']}: test "
                   f"recall@20 {best['recall@20']:.4f} ndcg@20 {best['ndcg@20']:.4f}")
         print(f"run directory: {out}")
     return summary
+
+
+def _step(step_module: nn.Module, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
+          neg: torch.Tensor, build: bool, weight: float
+          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss, parts = step_module(ui_graph, users, pos, neg, build)
+    (loss * weight if weight != 1.0 else loss).backward()
+    return loss.detach(), parts
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best",

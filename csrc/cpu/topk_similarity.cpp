@@ -122,9 +122,12 @@ int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 template <typename T>
 void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d, int k,
                      const int64_t* exclude_indptr, const int64_t* exclude_indices,
-                     int64_t block_size, int num_threads, T* out_values, int64_t* out_indices) {
+                     int64_t block_size, int num_threads, T* out_values, int64_t* out_indices,
+                     int64_t shard, int64_t num_shards) {
   MF_CHECK(m > 0 && d > 0, "queries must be non-empty");
   MF_CHECK(k > 0, "k must be positive");
+  MF_CHECK(num_shards >= 1 && shard >= 0 && shard < num_shards,
+           "shard must be in [0, num_shards)");
   const bool symmetric = keys == nullptr;
   if (symmetric) {
     keys = q;
@@ -163,8 +166,9 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
       Workspace<T> w(g);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t bi = 0; bi < row_blocks; ++bi) {
-        for (int64_t bj = 0; bj < key_blocks; ++bj)
-          run_pair<T>(kern, g, w, q, keys, bi, bj, &store.h, nullptr, ex);
+        if (bi % num_shards == shard)  // other shards' rows stay padded
+          for (int64_t bj = 0; bj < key_blocks; ++bj)
+            run_pair<T>(kern, g, w, q, keys, bi, bj, &store.h, nullptr, ex);
         const int64_t end = std::min(m, (bi + 1) * g.block);
         for (int64_t r = bi * g.block; r < end; ++r) heap_finish_row(store.h, r);
       }
@@ -176,8 +180,10 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
   // or when there are too few row blocks to keep every thread busy.
   std::vector<std::pair<int32_t, int32_t>> tasks;
   tasks.reserve(symmetric ? row_blocks * (row_blocks + 1) / 2 : row_blocks * key_blocks);
+  int64_t pair = 0;
   for (int64_t bi = 0; bi < row_blocks; ++bi)
-    for (int64_t bj = symmetric ? bi : 0; bj < key_blocks; ++bj) tasks.emplace_back(bi, bj);
+    for (int64_t bj = symmetric ? bi : 0; bj < key_blocks; ++bj, ++pair)
+      if (pair % num_shards == shard) tasks.emplace_back(bi, bj);
   std::vector<ListStore<T>> stores(threads);
   stores[0].init(m, k, out_values, out_indices);
   for (int t = 1; t < threads; ++t) stores[t].init(m, k, nullptr, nullptr);
@@ -208,9 +214,9 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
 
 template void topk_similarity<float>(const float*, int64_t, const float*, int64_t, int64_t, int,
                                      const int64_t*, const int64_t*, int64_t, int, float*,
-                                     int64_t*);
+                                     int64_t*, int64_t, int64_t);
 template void topk_similarity<double>(const double*, int64_t, const double*, int64_t, int64_t,
                                       int, const int64_t*, const int64_t*, int64_t, int, double*,
-                                      int64_t*);
+                                      int64_t*, int64_t, int64_t);
 
 }  // namespace micro_fast

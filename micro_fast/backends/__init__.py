@@ -14,6 +14,10 @@ Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``, ``numba_cuda`
     than k admissible keys padded with ``(-inf, -1)``; values in the input dtype, indices int64.
     No autograd: the ops layer above owns gradients.
 
+``topk_similarity_shard(queries, k, exclude, block_size, shard, num_shards)`` (optional)
+    the symmetric search (keys = queries) restricted to every ``num_shards``-th block pair from
+    ``shard``: each row's top k among the candidates of those pairs, so that the lists of all
+    shards merged by the same order are the full result (``micro_fast.distributed``).
 ``spmm(indptr, indices, values, x) -> y``
     ``y [M, d] = A x`` for the CSR matrix A (int64 indptr [M+1], indices [nnz], values [nnz])
     and contiguous ``x`` [N, d] of the values' dtype.

@@ -42,6 +42,17 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     return torch.from_numpy(values), torch.from_numpy(idx)
 
 
+def topk_similarity_shard(queries: torch.Tensor, k: int,
+                          exclude: tuple[torch.Tensor, torch.Tensor] | None,
+                          block_size: int | None, shard: int,
+                          num_shards: int) -> tuple[torch.Tensor, torch.Tensor]:
+    indptr, indices = exclude if exclude is not None else (None, None)
+    values, idx = _C.topk_similarity(_np(queries), None, int(k), _np(indptr), _np(indices),
+                                     int(block_size or 0), torch.get_num_threads(), int(shard),
+                                     int(num_shards))
+    return torch.from_numpy(values), torch.from_numpy(idx)
+
+
 # Outputs are allocated by torch (see output_array in csrc/bindings.cpp).
 # The ops pass structures of validated CSRGraphs, so the O(nnz) re-check is skipped on these
 # hot paths (the compiled entry points check by default).

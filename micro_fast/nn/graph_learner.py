@@ -11,7 +11,9 @@ normalized as a Laplacian:
 is saved in checkpoints and moves with ``.to()``); :math:`A^{learn}` carries gradient into
 :math:`W`, :math:`b` and :math:`F` through its kept similarities. The mixture is never stored:
 each propagation layer computes :math:`A h = (1-\lambda) A^{learn} h + \lambda A^{orig} h`,
-which equals the product with the summed matrix for any number of layers.
+which equals the product with the summed matrix for any number of layers. Under an initialized
+``torch.distributed`` process group the top-k searches are split over the ranks
+(``micro_fast.distributed.knn_graph``; same graph on every rank).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from micro_fast.distributed import knn_graph
 from micro_fast.graph import CSRGraph
-from micro_fast.ops.knn_graph import knn_graph
 from micro_fast.ops.spmm import spmm
 
 

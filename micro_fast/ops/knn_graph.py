@@ -71,10 +71,19 @@ def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     values, indices = topk_similarity(features, None, k, normalize=True,
                                       block_size=block_size, backend=backend)
+    return graph_from_topk(values, indices, normalization)
+
+
+def graph_from_topk(values: torch.Tensor, indices: torch.Tensor,
+                    normalization: str = "sym") -> CSRGraph:
+    """The normalized kNN ``CSRGraph`` (N, N) of per-row top-k ``values``/``indices`` [N, k]
+    (columns sorted per row; values keep their autograd history)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    n, k = indices.shape
     order = torch.argsort(indices, dim=1)
     indices = torch.gather(indices, 1, order)
     values = torch.gather(values, 1, order)
     weights = normalize_knn(values, indices, normalization)
-    n = features.shape[0]
-    indptr = torch.arange(0, n * k + 1, k, dtype=torch.int64, device=features.device)
+    indptr = torch.arange(0, n * k + 1, k, dtype=torch.int64, device=indices.device)
     return CSRGraph(indptr, indices.reshape(-1), weights.reshape(-1), (n, n), validate=False)

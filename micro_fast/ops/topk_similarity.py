@@ -52,24 +52,57 @@ class _TopkSimilarity(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_values, _grad_indices):  # noqa: D102
         queries, keys, indices = ctx.saved_tensors
-        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_q = torch.zeros_like(queries) if need_q else None
-        grad_k = torch.zeros_like(keys) if need_k else None
-        valid = indices >= 0
-        grad_values = grad_values.to(queries.dtype).masked_fill(~valid, 0)
-        safe = indices.clamp_min(0)
-        for r0 in range(0, queries.shape[0], _BACKWARD_ROWS):
-            r1 = min(queries.shape[0], r0 + _BACKWARD_ROWS)
-            g, idx = grad_values[r0:r1], safe[r0:r1]
-            if need_q:
-                grad_q[r0:r1] = torch.bmm(g.unsqueeze(1), keys[idx]).squeeze(1)
-            if need_k:
-                contrib = g.unsqueeze(2) * queries[r0:r1].unsqueeze(1)
-                grad_k.index_add_(0, idx.reshape(-1), contrib.reshape(-1, queries.shape[1]))
+        grad_q, grad_k = similarity_backward(queries, keys, indices, grad_values,
+                                             ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return grad_q, grad_k, None, None, None, None, None
 
 
-def _check_exclude(exclude: object, m: int, n: int, device: torch.device):
+def similarity_backward(queries: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor,
+                        grad_values: torch.Tensor, need_q: bool = True, need_k: bool = True,
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :math:`\\sum_{i,r} g_{ir} \\langle q_i, k_{j_{ir}} \\rangle` w.r.t.
+    ``queries`` [M, d] and ``keys`` [N, d] for ``indices`` [M, k] (-1 entries contribute
+    nothing), from the index list only."""
+    grad_q = torch.zeros_like(queries) if need_q else None
+    grad_k = torch.zeros_like(keys) if need_k else None
+    valid = indices >= 0
+    grad_values = grad_values.to(queries.dtype).masked_fill(~valid, 0)
+    safe = indices.clamp_min(0)
+    for r0 in range(0, queries.shape[0], _BACKWARD_ROWS):
+        r1 = min(queries.shape[0], r0 + _BACKWARD_ROWS)
+        g, idx = grad_values[r0:r1], safe[r0:r1]
+        if need_q:
+            grad_q[r0:r1] = torch.bmm(g.unsqueeze(1), keys[idx]).squeeze(1)
+        if need_k:
+            contrib = g.unsqueeze(2) * queries[r0:r1].unsqueeze(1)
+            grad_k.index_add_(0, idx.reshape(-1), contrib.reshape(-1, queries.shape[1]))
+    return grad_q, grad_k
+
+
+class _KnownSimilarity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, keys, indices, values):  # noqa: D102
+        ctx.save_for_backward(queries, keys, indices)
+        return values.detach().clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_values):  # noqa: D102
+        queries, keys, indices = ctx.saved_tensors
+        grad_q, grad_k = similarity_backward(queries, keys, indices, grad_values,
+                                             ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return grad_q, grad_k, None, None
+
+
+def with_similarity_grad(queries: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor,
+                         values: torch.Tensor) -> torch.Tensor:
+    """``values`` [M, k], already computed as :math:`\\langle q_i, k_{j_{ir}} \\rangle` (e.g.
+    by another process), made differentiable w.r.t. ``queries`` and ``keys`` as
+    ``topk_similarity``'s values are. ``keys`` may be ``queries`` itself."""
+    return _KnownSimilarity.apply(queries, keys, indices, values)
+
+
+def check_exclude(exclude: object, m: int, n: int, device: torch.device):
     if exclude is None:
         return None
     if not isinstance(exclude, CSRGraph):
@@ -117,7 +150,7 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     n = queries.shape[0] if symmetric else keys.shape[0]
     check_k(k, n)
     block_size = check_block_size(block_size)
-    excl = _check_exclude(exclude, queries.shape[0], n, queries.device)
+    excl = check_exclude(exclude, queries.shape[0], n, queries.device)
     impl = backends.get(backend, queries.device)
     if normalize:
         queries = l2_normalize("queries", queries)

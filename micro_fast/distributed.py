@@ -1,0 +1,257 @@
+r"""Rank-sharded graph building and evaluation over ``torch.distributed``.
+
+Every rank holds the same full inputs (as under DistributedDataParallel, where the model is
+replicated); the expensive part is split by rows and the results are all-gathered, so every
+rank ends with exactly what a single process computes:
+
+* ``topk_similarity`` / ``knn_graph``: for a search of the queries against themselves (the
+  kNN graph) on a backend with ``topk_similarity_shard`` (cpp), rank ``r`` of ``W`` searches
+  every ``W``-th block pair of the symmetric similarity matrix, so each pair is still computed
+  once over all ranks, and the per-rank [M, k] lists are all-gathered and merged in the exact
+  order (value descending, ties to the smaller index). Otherwise rank ``r`` searches the query
+  rows ``row_range(M, r, W)`` against all keys and the rows are all-gathered. Every score is
+  computed by the same tile arithmetic as in one process and the order is total, so the
+  result is bit-identical to the single-process one. The gathered values are made
+  differentiable w.r.t. the full inputs on every rank (``with_similarity_grad``), so DDP sees
+  the same graph and gradients as one process would.
+* ``full_ranking``: the evaluated users are split by rank, per-user metrics are all-gathered
+  and reduced in the single-process order, so the metrics are identical too.
+
+Without an initialized process group (or with one rank) every function is the single-process
+op. A collective that fails because another rank died or timed out raises
+``CollectiveError`` naming the operation, instead of hanging (the process group's timeout
+bounds the wait; ``init_from_env`` sets it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+
+import torch
+import torch.distributed as dist
+
+from micro_fast import backends
+from micro_fast.graph import CSRGraph
+from micro_fast.metrics import (
+    check_ranking_inputs,
+    evaluated_users,
+    per_user_metrics,
+    reduce_metrics,
+)
+from micro_fast.metrics import full_ranking as _full_ranking
+from micro_fast.ops._checks import (
+    check_block_size,
+    check_k,
+    check_matrix,
+    check_no_overflow,
+    l2_normalize,
+)
+from micro_fast.ops.knn_graph import NORMALIZATIONS, graph_from_topk
+from micro_fast.ops.topk_similarity import check_exclude, with_similarity_grad
+from micro_fast.ops.topk_similarity import topk_similarity as _topk_similarity
+
+#: Seconds a collective may wait for the other ranks before failing (``init_from_env``).
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed: another rank died, timed out or took a different path."""
+
+
+def is_active() -> bool:
+    """Whether a process group with more than one rank is initialized."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def row_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous rows ``[r0, r1)`` of ``n`` that ``rank`` owns (sizes differ by <= 1)."""
+    base, extra = divmod(n, world)
+    r0 = rank * base + min(rank, extra)
+    return r0, r0 + base + (1 if rank < extra else 0)
+
+
+# How a transport failure reads when it surfaces outside an explicit collective (gloo raises a
+# plain RuntimeError from the DDP gradient all-reduce, NCCL a DistBackendError).
+_TRANSPORT_ERROR = re.compile(r"gloo|nccl|connection|peer|timed? ?out|processgroup", re.I)
+
+
+def guard(what: str, fn, *args, collective: bool = True, **kwargs):
+    """Runs ``fn``; a failed collective in it (another rank died, timed out or diverged)
+    becomes ``CollectiveError`` naming ``what``. With ``collective=False`` (``fn`` also does
+    local work) only errors that read as a transport failure are converted; any other error
+    passes through unchanged."""
+    try:
+        return fn(*args, **kwargs)
+    except CollectiveError:
+        raise
+    except RuntimeError as exc:  # dist.DistError is one
+        if not (collective or isinstance(exc, dist.DistError)
+                or (is_active() and _TRANSPORT_ERROR.search(str(exc)))):
+            raise
+        rank, world = rank_and_world()
+        raise CollectiveError(f"micro_fast.distributed: {what} failed on rank {rank} of "
+                              f"{world}; another rank died, timed out or diverged: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """All ranks' ``row_range`` blocks of an [n, ...] tensor, concatenated in rank order."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return local
+    per = -(-n // world)
+    padded = local.new_zeros((per, *local.shape[1:]))
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    guard("all_gather", dist.all_gather, parts, padded.contiguous())
+    return torch.cat([parts[r][:row_range(n, r, world)[1] - row_range(n, r, world)[0]]
+                      for r in range(world)])
+
+
+def merge_topk(values: torch.Tensor, indices: torch.Tensor,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` per row of several candidate lists ``values``/``indices`` [S, M, k'] (no
+    pair in two lists), in the order of ``topk_similarity``: value descending, ties to the
+    smaller index, padding (-inf, -1) last."""
+    s, m, kk = values.shape
+    v = values.permute(1, 0, 2).reshape(m, s * kk)
+    i = indices.permute(1, 0, 2).reshape(m, s * kk)
+    by_index = torch.argsort(torch.where(i < 0, torch.iinfo(torch.int64).max, i), dim=1,
+                             stable=True)
+    v, i = torch.gather(v, 1, by_index), torch.gather(i, 1, by_index)
+    by_value = torch.argsort(v, dim=1, descending=True, stable=True)[:, :k]
+    return torch.gather(v, 1, by_value), torch.gather(i, 1, by_value)
+
+
+def barrier(what: str = "barrier") -> None:
+    """A barrier that raises ``CollectiveError`` instead of hanging on a dead rank."""
+    if is_active():
+        guard(what, dist.barrier)
+
+
+def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 10, *,
+                    exclude: CSRGraph | None = None, normalize: bool = False,
+                    block_size: int | None = None,
+                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``ops.topk_similarity`` with the query rows split over the ranks (same arguments and
+    result on every rank; see the module docstring)."""
+    if not is_active():
+        return _topk_similarity(queries, keys, k, exclude=exclude, normalize=normalize,
+                                block_size=block_size, backend=backend)
+    check_matrix("queries", queries)
+    symmetric = keys is None or keys is queries
+    if not symmetric:
+        check_matrix("keys", keys)
+    m = queries.shape[0]
+    check_k(k, m if symmetric else keys.shape[0])
+    q = l2_normalize("queries", queries) if normalize else queries
+    if symmetric:
+        kk = q
+    else:
+        kk = l2_normalize("keys", keys) if normalize else keys
+    check_block_size(block_size)
+    check_no_overflow(q, kk)
+    rank, world = rank_and_world()
+    impl = backends.get(backend, q.device)
+    if symmetric and hasattr(impl, "topk_similarity_shard"):
+        ex = check_exclude(exclude, m, m, q.device)
+        with torch.no_grad():
+            values, indices = impl.topk_similarity_shard(q.detach().contiguous(), k, ex,
+                                                         block_size, rank, world)
+        values, indices = values.to(q.device), indices.to(q.device)
+        parts_v = [torch.empty_like(values) for _ in range(world)]
+        parts_i = [torch.empty_like(indices) for _ in range(world)]
+        guard("all_gather", dist.all_gather, parts_v, values)
+        guard("all_gather", dist.all_gather, parts_i, indices)
+        values, indices = merge_topk(torch.stack(parts_v), torch.stack(parts_i), k)
+        if q.requires_grad:
+            values = with_similarity_grad(q, q, indices, values)
+        return values, indices
+    r0, r1 = row_range(m, rank, world)
+    if r1 > r0:
+        ex = None if exclude is None else exclude.select_rows(
+            torch.arange(r0, r1, device=exclude.device))
+        with torch.no_grad():
+            values, indices = _topk_similarity(q[r0:r1].detach(), kk.detach(), k, exclude=ex,
+                                               block_size=block_size, backend=backend)
+    else:
+        values = q.new_empty((0, k))
+        indices = torch.empty((0, k), dtype=torch.int64, device=q.device)
+    values, indices = gather_rows(values, m), gather_rows(indices, m)
+    if q.requires_grad or kk.requires_grad:
+        values = with_similarity_grad(q, kk, indices, values)
+    return values, indices
+
+
+def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
+              block_size: int | None = None, backend: str = "auto") -> CSRGraph:
+    """``ops.knn_graph`` with the top-k search split over the ranks; every rank gets the same
+    ``CSRGraph``, with values differentiable w.r.t. its ``features``."""
+    check_matrix("features", features)
+    check_k(k, features.shape[0], "items (rows of features)")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    values, indices = topk_similarity(features, None, k, normalize=True, block_size=block_size,
+                                      backend=backend)
+    return graph_from_topk(values, indices, normalization)
+
+
+def full_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRGraph | None,
+                 target: CSRGraph, ks: tuple[int, ...] | list[int] = (10, 20, 50), *,
+                 ndcg: str = "standard", user_block: int = 8192,
+                 backend: str = "auto") -> dict[str, float]:
+    """``metrics.full_ranking`` with the evaluated users split over the ranks; every rank
+    returns the same metrics, equal to the single-process ones."""
+    if not is_active():
+        return _full_ranking(user_emb, item_emb, train, target, ks, ndcg=ndcg,
+                             user_block=user_block, backend=backend)
+    ks = check_ranking_inputs(user_emb, item_emb, train, target, ks, ndcg, user_block)
+    users = evaluated_users(target)
+    rank, world = rank_and_world()
+    r0, r1 = row_range(users.numel(), rank, world)
+    local = per_user_metrics(user_emb, item_emb, train, target, users[r0:r1], ks, ndcg=ndcg,
+                             user_block=user_block, backend=backend)
+    return reduce_metrics(gather_rows(local, users.numel()), ks, user_block)
+
+
+def all_reduce_mean(t: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:
+    """The mean of ``t`` over the ranks (``t`` itself without a process group)."""
+    if not is_active():
+        return t
+    out = t.clone()
+    guard(what, dist.all_reduce, out)
+    return out / dist.get_world_size()
+
+
+def init_from_env(backend: str = "gloo", timeout_s: float | None = None) -> tuple[int, int]:
+    """Joins the process group that ``torchrun`` describes in the environment (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) with ``backend`` (``"nccl"`` for one GPU
+    per local rank, ``"gloo"`` for CPU) and returns ``(rank, world_size)``. A single process
+    (no ``WORLD_SIZE`` > 1) gets ``(0, 1)`` and no process group.
+
+    ``timeout_s`` (default: ``MICRO_FAST_DIST_TIMEOUT`` or 600) bounds how long a collective
+    waits for a rank that died or stalled before ``CollectiveError``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("MICRO_FAST_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+        guard("init_process_group", dist.init_process_group, backend,
+               timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Leaves the process group (if any)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
