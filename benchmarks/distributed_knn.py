@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         many = _run_ranks(args, args.ranks, Path(tmp))
     n, d, k = args.n, args.d, args.k
     print(f"\nkNN graph build, N={n:,} d={d} k={k}, one thread per rank (gloo)\n")
-    print("| ranks | seconds | speedup | per-rank rate (G multiply-adds/s) |")
+    print("| ranks | seconds | speedup | effective rate per rank, N^2 d / (ranks x s) (G/s) |")
     print("|---|---|---|---|")
     rate1 = n * n * d / one
     rate_w = n * n * d / (args.ranks * many)
