@@ -38,8 +38,9 @@ def _cpp_flags() -> tuple[list[str], list[str]]:
     compile_args = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
     link_args = ["-fopenmp"]
     if SANITIZE:
+        # every report is fatal, so a test run under the sanitizers passes only with none
         compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}",
-                        "-fopenmp", "-fvisibility=hidden"]
+                        "-fno-sanitize-recover=all", "-fopenmp", "-fvisibility=hidden"]
         link_args = [f"-fsanitize={SANITIZE}", "-fopenmp"]
     return compile_args, link_args
 

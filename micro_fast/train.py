@@ -161,22 +161,58 @@ def evaluate(model: MICRO, ui_graph: CSRGraph, dataset: mf_data.Dataset, split: 
                                     ndcg=ndcg, backend=backend)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    """Writes through ``write(file)`` into a temporary file, syncs it and renames it over
+    ``path``: a crash, kill or full disk at any point leaves the previous ``path`` intact (and
+    no temporary file behind when Python sees the error)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def _read_metrics(path: Path, before_epoch: int) -> list[dict[str, Any]]:
+    """The records of epochs before ``before_epoch``; a last line cut short by a kill during
+    its append is dropped (that epoch is trained again)."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({exc})") from None
     return [r for r in rows if r["epoch"] < before_epoch]
 
 

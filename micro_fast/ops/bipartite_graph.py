@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from micro_fast import backends
+from micro_fast import backends, memory
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import FLOAT_DTYPES
 
@@ -68,6 +68,9 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
         raise ValueError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    nnz = 2 * users.numel() + (n_users + n_items if self_loops else 0)
+    memory.check("bipartite_graph", nnz * 40 + (n_users + n_items) * 16,
+                 f"about {nnz} nonzeros")
     impl = backends.get(backend, users.device, op="bipartite_graph")
     indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, normalization,
                                                    self_loops, duplicates, dtype)

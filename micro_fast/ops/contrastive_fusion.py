@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends
+from micro_fast import backends, memory
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau
 from micro_fast.ops.contrastive_loss import contrastive_loss
 
@@ -107,6 +107,10 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
     impl = _fused_backend(backend, views[0].device)
+    d, elem = views[0].shape[1], views[0].element_size()
+    # stacked views, packed panels, gradients and per-thread copies
+    memory.check("contrastive_fusion_loss",
+                 (5 + torch.get_num_threads()) * nviews * n * d * elem, f"{nviews} x [{n}, {d}]")
     fused = fuse_views(views, weights)
     if impl is None or symmetric or tau < FUSED_MIN_TAU:
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,

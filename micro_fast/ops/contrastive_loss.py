@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends
+from micro_fast import backends, memory
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau
 
 
@@ -89,5 +89,9 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
     impl = backends.get(backend, z1.device, op="contrastive_forward")
+    n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
+    # normalized views, gradients and per-thread gradient copies, torch_ref's [block, N] blocks
+    memory.check("contrastive_loss", (4 + 2 * torch.get_num_threads()) * n * d * elem
+                 + memory.reference_blocks(impl, n, n, elem, 4), f"N = {n}, d = {d}")
     n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends
+from micro_fast import backends, memory
 from micro_fast.graph import CSRGraph
 from micro_fast.ops.spmm import check_operands, transpose_product
 
@@ -88,5 +88,7 @@ def propagate(graph: CSRGraph, x: torch.Tensor, layers: int, *, combine: str = "
         raise ValueError(f"graph must be square to propagate, got shape {graph.shape}")
     if layers == 0:
         return x
+    memory.check("propagate", (layers + 2) * graph.shape[0] * x.shape[1] * x.element_size()
+                 + graph.nnz * 24, f"{layers} layers of [{graph.shape[0]}, {x.shape[1]}]")
     impl = backends.get(backend, x.device, op="spmm")
     return _Propagate.apply(graph.values, x, graph, impl, layers, combine)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends
+from micro_fast import backends, memory
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import check_float_2d
 
@@ -79,4 +79,7 @@ def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Te
     """
     check_operands(graph, x)
     impl = backends.get(backend, x.device, op="spmm")
+    # output, and in backward the gradient of x and the transposed structure
+    memory.check("spmm", (graph.shape[0] + x.shape[0]) * x.shape[1] * x.element_size()
+                 + graph.nnz * 24, f"[{graph.shape[0]}, {x.shape[1]}] output, {graph.nnz} nonzeros")
     return _SpMM.apply(graph.values, x, graph, impl)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends
+from micro_fast import backends, memory
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import (
     check_block_size,
@@ -152,6 +152,12 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     block_size = check_block_size(block_size)
     excl = check_exclude(exclude, queries.shape[0], n, queries.device)
     impl = backends.get(backend, queries.device)
+    m, elem = queries.shape[0], queries.element_size()
+    # the [M, k] outputs, up to as much again in per-thread lists, and the torch_ref backend's
+    # [block, N] score blocks
+    memory.check("topk_similarity",
+                 2 * m * k * (elem + 8) + memory.reference_blocks(impl, m, n, elem, 3),
+                 f"{m} x {k} results over {n} keys")
     if normalize:
         queries = l2_normalize("queries", queries)
         if not symmetric:
