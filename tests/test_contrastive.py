@@ -195,6 +195,23 @@ def test_bad_input():
         mf.contrastive_loss(torch.randn(4), torch.randn(4))
 
 
+def test_zero_rows_are_an_error_not_amplified_noise():
+    """Found by the fuzz suite: a zero row normalized with a clamped norm (the published
+    F.normalize) made its gradient rounding noise times 1e12 (-9.07 where the exact gradient of
+    a one-item loss is 0). Its cosine is undefined: an error naming the argument."""
+    z = torch.randn(5, 3)
+    zero = z.clone()
+    zero[2] = 0
+    with pytest.raises(ValueError, match=r"z1 has zero-norm rows \(e.g. \[2\]\)"):
+        mf.contrastive_loss(zero, z)
+    with pytest.raises(ValueError, match="z2 has zero-norm rows"):
+        mf.contrastive_loss(z, zero)
+    with pytest.raises(ValueError, match=r"views\[1\] has zero-norm rows"):
+        mf.contrastive_fusion_loss([z, zero], torch.full((5, 2), 0.5))
+    with pytest.raises(ValueError, match="the fused view .* has zero-norm rows"):
+        mf.contrastive_fusion_loss([z, -z], torch.full((5, 2), 0.5))
+
+
 def test_contrastive_fusion_module_matches_published_code():
     torch.manual_seed(4)
     fusion = mf.nn.ContrastiveFusion(dim=8, tau=0.5)

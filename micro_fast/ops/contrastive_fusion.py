@@ -27,16 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory
-from micro_fast.ops._checks import check_block_size, check_matrix, check_tau
+from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 from micro_fast.ops.contrastive_loss import contrastive_loss
 
 #: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
 FUSED_MIN_TAU = 0.05
-_EPS = 1e-12  # F.normalize's
 
 
 class _FusionLSE(torch.autograd.Function):
@@ -115,11 +113,14 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     if impl is None or symmetric or tau < FUSED_MIN_TAU:
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,
                                     block_size=block_size, backend=backend) for v in views)
-    u = torch.stack([F.normalize(v, dim=1) for v in views])  # [M, N, d]
-    norms = torch.stack([torch.linalg.vector_norm(v, dim=1).clamp_min(_EPS) for v in views],
-                        dim=1)  # [N, M]
-    fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True).clamp_min(_EPS)
-    # with the clamps as in F.normalize, sum_k coef[:, k] u_k is exactly normalize(fused)
+    u = torch.stack([l2_normalize(f"views[{m}]", v) for m, v in enumerate(views)])  # [M, N, d]
+    norms = torch.stack([torch.linalg.vector_norm(v, dim=1) for v in views], dim=1)  # [N, M]
+    fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True)
+    if bool((fused_norm.detach() == 0).any()):
+        rows = torch.nonzero(fused_norm.detach().flatten() == 0).flatten()[:5].tolist()
+        raise ValueError(f"the fused view (weights x views) has zero-norm rows (e.g. {rows}); "
+                         "cosine similarity is undefined for them")
+    # sum_k coef[:, k] u_k is exactly fused / |fused|
     coef = weights * norms / fused_norm
     lse = _FusionLSE.apply(u, coef, tau, block_size, impl)  # [M, N]
     diag = (u * (fused / fused_norm)).sum(dim=2) / tau  # <u_m,i, h_i / |h_i|> / tau

@@ -17,18 +17,18 @@ Only the row statistics :math:`\mathrm{lse}` are kept: the forward visits the sc
 tiles with running maxima (any :math:`\tau > 0` is safe), the backward recomputes the tiles and
 turns them into the weights :math:`g_i e^{s_{ij}/\tau - \mathrm{lse}_i} / \tau`, so memory is
 O(block x N) at most and the intra-view tiles, being symmetric, are computed once. Gradients
-flow to ``z1`` and ``z2`` through the normalization (done in torch, as published:
-``F.normalize``).
+flow to ``z1`` and ``z2`` through the normalization (done in torch, as published). Rows of zero
+norm are an error: their cosine is undefined, and the published ``F.normalize`` (a norm clamped
+at 1e-12) turns them into gradients of rounding noise times 1e12.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory
-from micro_fast.ops._checks import check_block_size, check_matrix, check_tau
+from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 
 
 class _ContrastiveLoss(torch.autograd.Function):
@@ -93,5 +93,7 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     # normalized views, gradients and per-thread gradient copies, torch_ref's [block, N] blocks
     memory.check("contrastive_loss", (4 + 2 * torch.get_num_threads()) * n * d * elem
                  + memory.reference_blocks(impl, n, n, elem, 4), f"N = {n}, d = {d}")
-    n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    # zero rows are an error: their cosine is undefined, and normalizing them with a clamped
+    # norm (F.normalize) would scale rounding noise in the gradient by 1 / eps
+    n1, n2 = l2_normalize("z1", z1), l2_normalize("z2", z2)
     return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl)
