@@ -42,6 +42,12 @@ def check_ranking_inputs(user_emb: object, item_emb: object, train: CSRGraph | N
         raise ValueError("user_emb must be a 2-D tensor [users, dim]")
     if not isinstance(item_emb, torch.Tensor) or item_emb.dim() != 2:
         raise ValueError("item_emb must be a 2-D tensor [items, dim]")
+    if item_emb.shape[1] != user_emb.shape[1]:
+        raise ValueError(f"item_emb has {item_emb.shape[1]} columns but user_emb has "
+                         f"{user_emb.shape[1]}")
+    if item_emb.dtype != user_emb.dtype:
+        raise TypeError(f"item_emb dtype {item_emb.dtype} differs from user_emb dtype "
+                        f"{user_emb.dtype}")
     n_users, n_items = user_emb.shape[0], item_emb.shape[0]
     _check("target", target, (n_users, n_items))
     if train is not None:

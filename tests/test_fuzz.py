@@ -80,6 +80,14 @@ def csr_graphs(draw, n_rows: int, n_cols: int, dtype=torch.float32):
     return mf.CSRGraph.from_dense(vals), mask
 
 
+def _row_norm_floor(*tensors: torch.Tensor) -> float:
+    """The smallest row norm: gradients through an L2 normalization carry rounding noise
+    scaled by 1 / |x|, so their tolerances are scaled by this (an exact tie of the radial
+    part, e.g. d = 1, leaves only that noise)."""
+    norms = [torch.linalg.vector_norm(t.double(), dim=1).min() for t in tensors if t.numel()]
+    return max(min(float(n) for n in norms), 1e-300) if norms else 1.0
+
+
 def _outcome(fn):
     """('ok', result) or ('error', exception type); anything undocumented propagates."""
     try:
@@ -135,14 +143,25 @@ def test_knn_graph_values_and_gradients(backend, data):
     if got[0] == "error":
         assert got[1] == ref[1]
         return
-    tol = dict(rtol=1e-4, atol=1e-5) if x.dtype == torch.float32 else dict(rtol=1e-9,
-                                                                           atol=1e-11)
+    rtol, atol = (1e-4, 1e-5) if x.dtype == torch.float32 else (1e-9, 1e-11)
     if not torch.equal(got[1][0], ref[1][0]):
-        # a near tie may be cut differently: then the kept similarities still agree
-        assert torch.allclose(got[1][1].sort().values, ref[1][1].sort().values, **tol)
+        # a near tie cut differently: both neighbour lists must be correct top-k lists
+        sim = dense_similarity(x, x, normalize=True)
+        v, i = mf.topk_similarity(x, None, k, normalize=True, backend=backend)
+        rv, ri = mf.topk_similarity(x, None, k, normalize=True, backend="torch_ref")
+        assert_topk_equal(v, i, rv, ri, sim, rtol=max(rtol, 1e-6))
         return
-    for a, b in zip(got[1][1:], ref[1][1:], strict=True):
-        assert torch.allclose(a, b, **tol), (a - b).abs().max()
+    values, grad = got[1][1:]
+    ref_values, ref_grad = ref[1][1:]
+    assert torch.allclose(values, ref_values, rtol=rtol, atol=atol)
+    # degrees (sums of kept similarities of either sign) near zero make rw / sym ill-conditioned
+    cond = 1.0
+    if norm != "none":
+        raw, _ = mf.topk_similarity(x.double(), None, k, normalize=True, backend="torch_ref")
+        cond = min(float((raw.abs().sum(1) / raw.sum(1).abs().clamp_min(1e-300)).max()),
+                   1e100) ** 2
+    grad_atol = atol * k * float(w.abs().max()) * max(1.0, 1.0 / _row_norm_floor(x)) * cond
+    assert torch.allclose(grad, ref_grad, rtol=rtol, atol=grad_atol), (grad - ref_grad).abs().max()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -167,13 +186,19 @@ def test_spmm_and_its_gradients(backend, data):
     if got[0] == "error":
         assert got[1] == ref[1]
         return
-    tol = dict(rtol=1e-5, atol=1e-5) if x.dtype == torch.float32 else dict(rtol=1e-12,
-                                                                           atol=1e-12)
-    for a, b in zip(got[1], ref[1], strict=True):
+    # sums of terms of either sign: error relative to the terms' size, not the result's
+    eps = 1e-5 if x.dtype == torch.float32 else 1e-12
+    dense = graph.to_dense().to(x.dtype).abs()
+    ax = x.abs().nan_to_num(posinf=0.0)
+    scales = [float((dense @ ax).max()) if n_rows else 0.0,
+              float(ax.max()) * x.shape[0] if x.numel() else 0.0,
+              float((dense.T @ torch.ones(n_rows, x.shape[1], dtype=x.dtype)).max())
+              if n_rows else 0.0]
+    for a, b, scale in zip(got[1], ref[1], scales, strict=True):
         if a is None or b is None:
             assert a is None and b is None
         else:
-            assert torch.allclose(a, b, equal_nan=True, **tol)
+            assert torch.allclose(a, b, rtol=eps, atol=eps * (1.0 + scale), equal_nan=True)
 
 
 @given(data=st.data())
@@ -229,7 +254,8 @@ def test_contrastive_losses(backend, data):
     if z2.shape != z1.shape:
         z2 = torch.randn(z1.shape, dtype=z1.dtype)
     tau = data.draw(st.sampled_from([0.05, 0.5, 2.0]), label="tau")
-    w = torch.softmax(torch.randn(z1.shape[0], 2, dtype=z1.dtype), dim=1)
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    w = torch.softmax(torch.randn(z1.shape[0], 2, generator=gen, dtype=z1.dtype), dim=1)
 
     def run(b):
         a, c = z1.clone().requires_grad_(), z2.clone().requires_grad_()
@@ -243,8 +269,91 @@ def test_contrastive_losses(backend, data):
     if got[0] == "error":
         assert got[1] == ref[1]
         return
-    tol = dict(rtol=2e-4, atol=1e-4) if z1.dtype == torch.float32 else dict(rtol=1e-8,
-                                                                            atol=1e-9)
-    for a, b in zip(got[1], ref[1], strict=True):
+    rtol, atol = (2e-4, 1e-4) if z1.dtype == torch.float32 else (1e-8, 1e-9)
+    loss, *grads = got[1]
+    ref_loss, *ref_grads = ref[1]
+    assert bool(torch.isfinite(loss)) and torch.allclose(loss, ref_loss, rtol=rtol, atol=atol)
+    # dL/d(normalized rows) is up to ~ N / tau; the normalization's backward divides by |x|
+    fused = w[:, :1] * z1 + w[:, 1:] * z2
+    # views that nearly cancel in the fused view (|h| << |w1 z1| + |w2 z2|) scale its gradients
+    spread = (w[:, :1] * z1).norm(dim=1) + (w[:, 1:] * z2).norm(dim=1)
+    cancel = min(float((spread / fused.norm(dim=1).clamp_min(1e-300)).max()), 1e100) ** 2
+    grad_atol = atol * (z1.shape[0] / tau) * max(1.0, 1.0 / _row_norm_floor(z1, z2, fused)) \
+        * cancel
+    for a, b in zip(grads, ref_grads, strict=True):
         assert bool(torch.isfinite(a).all())
-        assert torch.allclose(a, b, **tol), (a - b).abs().max()
+        assert torch.allclose(a, b, rtol=rtol, atol=grad_atol), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_propagate(backend, data):
+    n = data.draw(st.integers(1, 25))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    graph, _ = data.draw(csr_graphs(n, n, dtype), label="graph")
+    x = data.draw(matrices(max_rows=n, min_rows=n, dtype=dtype), label="x")
+    layers = data.draw(st.integers(-1, 3), label="layers")
+    combine = data.draw(st.sampled_from(["last", "mean", "sum"]), label="combine")
+
+    def run(b):
+        xs = x.clone().requires_grad_()
+        y = mf.propagate(graph, xs, layers, combine=combine, backend=b)
+        y.sum().backward()
+        return y.detach(), xs.grad
+
+    got, ref = _outcome(lambda: run(backend)), _outcome(lambda: run("torch_ref"))
+    assert got[0] == ref[0], (got, ref)
+    if got[0] == "error":
+        assert got[1] == ref[1]
+        return
+    # sums of terms of either sign: error relative to the terms' size (|A|^l |x|)
+    eps = 1e-5 if dtype == torch.float32 else 1e-12
+    dense = graph.to_dense().to(dtype).abs()
+    fwd = x.abs().nan_to_num(posinf=0.0)
+    bwd = torch.ones_like(fwd)
+    scale = float(fwd.max())
+    for _ in range(max(layers, 0)):
+        fwd, bwd = dense @ fwd, dense.T @ bwd
+        scale = max(scale, float(fwd.max()), float(bwd.max()))
+    for a, b in zip(got[1], ref[1], strict=True):
+        assert torch.allclose(a, b, rtol=eps, atol=eps * (1.0 + scale), equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_full_ranking(backend, data):
+    from micro_fast.metrics import full_ranking
+
+    n_users, n_items = data.draw(st.integers(1, 30)), data.draw(st.integers(1, 40))
+    users = data.draw(matrices(max_rows=n_users, min_rows=n_users, max_cols=6,
+                               dtype=torch.float64), label="user_emb")
+    items = data.draw(matrices(max_rows=n_items, min_rows=n_items, max_cols=users.shape[1],
+                               dtype=torch.float64), label="item_emb")
+    train, _ = data.draw(csr_graphs(n_users, n_items, torch.float64), label="train")
+    target, _ = data.draw(csr_graphs(n_users, n_items, torch.float64), label="target")
+    ks = tuple(data.draw(st.lists(st.integers(0, n_items + 2), min_size=1, max_size=3)))
+    ndcg = data.draw(st.sampled_from(["standard", "published"]))
+    got = _outcome(lambda: full_ranking(users, items, train, target, ks, ndcg=ndcg,
+                                        user_block=7, backend=backend))
+    ref = _outcome(lambda: full_ranking(users, items, train, target, ks, ndcg=ndcg,
+                                        backend="torch_ref"))
+    assert got[0] == ref[0], (got, ref)
+    if got[0] != "ok":
+        return
+    assert got[1].keys() == ref[1].keys()
+    # two correct rankings may order a near tie at a cut-off differently: compare only when no
+    # evaluated user has one
+    scores = users @ items.T
+    scores[train.to_dense() != 0] = -float("inf")
+    ranked = scores.sort(dim=1, descending=True).values
+    rows = target.degrees() > 0
+    # NDCG depends on the order inside the list too: any near tie up to the deepest cut-off
+    depth = min(max(ks) + 1, n_items)
+    if depth > 1 and bool(rows.any()):
+        top = ranked[rows, :depth]
+        finite = torch.isfinite(top[:, 1:]) & torch.isfinite(top[:, :-1])
+        gaps = (top[:, :-1] - top[:, 1:]).abs()
+        if bool(((gaps <= 1e-9 * (1 + top[:, :1].abs())) & finite).any()):
+            return
+    for key, value in ref[1].items():
+        assert got[1][key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
