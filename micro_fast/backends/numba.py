@@ -83,17 +83,15 @@ def supports(device: torch.device) -> bool:
 # --- bounded k-best heaps (root = worst entry) ------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
-def _better(v, j, rv, rj):
+def better(v, j, rv, rj):
+    """The result order: larger value first, ties to the smaller index (plain Python, compiled
+    here for the CPU and by ``numba_cuda`` for the GPU)."""
     return v > rv or (v == rv and j < rj)
 
 
-@njit(**_LEAF)
-def _excluded(ex_ptr, ex_idx, row, col):
-    if ex_ptr.shape[0] == 0:
-        return False
-    lo = ex_ptr[row]
-    hi = ex_ptr[row + 1]
+def in_sorted(ex_idx, lo, hi, col):
+    """Whether ``col`` is in the sorted ``ex_idx[lo:hi]`` (binary search; plain Python, compiled
+    here and by ``numba_cuda``)."""
     while lo < hi:
         mid = (lo + hi) >> 1
         c = ex_idx[mid]
@@ -104,6 +102,17 @@ def _excluded(ex_ptr, ex_idx, row, col):
         else:
             hi = mid
     return False
+
+
+_better = njit(cache=True, nogil=True)(better)
+_in_sorted = njit(**_LEAF)(in_sorted)
+
+
+@njit(**_LEAF)
+def _excluded(ex_ptr, ex_idx, row, col):
+    if ex_ptr.shape[0] == 0:
+        return False
+    return _in_sorted(ex_idx, ex_ptr[row], ex_ptr[row + 1], col)
 
 
 @njit(**_LEAF)

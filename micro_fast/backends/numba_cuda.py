@@ -62,6 +62,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from micro_fast.backends import numba as cpu_kernels
+
 #: ``numba.cuda``, imported by ``_cuda()`` on first use. The kernels name it as this module
 #: global: the simulator swaps a kernel's global ``cuda`` for its fake module while it runs.
 cuda = None
@@ -133,22 +135,8 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
     i64 = types.int64
     maxt = MAX_THREADS
 
-    @cuda.jit(device=True)
-    def better(v, j, w, i):
-        return v > w or (v == w and j < i)
-
-    @cuda.jit(device=True)
-    def excluded(ex_idx, lo, hi, j):
-        while lo < hi:
-            mid = (lo + hi) // 2
-            c = ex_idx[mid]
-            if c == j:
-                return True
-            if c < j:
-                lo = mid + 1
-            else:
-                hi = mid
-        return False
+    better = cuda.jit(device=True)(cpu_kernels.better)
+    excluded = cuda.jit(device=True)(cpu_kernels.in_sorted)
 
     @cuda.jit(device=True)
     def merge(src_v, src_i, srow, dst_v, dst_i, drow, cnt, k, cand_v, cand_j, nthreads, tid):
