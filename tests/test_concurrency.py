@@ -31,13 +31,12 @@ def _ops(backend: str):
     """name -> zero-argument call returning tensors, for one backend."""
     x, y, seen, users, items = _inputs()
     graph = mf.knn_graph(x, 10, backend=backend)
-    xg = x.clone().requires_grad_()
 
     def knn_with_grad():
+        xg = x.clone().requires_grad_()  # a leaf per call: threads must not share .grad
         g = mf.knn_graph(xg, 10, backend=backend)
         (g.values * torch.arange(g.nnz, dtype=x.dtype)).sum().backward()
-        grad, xg.grad = xg.grad, None
-        return g.indices, g.values.detach(), grad
+        return g.indices, g.values.detach(), xg.grad
 
     def spmm_with_grad():
         xs = x.clone().requires_grad_()
