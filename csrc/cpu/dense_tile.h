@@ -261,7 +261,9 @@ double row_exp_sum(const T* s, T a, T b0, int64_t n, T* col) {
   return r;
 }
 
-// row_exp_sum of the combination sum_q p[q] * (wv ? wv[q] : ws[q]), without storing it.
+// row_exp_sum of the combination sum_q p[q] * (wv ? wv[q] : ws[q]), without storing it. Written
+// out rather than shared with row_exp_sum through a row-loader template: that version measured
+// 5-8% slower in both contrastive kernels (N = 7050, d = 64).
 template <typename T>
 double row_comb_exp_sum(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
                         int64_t n, T* col) {
