@@ -15,9 +15,10 @@ of the views, so with :math:`u_m = H_m / \lVert H_m \rVert` the normalized fused
 .. math:: \langle u_{m,i}, \hat h_j \rangle = \sum_k c_{jk} \langle u_{m,i}, u_{k,j} \rangle .
 
 A backend with a fused kernel (``contrastive_fusion_forward``) multiplies each unordered pair of
-row blocks of the stacked views once: :math:`M^2 N^2 d` multiply-adds in forward + backward
-(4 + 4 for two views, with the backward's recomputation) against :math:`6 M N^2 d` for M separate
-losses. Gradients reach :math:`u` and :math:`c` from the kernel, and from there ``views`` and
+row blocks of the stacked views once: :math:`M^2 N^2 d / 2` multiply-adds forward and
+:math:`3 M^2 N^2 d / 2` backward (its recomputation included), 8 :math:`N^2 d` in all for two
+views against :math:`6 M N^2 d` = 12 for M separate losses. Gradients reach :math:`u` and
+:math:`c` from the kernel, and from there ``views`` and
 ``weights`` through torch. Other backends, ``symmetric=True`` and ``tau < 0.05`` (where the
 fused kernel's fixed exponent shift could underflow) compute the sum of separate losses.
 """
