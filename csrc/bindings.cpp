@@ -325,6 +325,18 @@ py::tuple contrastive_fusion_backward(const CArray<T>& u, const CArray<T>& coef,
   return py::make_tuple(grad_u, grad_coef);
 }
 
+template <typename T>
+void def_contrastive_fusion(py::module_& mod) {
+  mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<T>,
+          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+  mod.def("contrastive_fusion_backward", &contrastive_fusion_backward<T>,
+          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
+          py::arg("lse").noconvert(), py::arg("g").noconvert(), py::arg("block_size") = 0,
+          py::arg("num_threads") = 1, py::arg("out_u").noconvert() = py::none(),
+          py::arg("out_coef").noconvert() = py::none());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -375,22 +387,8 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1,
           py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none());
-  mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<float>,
-          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
-  mod.def("contrastive_fusion_backward", &contrastive_fusion_backward<float>,
-          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
-          py::arg("lse").noconvert(), py::arg("g").noconvert(), py::arg("block_size") = 0,
-          py::arg("num_threads") = 1, py::arg("out_u").noconvert() = py::none(),
-          py::arg("out_coef").noconvert() = py::none());
-  mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<double>,
-          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
-  mod.def("contrastive_fusion_backward", &contrastive_fusion_backward<double>,
-          py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
-          py::arg("lse").noconvert(), py::arg("g").noconvert(), py::arg("block_size") = 0,
-          py::arg("num_threads") = 1, py::arg("out_u").noconvert() = py::none(),
-          py::arg("out_coef").noconvert() = py::none());
+  def_contrastive_fusion<float>(mod);
+  def_contrastive_fusion<double>(mod);
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");

@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/spmm.cuh"
@@ -79,6 +80,18 @@ int pack_width(int64_t d, const void* p, const void* q) {
   for (int v = widest; v > 1; v /= 2)
     if (d % v == 0 && aligned(p, sizeof(T) * v) && aligned(q, sizeof(T) * v)) return v;
   return 1;
+}
+
+// Calls launch(std::integral_constant<int, V>{}) with V = pack_width<T>(d, p, q), so each width
+// is a compile-time template argument of the kernel (float packs 4, 2 or 1; double 2 or 1).
+template <typename T, class Launch>
+void with_pack_width(int64_t d, const void* p, const void* q, Launch launch) {
+  const int v = pack_width<T>(d, p, q);
+  if constexpr (sizeof(T) == 4) {
+    if (v == 4) return launch(std::integral_constant<int, 4>{});
+  }
+  if (v == 2) return launch(std::integral_constant<int, 2>{});
+  launch(std::integral_constant<int, 1>{});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,17 +440,9 @@ void spmm(const int64_t* indptr, const int64_t* indices, const T* values, int64_
   MF_CUDA_CHECK(cudaSetDevice(device));
   (void)cudaGetLastError();  // a stale launch error of an earlier call is not ours to report
 
-  if constexpr (sizeof(T) == 4) {
-    switch (pack_width<T>(d, x, y)) {
-      case 4: return dispatch_spmm<T, 4>(indptr, indices, values, m, x, d, y, stream);
-      case 2: return dispatch_spmm<T, 2>(indptr, indices, values, m, x, d, y, stream);
-      default: return dispatch_spmm<T, 1>(indptr, indices, values, m, x, d, y, stream);
-    }
-  } else {
-    if (pack_width<T>(d, x, y) == 2)
-      return dispatch_spmm<T, 2>(indptr, indices, values, m, x, d, y, stream);
-    return dispatch_spmm<T, 1>(indptr, indices, values, m, x, d, y, stream);
-  }
+  with_pack_width<T>(d, x, y, [&](auto v) {
+    dispatch_spmm<T, decltype(v)::value>(indptr, indices, values, m, x, d, y, stream);
+  });
 }
 
 template <typename T>
@@ -457,17 +462,9 @@ void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t nnz
     MF_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(T) * static_cast<size_t>(nnz), stream));
     return;
   }
-  if constexpr (sizeof(T) == 4) {
-    switch (pack_width<T>(d, a, b)) {
-      case 4: return dispatch_sddmm<T, 4>(indptr, indices, m, a, b, d, out, stream);
-      case 2: return dispatch_sddmm<T, 2>(indptr, indices, m, a, b, d, out, stream);
-      default: return dispatch_sddmm<T, 1>(indptr, indices, m, a, b, d, out, stream);
-    }
-  } else {
-    if (pack_width<T>(d, a, b) == 2)
-      return dispatch_sddmm<T, 2>(indptr, indices, m, a, b, d, out, stream);
-    return dispatch_sddmm<T, 1>(indptr, indices, m, a, b, d, out, stream);
-  }
+  with_pack_width<T>(d, a, b, [&](auto v) {
+    dispatch_sddmm<T, decltype(v)::value>(indptr, indices, m, a, b, d, out, stream);
+  });
 }
 
 int64_t csr_transpose_scratch_elems(int64_t nnz, int64_t n_cols) {
