@@ -26,6 +26,7 @@ bounds the wait; ``init_from_env`` sets it).
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 
@@ -252,6 +253,8 @@ def init_from_env(backend: str = "gloo", timeout_s: float | None = None) -> tupl
 
 
 def shutdown() -> None:
-    """Leaves the process group (if any)."""
+    """Leaves the process group (if any), after dropping unreachable objects (e.g. a DDP
+    wrapper) that still hold it."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

@@ -279,7 +279,11 @@ def train(config: TrainConfig, *, resume: bool = False,
         torch.set_num_threads(config.threads)
     rank, world, device, created_group = _setup_device_and_group(config)
     try:
-        return _train(config, resume, on_epoch_end, dataset, rank, world, device)
+        summary = _train(config, resume, on_epoch_end, dataset, rank, world, device)
+        if created_group:
+            # every rank done with its collectives before any tears the group down
+            distributed.barrier("end of training")
+        return summary
     finally:
         if created_group:
             distributed.shutdown()
