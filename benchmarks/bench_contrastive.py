@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import isas
 import peers
 import pytest
 import sizes
@@ -50,10 +51,11 @@ def _case(loss_fn, n: int, backward: bool):
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("impl", ["cpp", "numba", "cuda", "torch_ref", "published",
+@pytest.mark.parametrize("impl", [*isas.cpp_cases(), "numba", "cuda", "torch_ref", "published",
                                   "published_compiled"])
 def test_contrastive(benchmark, run_case, impl, n, mode):
     backward = mode == "fwd+bwd"
+    backend, isa = isas.split(impl)
     benchmark.group = f"contrastive N={n} d={D} {mode}"
     if impl in ("published", "published_compiled"):
         # the published loss keeps two [4096, N] exp-matrices per chunk for autograd
@@ -63,22 +65,22 @@ def test_contrastive(benchmark, run_case, impl, n, mode):
         fn = peers.published_contrastive if impl == "published" else compiled_published()
         loss_fn = fn
     else:
-        if impl not in mf.backends.available():
-            pytest.skip(f"backend {impl} not available: {mf.backends.status()[impl]}")
-        mod = mf.backends.get(impl, torch.device("cuda" if impl == "cuda" else "cpu"))
+        if backend not in mf.backends.available():
+            pytest.skip(f"backend {backend} not available: {mf.backends.status()[backend]}")
+        mod = mf.backends.get(backend, torch.device("cuda" if backend == "cuda" else "cpu"))
         if not hasattr(mod, "contrastive_forward"):
-            pytest.skip(f"backend {impl} has no contrastive kernel")
+            pytest.skip(f"backend {backend} has no contrastive kernel")
 
-        def loss_fn(z1, z2, impl=impl):
-            return mf.contrastive_loss(z1, z2, backend=impl)
-    if n > 50_000 and impl not in ("cpp", "cuda"):
+        def loss_fn(z1, z2, backend=backend):
+            return mf.contrastive_loss(z1, z2, backend=backend)
+    if n > 50_000 and backend not in ("cpp", "cuda"):
         pytest.skip(f"{impl} takes many minutes per call at N={n}: only cpp and cuda run")
     slow = impl in ("published", "torch_ref") or (impl == "published_compiled" and n > 10000)
     flop = (12 if backward else 3) * n * n * D
     run = _case(loss_fn, n, backward)
-    huge = n > 50_000
-    run_case(run, rounds=1 if slow or huge else 3, warmup=0 if huge else 1, op="contrastive",
-             impl=impl, n=n, d=D, mode=mode, flop=flop)
+    huge = n > 50_000 or (isa == "generic" and n > 10_000)
+    run_case(run, rounds=1 if slow or huge else 3, warmup=0 if huge else 1, isa=isa,
+             op="contrastive", impl=impl, n=n, d=D, mode=mode, flop=flop)
 
 
 @functools.cache
@@ -90,13 +92,16 @@ def fusion_inputs(n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("impl", ["cpp_fused", "cpp_separate", "published"])
+@pytest.mark.parametrize("impl", [*isas.cpp_cases("cpp_fused"), *isas.cpp_cases("cpp_separate"),
+                                  "cpp_auto", "published"])
 def test_contrastive_fusion(benchmark, run_case, impl, n, mode):
     """MICRO's whole fusion loss with two modalities, sum_m contrastive(H_m, h), h the
     attention-weighted sum: the fused-view kernel (one pass over the views' Gram blocks) against
-    two separate losses (ours, and the published chunked code). ``flop`` counts the separate
+    two separate losses (ours, and the published chunked code), and ``cpp_auto``, the strategy
+    ``contrastive_fusion_loss`` picks here (micro_fast.tuning). ``flop`` counts the separate
     losses' arithmetic for every implementation, so GFLOP/s compare as effective rates."""
     backward = mode == "fwd+bwd"
+    base_impl, isa = isas.split(impl)
     benchmark.group = f"contrastive fusion M=2 N={n} d={D} {mode}"
     if impl == "published" and backward and sizes.skip_dense_reason(n, 2):
         pytest.skip(sizes.skip_dense_reason(n, 2))
@@ -109,10 +114,11 @@ def test_contrastive_fusion(benchmark, run_case, impl, n, mode):
     w = base_w.clone().requires_grad_(backward)
 
     def loss_fn():
-        if impl == "cpp_fused":
-            return mf.contrastive_fusion_loss(hs, w, backend="cpp")
+        if base_impl in ("cpp_fused", "cpp_auto"):
+            strategy = "fused" if base_impl == "cpp_fused" else "auto"
+            return mf.contrastive_fusion_loss(hs, w, backend="cpp", strategy=strategy)
         h = w[:, :1] * hs[0] + w[:, 1:] * hs[1]
-        if impl == "cpp_separate":
+        if base_impl == "cpp_separate":
             return sum(mf.contrastive_loss(v, h, backend="cpp") for v in hs)
         return sum(peers.published_contrastive(v, h) for v in hs)
 
@@ -127,6 +133,9 @@ def test_contrastive_fusion(benchmark, run_case, impl, n, mode):
 
     flop = 2 * (12 if backward else 3) * n * n * D
     slow = impl == "published"
-    huge = n > 50_000
-    run_case(run, rounds=1 if slow or huge else 3, warmup=0 if huge else 1,
+    huge = n > 50_000 or (isa == "generic" and n > 10_000)
+    if base_impl == "cpp_auto":
+        benchmark.extra_info["runs"] = ("fused" if mf.tuning.fused_fusion_loss()
+                                        else "separate")
+    run_case(run, rounds=1 if slow or huge else 3, warmup=0 if huge else 1, isa=isa,
              op="contrastive_fusion", impl=impl, n=n, d=D, mode=mode, flop=flop)

@@ -9,6 +9,7 @@ sizes, so they run one round; dense peers are skipped where their N x N matrix d
 
 from __future__ import annotations
 
+import isas
 import peers
 import pytest
 import sizes
@@ -30,8 +31,9 @@ def features(n: int, d: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
-@pytest.mark.parametrize("backend", ["cpp", "numba", "cuda", "torch_ref"])
-def test_knn_graph(benchmark, run_case, size, backend):
+@pytest.mark.parametrize("case", [*isas.cpp_cases(), "numba", "cuda", "torch_ref"])
+def test_knn_graph(benchmark, run_case, size, case):
+    backend, isa = isas.split(case)
     if backend not in mf.backends.available():
         pytest.skip(f"backend {backend} not available: {mf.backends.status()[backend]}")
     if backend == "torch_ref" and size[0] > 50_000:
@@ -41,18 +43,20 @@ def test_knn_graph(benchmark, run_case, size, backend):
     benchmark.group = f"knn N={size[0]} d={size[1]}"
     slow = backend == "torch_ref"
     run_case(lambda: mf.knn_graph(x, K, backend=backend), rounds=1 if slow else 3,
-             warmup=0 if slow else 1, op="knn_graph", backend=backend, n=size[0], d=size[1])
+             warmup=0 if slow else 1, isa=isa, op="knn_graph", backend=case, n=size[0],
+             d=size[1])
 
 
 @pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
-@pytest.mark.parametrize("backend", ["cpp", "numba"])
-def test_topk_similarity_search_only(benchmark, run_case, size, backend):
+@pytest.mark.parametrize("case", [*isas.cpp_cases(), "numba"])
+def test_topk_similarity_search_only(benchmark, run_case, size, case):
+    backend, isa = isas.split(case)
     if backend not in mf.backends.available():
         pytest.skip(f"backend {backend} not available")
     x = torch.nn.functional.normalize(features(*size), dim=1)
     benchmark.group = f"knn N={size[0]} d={size[1]}"
     run_case(lambda: mf.topk_similarity(x, None, K, backend=backend), op="topk_similarity",
-             backend=backend, n=size[0], d=size[1])
+             isa=isa, backend=case, n=size[0], d=size[1])
 
 
 # peer -> (function of the feature tensor, needs NumPy input, slow: one round, optional module,

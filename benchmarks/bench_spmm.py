@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 
+import isas
 import peers
 import pytest
 import sizes
@@ -23,7 +24,7 @@ import torch
 import micro_fast as mf
 
 DIMS = sizes.SPMM_DIMS[sizes.current()]
-BACKENDS = ["cpp", "numba", "cuda", "torch_ref"]
+BACKENDS = [*isas.cpp_cases(), "numba", "cuda", "torch_ref", "auto"]
 PEERS = ["torch_coo", "torch_csr", "scipy_csr"]
 
 
@@ -85,31 +86,35 @@ def _peer_fn(peer: str, g: mf.CSRGraph, x: torch.Tensor, backward: bool):
 @pytest.mark.parametrize("spec", GRAPHS, ids=GRAPH_IDS)
 @pytest.mark.parametrize("impl", BACKENDS + PEERS)
 def test_spmm(benchmark, run_case, impl, spec, d, mode):
+    """``auto`` is what ``backend="auto"`` runs on CPU tensors (the measured choice,
+    micro_fast.tuning)."""
     name = spec[0]
+    backend, isa = isas.split(impl)
     g = graph(*spec)
     backward = mode == "fwd+bwd"
     benchmark.group = f"spmm {name} N={g.shape[0]} d={d} {mode}"
     if impl in BACKENDS:
-        if impl not in mf.backends.available():
-            pytest.skip(f"backend {impl} not available: {mf.backends.status()[impl]}")
-        mod = mf.backends.get(impl, torch.device("cuda" if impl == "cuda" else "cpu"),
-                              op="topk_similarity")
+        if backend != "auto" and backend not in mf.backends.available():
+            pytest.skip(f"backend {backend} not available: {mf.backends.status()[backend]}")
+        device = "cuda" if backend == "cuda" else "cpu"
+        mod = mf.backends.get(backend, torch.device(device), op="topk_similarity")
         if not hasattr(mod, "spmm"):
-            pytest.skip(f"backend {impl} has no spmm kernel")
-        device = "cuda" if impl == "cuda" else "cpu"
+            pytest.skip(f"backend {backend} has no spmm kernel")
         gd = g.to(device)
         x = _x(g, d, backward).to(device).detach().requires_grad_(backward)
         if backward:
             def fn():
                 x.grad = None
-                y = mf.spmm(gd, x, backend=impl)
+                y = mf.spmm(gd, x, backend=backend)
                 y.backward(torch.ones_like(y))
         else:
             def fn():
-                return mf.spmm(gd, x, backend=impl)
+                return mf.spmm(gd, x, backend=backend)
     else:
         fn = _peer_fn(impl, g, _x(g, d, backward), backward)
     _record(benchmark, g, d, mode)
     rounds = 5 if impl in PEERS or impl == "torch_ref" else 30
-    run_case(fn, rounds=rounds, op="spmm", impl=impl, graph=name, d=d, mode=mode,
+    if backend == "auto":
+        benchmark.extra_info["runs"] = mf.tuning.backend_for("spmm", "auto", torch.device("cpu"))
+    run_case(fn, rounds=rounds, isa=isa, op="spmm", impl=impl, graph=name, d=d, mode=mode,
              n=g.shape[0], nnz=g.nnz)

@@ -47,6 +47,49 @@ def timed(data: dict) -> list[dict]:
     return [b for b in data["benchmarks"] if not b.get("extra_info", {}).get("check")]
 
 
+# How specialized a case is: a flag is raised where a case is slower than a less specialized
+# one of the same group (a compiled kernel slower than numba or plain torch, the AVX2 build
+# slower than the portable one, the fused fusion loss slower than the separate losses).
+_ISA_RANK = {"generic": 2, "avx2": 3, "avx512": 4}
+_PLAIN = ("torch_ref", "torch_coo", "torch_csr", "scipy_csr", "blocked_torch", "dense_torch",
+          "published", "official")
+
+
+def specialization(bench: dict) -> float | None:
+    """Rank of a case (higher: more specialized), ``None`` for cases outside the ranking
+    (FAISS, scikit-learn, compiled peers, the auto picks)."""
+    info = bench.get("extra_info", {})
+    name = info.get("impl") or info.get("backend") or ""
+    base = name.split("[", 1)[0]
+    if base in _PLAIN:
+        return 0.0
+    if base == "numba":
+        return 1.0
+    if base in ("cpp", "cpp_separate", "cpp_fused") and info.get("isa") in _ISA_RANK:
+        return _ISA_RANK[info["isa"]] + (0.5 if base == "cpp_fused" else 0.0)
+    return None
+
+
+def slower_than_simpler(data: dict, tolerance: float = 0.05) -> list[str]:
+    """One line per case that is more specialized than another case of its group but slower
+    by more than ``tolerance``."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for b in timed(data):
+        if specialization(b) is not None:
+            groups[b.get("group") or ""].append(b)
+    out = []
+    for group, benches in sorted(groups.items()):
+        for b in benches:
+            rank, t = specialization(b), case_time(b)[0]
+            simpler = [(case_time(o)[0], case_name(o)) for o in benches
+                       if specialization(o) < rank and case_time(o)[0] * (1 + tolerance) < t]
+            if simpler:
+                t_o, name_o = min(simpler)
+                out.append(f"{group}: {case_name(b)} {t:.4g} s is slower than {name_o} "
+                           f"{t_o:.4g} s ({t / t_o:.2f}x)")
+    return out
+
+
 def machine_info() -> dict:
     """CPU, threads, library versions and GPU of this process's machine."""
     import torch
@@ -54,13 +97,7 @@ def machine_info() -> dict:
     import micro_fast
     from micro_fast.backends import cpp
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
+    cpu = micro_fast.tuning.cpu_name()
     try:
         import numba
 
@@ -69,7 +106,8 @@ def machine_info() -> dict:
         numba_version = "not installed"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "simd": cpp.simd_isa(), "gpu": gpu, "python": platform.python_version(),
+            "simd": cpp.simd_isa(), "simd_supported": ",".join(cpp.supported_isas()),
+            "gpu": gpu, "python": platform.python_version(),
             "torch": torch.__version__, "numba": numba_version,
             "micro_fast": micro_fast.__version__, "date": time.strftime("%Y-%m-%d")}
 
@@ -138,6 +176,13 @@ def summarize(data: dict, machine: dict | None = None, ceil: dict | None = None)
                    f"{'' if peak is None else f'{peak:.0f}'} | {_rate(info, seconds, ceil)} |")
             row += "".join(f" {p / seconds:.2f}x |" for p in peers.values())
             lines.append(row)
+    flags = slower_than_simpler(data)
+    lines.append("\n### Slower than a simpler path\n")
+    if flags:
+        lines += [f"- {f}" for f in flags]
+    else:
+        lines.append("None: every compiled or fused case is at least as fast as the less "
+                     "specialized cases of its group (within 5%).")
     return "\n".join(lines) + "\n"
 
 

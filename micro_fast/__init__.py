@@ -5,7 +5,7 @@ with a full backward, MICRO's all-pairs contrastive losses, with C++/OpenMP, CUD
 pure-torch backends behind one contract (see ``micro_fast.backends``).
 """
 
-from micro_fast import backends, nn
+from micro_fast import backends, nn, tuning
 from micro_fast.graph import CSRGraph
 from micro_fast.ops import (
     bipartite_graph,
@@ -22,4 +22,4 @@ __version__ = "0.1.0"
 __all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph",
            "contrastive_fusion_loss", "contrastive_loss",
            "knn_graph", "nn",
-           "propagate", "spmm", "topk_similarity"]
+           "propagate", "spmm", "topk_similarity", "tuning"]

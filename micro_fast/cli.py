@@ -1,4 +1,4 @@
-"""Command line: ``micro-fast train | eval | make-data | bench | info``."""
+"""Command line: ``micro-fast train | eval | make-data | bench | tune | info``."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ def _info(_args: argparse.Namespace) -> int:
     import torch
 
     import micro_fast
-    from micro_fast import backends
+    from micro_fast import backends, tuning
     from micro_fast.backends import cpp
 
     print(f"micro_fast {micro_fast.__version__}")
+    print(f"cpu: {tuning.cpu_name()}, {os.cpu_count()} logical CPUs")
     print(f"python {platform.python_version()}, torch {torch.__version__}, "
           f"platform {platform.platform()}")
     try:
@@ -34,10 +35,43 @@ def _info(_args: argparse.Namespace) -> int:
               f"{torch.cuda.device_count()} visible)")
     else:
         print("device: cpu (no CUDA device visible to torch)")
-    print(f"cpp SIMD kernels: {cpp.simd_isa()}")
+    print(f"cpp SIMD kernels: {cpp.simd_isa()}" + (
+        f" (of {', '.join(cpp.supported_isas())} on this CPU)" if cpp.simd_isa() != "none"
+        else ""))
     print("backends (auto order):")
     for name, why in backends.status().items():
         print(f"  {name:<10} {why}")
+    for line in tuning.describe():
+        print(line)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from micro_fast import tuning
+    from micro_fast.backends import cpp
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cpp.simd_isa() == "none":
+        print("micro-fast tune: the compiled core (micro_fast._C) is not available here; "
+              "nothing to tune", file=sys.stderr)
+        return 2
+    if not tuning.enabled():
+        print("micro-fast tune: MICRO_FAST_TUNE=0 turns tuning off; unset it to tune",
+              file=sys.stderr)
+        return 2
+    isas = cpp.supported_isas() if args.all_isas else [cpp.simd_isa()]
+    try:
+        for isa in isas:
+            cpp.set_simd_isa(isa)
+            print(f"calibrating {isa}, {torch.get_num_threads()} threads ...", flush=True)
+            entry = tuning.calibrate(write=True, log=lambda line: print(f"  {line}",
+                                                                         flush=True))
+            print("\n".join(tuning.describe(entry)))
+    finally:
+        cpp.set_simd_isa("auto")
     return 0
 
 
@@ -132,7 +166,8 @@ def _bench(args: argparse.Namespace) -> int:
     files = [str(suite / f) for o in ops for f in BENCH_OPS[o]]
     results = out / "results.json"
     cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only", "-q",
-           f"--bench-size={args.size}", f"--benchmark-json={results}", "-p", "no:cacheprovider",
+           f"--bench-size={args.size}", f"--bench-isa={args.isa}",
+           f"--benchmark-json={results}", "-p", "no:cacheprovider",
            "--rootdir", str(suite)]
     print("+ " + " ".join(cmd), flush=True)
     env = dict(os.environ, MICRO_FAST_BENCH_THREADS=str(args.threads)) if args.threads \
@@ -152,6 +187,11 @@ def _bench(args: argparse.Namespace) -> int:
     path = report.write_report(data, out, machine, ceil,
                                title=f"micro_fast benchmarks ({args.size})")
     print(f"wrote {path}, the plots beside it and {results}")
+    flags = report.slower_than_simpler(data)
+    if flags:
+        print(f"{len(flags)} case(s) slower than a simpler path on this machine:")
+        for line in flags:
+            print(f"  {line}")
     return 0
 
 
@@ -219,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "large: 200,000 items")
     be.add_argument("--ops", default=",".join(BENCH_OPS),
                     help=f"comma-separated subset of {','.join(BENCH_OPS)}")
+    be.add_argument("--isa", default="all", help="instruction sets of the compiled cases: "
+                    "all (every one this CPU runs, default), best, or a comma list such as "
+                    "avx2,generic")
     be.add_argument("--out", default="bench-results", help="folder for BENCHMARKS.md, "
                     "the PNG plots and results.json")
     be.add_argument("--threads", type=int, default=None, help="threads (default 2, as the "
@@ -226,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"),
                     help="print a regression table of two results.json files and exit")
     be.set_defaults(func=_bench)
+    tu = sub.add_parser("tune", help="measure which equivalent kernels are fastest on this "
+                                     "machine and cache the choice (see micro_fast.tuning)")
+    tu.add_argument("--threads", type=int, default=None, help="threads to tune for (default: "
+                    "torch's)")
+    tu.add_argument("--all-isas", action="store_true", help="also tune the other instruction "
+                    "sets this CPU runs (used when one is forced with MICRO_FAST_SIMD)")
+    tu.set_defaults(func=_tune)
     return parser
 
 

@@ -123,27 +123,43 @@ def test_gradcheck(backend, symmetric):
                                          backend=backend), (z1, z2))
 
 
-@pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_every_simd_kernel(isa):
-    from micro_fast import _C
+def test_every_simd_kernel(simd_isa):
+    gen = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(333, 37, generator=gen), torch.randn(333, 37, generator=gen)
+    for tau in (0.02, 0.5):
+        for symmetric in (False, True):
+            got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="cpp")
+            ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
+            for a, b in zip(got, ref, strict=True):
+                assert torch.allclose(a, b, rtol=2e-4, atol=1e-5 / tau)
 
-    try:
-        _C.set_simd_isa(isa)
-    except ValueError:
-        pytest.skip(f"{isa} not supported on this CPU")
-    try:
-        gen = torch.Generator().manual_seed(3)
-        z1, z2 = torch.randn(333, 37, generator=gen), torch.randn(333, 37, generator=gen)
-        for tau in (0.02, 0.5):
-            for symmetric in (False, True):
-                got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="cpp")
-                ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric,
-                                       backend="torch_ref")
-                for a, b in zip(got, ref, strict=True):
-                    assert torch.allclose(a, b, rtol=2e-4, atol=1e-5 / tau)
-    finally:
-        _C.set_simd_isa("auto")
+
+@given(n=st.integers(1, 150), d=st.integers(1, 80), tau=st.floats(0.02, 2.0),
+       symmetric=st.booleans(), double=st.booleans(), block=st.sampled_from([None, 1, 16, 48]),
+       seed=st.integers(0, 2**31 - 1))
+def test_every_simd_kernel_random_shapes(simd_isa, n, d, tau, symmetric, double, block, seed):
+    """Odd sizes cross every tile and vector edge of each ISA's kernels."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    z1, z2 = torch.randn(n, d, generator=gen, dtype=dtype), torch.randn(n, d, generator=gen,
+                                                                        dtype=dtype)
+    got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, block_size=block,
+                           backend="cpp")
+    ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
+    rtol, atol = (1e-9, 1e-11) if double else (2e-4, 1e-5)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.allclose(a, b, rtol=rtol, atol=atol / tau), (a - b).abs().max()
+
+
+def test_every_simd_kernel_gradcheck(simd_isa):
+    gen = torch.Generator().manual_seed(4)
+    z1 = torch.randn(37, 19, generator=gen, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(37, 19, generator=gen, dtype=torch.float64, requires_grad=True)
+    for symmetric in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda a, b, s=symmetric: mf.contrastive_loss(a, b, tau=0.4, symmetric=s,
+                                                          block_size=8, backend="cpp"),
+            (z1, z2))
 
 
 PEAK_LIMIT_MB = 200  # the dense N x N float32 score matrix alone would be 1,526 MiB

@@ -77,26 +77,15 @@ def test_spmm_matches_reference(backend, g, d):
     assert torch.allclose(gv, rgv, **tol)
 
 
-@pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@given(g=graphs(), d=st.sampled_from([1, 5, 16, 33, 64, 100]))
-def test_every_simd_kernel(isa, g, d):
-    from micro_fast import _C
-
-    try:
-        _C.set_simd_isa(isa)
-    except ValueError:
-        pytest.skip(f"{isa} not supported on this CPU")
-    try:
-        graph, dense = g
-        x = torch.randn(graph.shape[1], d, dtype=dense.dtype)
-        y, gx, gv = _run(graph, x, "cpp")
-        ry, rgx, rgv = _run(graph, x, "torch_ref")
-        tol = dict(rtol=1e-5, atol=1e-5)
-        assert torch.allclose(y, ry, **tol) and torch.allclose(gx, rgx, **tol)
-        assert torch.allclose(gv, rgv, **tol)
-    finally:
-        _C.set_simd_isa("auto")
+@given(g=graphs(), d=st.sampled_from([1, 5, 16, 33, 64, 100, 130]))
+def test_every_simd_kernel(simd_isa, g, d):
+    graph, dense = g
+    x = torch.randn(graph.shape[1], d, dtype=dense.dtype)
+    y, gx, gv = _run(graph, x, "cpp")
+    ry, rgx, rgv = _run(graph, x, "torch_ref")
+    tol = dict(rtol=1e-5, atol=1e-5)
+    assert torch.allclose(y, ry, **tol) and torch.allclose(gx, rgx, **tol)
+    assert torch.allclose(gv, rgv, **tol)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])

@@ -72,20 +72,9 @@ def test_block_size_does_not_change_results(problem, block):
     _check("cpp" if "cpp" in backends.available() else "torch_ref", problem, block_size=block)
 
 
-@pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 @given(problem=problems())
-def test_every_simd_kernel_matches_reference(isa, problem):
-    from micro_fast import _C
-
-    try:
-        _C.set_simd_isa(isa)
-    except ValueError:
-        pytest.skip(f"{isa} not supported on this CPU")
-    try:
-        _check("cpp", problem)
-    finally:
-        _C.set_simd_isa("auto")
+def test_every_simd_kernel_matches_reference(simd_isa, problem):
+    _check("cpp", problem)
 
 
 @pytest.mark.parametrize("backend", ["torch_ref", *[b for b in ("cpp", "numba")

@@ -8,12 +8,14 @@
 namespace micro_fast {
 namespace {
 
+// MR x NV: the register tile of the dense products (MR rows by NV vectors), sized so that the
+// MR * NV accumulators, NV loaded vectors and one broadcast fit the ISA's vector registers.
 template <typename F32, typename F64, int MR, int NV>
 void fill_isa_kernels(IsaKernels* out) {
-  out->f32 = {FusedTile<F32, MR, NV>::descriptor(), SpmmImpl<float>::descriptor(),
-              dense_kernel<float>(&DenseTile<F32, MR, NV>::gemm_acc)};
-  out->f64 = {FusedTile<F64, MR, NV>::descriptor(), SpmmImpl<double>::descriptor(),
-              dense_kernel<double>(&DenseTile<F64, MR, NV>::gemm_acc)};
+  out->f32 = {FusedTile<F32, MR, NV>::descriptor(), SpmmImpl<F32>::descriptor(),
+              dense_kernel<F32, MR, NV>()};
+  out->f64 = {FusedTile<F64, MR, NV>::descriptor(), SpmmImpl<F64>::descriptor(),
+              dense_kernel<F64, MR, NV>()};
 }
 
 }  // namespace

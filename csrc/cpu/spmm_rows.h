@@ -3,9 +3,9 @@
 // spmm:  y[r, :] = sum_e values[e] * x[indices[e], :]   (e over row r)
 // sddmm: out[e]  = <a[r, :], b[indices[e], :]>          (the gradient of spmm w.r.t. values)
 //
-// The feature dimension is walked in 256-byte column chunks held in registers across the whole
-// row (4 zmm / 8 ymm), so each output row is written once and each gathered x row is read once
-// per chunk. Summation order is fixed (entries in CSR order), so results do not depend on the
+// The feature dimension is walked in column chunks held in registers across the whole row
+// (256 bytes: 4 zmm or 8 ymm; 128 bytes in 8 xmm), so each output row is written once and each
+// gathered x row is read once per chunk. Summation order is fixed (entries in CSR order), so results do not depend on the
 // thread count.
 #pragma once
 
@@ -23,46 +23,16 @@ struct SpmmKernel {
 
 namespace {
 
-template <typename T>
-struct Vec64;
-template <>
-struct Vec64<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct Vec64<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-
-template <typename T>
+template <class S>
 struct SpmmImpl {
-  using V = typename Vec64<T>::type;
-  static constexpr int W = 64 / sizeof(T);  // lanes per vector
-  static constexpr int NV = 4;               // vectors per column chunk
+  using T = typename S::T;
+  using V = typename S::V;
+  static constexpr int W = S::W;
+  // vectors per column chunk: 256 bytes of a row where the registers allow (4 zmm, 8 ymm),
+  // 8 of the 16 xmm registers otherwise
+  static constexpr int NV = 256 / sizeof(V) < 8 ? 256 / sizeof(V) : 8;
   static constexpr int DC = W * NV;          // columns per chunk
   static constexpr int kAhead = 16;          // prefetch distance, in stored entries
-
-  static inline V loadv(const T* p) {
-    V v;
-    __builtin_memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static inline void storev(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
-
-  // Output rows are written once and not read again by this product: streaming them past the
-  // cache keeps the gathered rows of x resident (outputs of tens of megabytes otherwise evict
-  // them), and skips the read-for-ownership of each output line.
-  static inline void stream_or_store(T* p, V v) {
-#if defined(MF_SIMD_AVX512)
-    if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
-      __m512i bits;
-      __builtin_memcpy(&bits, &v, sizeof(V));
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
-      return;
-    }
-#endif
-    storev(p, v);
-  }
 
   static void spmm_rows(const int64_t* indptr, const int64_t* indices, const T* values,
                         const T* x, int64_t d, int64_t r0, int64_t r1, T* y) {
@@ -74,23 +44,28 @@ struct SpmmImpl {
       T* yr = y + r * d;
       int64_t c0 = 0;
       for (; c0 + DC <= d; c0 += DC) {
-        V acc[NV] = {};
+        V acc[NV];
+        for (int q = 0; q < NV; ++q) acc[q] = S::zero();
         for (int64_t e = e0; e < e1; ++e) {
-          const T v = values[e];
+          const V v = S::set1(values[e]);
           const T* xr = x + indices[e] * d + c0;
           if (e + kAhead < e_end) {
             // the gathered rows are random: fetch a whole chunk a few entries ahead
             const T* pf = x + indices[e + kAhead] * d + c0;
             for (int q = 0; q < DC; q += 64 / int(sizeof(T))) __builtin_prefetch(pf + q);
           }
-          for (int q = 0; q < NV; ++q) acc[q] += v * loadv(xr + q * W);
+          for (int q = 0; q < NV; ++q) acc[q] = S::fma(v, S::load(xr + q * W), acc[q]);
         }
-        for (int q = 0; q < NV; ++q) stream_or_store(yr + c0 + q * W, acc[q]);
+        // Output rows are written once and not read again by this product: where streaming
+        // stores exist, they keep the gathered rows of x resident and skip the
+        // read-for-ownership of each output line.
+        for (int q = 0; q < NV; ++q) S::stream(yr + c0 + q * W, acc[q]);
       }
       for (; c0 + W <= d; c0 += W) {
-        V acc = {};
-        for (int64_t e = e0; e < e1; ++e) acc += values[e] * loadv(x + indices[e] * d + c0);
-        storev(yr + c0, acc);
+        V acc = S::zero();
+        for (int64_t e = e0; e < e1; ++e)
+          acc = S::fma(S::set1(values[e]), S::load(x + indices[e] * d + c0), acc);
+        S::store(yr + c0, acc);
       }
       if (c0 < d) {
         for (int64_t j = c0; j < d; ++j) yr[j] = T(0);
@@ -101,9 +76,7 @@ struct SpmmImpl {
         }
       }
     }
-#if defined(MF_SIMD_AVX512)
-    _mm_sfence();  // streamed stores become visible before the caller reads y
-#endif
+    S::fence();  // streamed stores become visible before y is read
   }
 
   static void sddmm_rows(const int64_t* indptr, const int64_t* indices, const T* a, const T* b,
@@ -112,11 +85,10 @@ struct SpmmImpl {
       const T* ar = a + r * d;
       for (int64_t e = indptr[r]; e < indptr[r + 1]; ++e) {
         const T* br = b + indices[e] * d;
-        V acc = {};
+        V acc = S::zero();
         int64_t j = 0;
-        for (; j + W <= d; j += W) acc += loadv(ar + j) * loadv(br + j);
-        T s = T(0);
-        for (int q = 0; q < W; ++q) s += acc[q];
+        for (; j + W <= d; j += W) acc = S::fma(S::load(ar + j), S::load(br + j), acc);
+        T s = S::hsum(acc);
         for (; j < d; ++j) s += ar[j] * br[j];
         out[e] = s;
       }

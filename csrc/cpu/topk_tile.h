@@ -103,12 +103,15 @@ struct FusedTile {
           for (int r = 0; r < MR; ++r)
             for (int v = 0; v < NV; ++v) acc[r][v] = S::load(cbuf + r * t.acc_ld + v * W);
         }
-        for (int p = 0; p < kc; ++p) {
-          V b[NV];
-          for (int v = 0; v < NV; ++v) b[v] = S::load(bp + p * NR + v * W);
+        // pointers that step through the panels: the loop body is loads and FMAs only
+        const T* a = ap;
+        const T* b = bp;
+        for (int p = 0; p < kc; ++p, a += MR, b += NR) {
+          V bv[NV];
+          for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * W);
           for (int r = 0; r < MR; ++r) {
-            V a = S::set1(ap[p * MR + r]);
-            for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(a, b[v], acc[r][v]);
+            const V av = S::set1(a[r]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(av, bv[v], acc[r][v]);
           }
         }
         if (!t.last) {

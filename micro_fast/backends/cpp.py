@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from micro_fast.backends._build import build_status
@@ -26,7 +28,36 @@ def supports(device: torch.device) -> bool:
 
 
 def simd_isa() -> str:
+    """The instruction set the compiled kernels run with ("none" without the extension)."""
     return _C.simd_isa() if _C is not None else "none"
+
+
+def set_simd_isa(name: str) -> None:
+    """Forces "avx512", "avx2" or "generic" (the portable build); "auto" picks the best this
+    CPU runs. Raises ValueError for one the CPU or build lacks."""
+    if _C is None:
+        raise RuntimeError("micro_fast._C is not available")
+    _C.set_simd_isa(name)
+
+
+def supported_isas() -> list[str]:
+    """The instruction sets of the compiled core this CPU runs, best first."""
+    if _C is None:
+        return []
+    current, out = _C.simd_isa(), []
+    for isa in ("avx512", "avx2", "generic"):
+        try:
+            _C.set_simd_isa(isa)
+            out.append(isa)
+        except ValueError:
+            pass
+    _C.set_simd_isa(current)
+    return out
+
+
+if _C is not None and os.environ.get("MICRO_FAST_SIMD", "").strip():
+    # e.g. MICRO_FAST_SIMD=avx2 runs an AVX-512 machine with the AVX2 kernels
+    set_simd_isa(os.environ["MICRO_FAST_SIMD"].strip())
 
 
 def _np(t: torch.Tensor | None):

@@ -30,12 +30,13 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory
+from micro_fast import backends, memory, tuning
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 from micro_fast.ops.contrastive_loss import contrastive_loss
 
 #: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
 FUSED_MIN_TAU = 0.05
+STRATEGIES = ("auto", "fused", "separate")
 
 
 class _FusionLSE(torch.autograd.Function):
@@ -69,7 +70,7 @@ def _fused_backend(backend: str, device: torch.device):
 def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor, *,
                             tau: float = 0.5, symmetric: bool = False,
                             block_size: int | None = None, backend: str = "auto",
-                            ) -> torch.Tensor:
+                            strategy: str = "auto") -> torch.Tensor:
     """:math:`\\sum_m` ``contrastive_loss(views[m], h)`` with ``h = sum_k weights[:, k] views[k]``.
 
     Args:
@@ -77,8 +78,13 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
         weights: [N, M] fusion weights (e.g. MICRO's attention softmax), same dtype and device.
         tau: temperature, > 0.
         symmetric: GRACE's two-direction form of each term (no fused kernel).
-        block_size: rows per tile; ``None`` picks per backend.
+        block_size: rows per tile; ``None``: the size measured fastest here
+            (``micro_fast.tuning``) or the backend's default.
         backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
+        strategy: ``"fused"`` (the fused-view kernel, where the backend has one),
+            ``"separate"`` (the sum of separate losses) or ``"auto"`` (whichever was measured
+            faster on this machine, ``micro_fast.tuning``). Both give the same loss and
+            gradients within float rounding.
 
     Returns:
         scalar tensor, differentiable w.r.t. ``views`` and ``weights``.
@@ -105,7 +111,12 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
                         f"{views[0].device}), got {weights.dtype} on {weights.device}")
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     impl = _fused_backend(backend, views[0].device)
+    if strategy == "separate" or (strategy == "auto" and impl is not None
+                                  and not tuning.fused_fusion_loss()):
+        impl = None
     d, elem = views[0].shape[1], views[0].element_size()
     # stacked views, packed panels, gradients and per-thread copies
     memory.check("contrastive_fusion_loss",
@@ -114,6 +125,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     if impl is None or symmetric or tau < FUSED_MIN_TAU:
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,
                                     block_size=block_size, backend=backend) for v in views)
+    block_size = block_size or tuning.block_size("contrastive_fusion", impl)
     u = torch.stack([l2_normalize(f"views[{m}]", v) for m, v in enumerate(views)])  # [M, N, d]
     norms = torch.stack([torch.linalg.vector_norm(v, dim=1) for v in views], dim=1)  # [N, M]
     fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory
+from micro_fast import backends, memory, tuning
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 
 
@@ -71,7 +71,8 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         tau: temperature, > 0.
         symmetric: ``False`` (published, one direction z1 -> z2) or ``True`` (both directions,
             averaged).
-        block_size: rows per tile; ``None`` picks per backend.
+        block_size: rows per tile; ``None``: the size measured fastest here
+            (``micro_fast.tuning``) or the backend's default.
         backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
 
     Returns:
@@ -89,6 +90,7 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
     impl = backends.get(backend, z1.device, op="contrastive_forward")
+    block_size = block_size or tuning.block_size("contrastive", impl)
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
     # normalized views, gradients and per-thread gradient copies, torch_ref's [block, N] blocks
     memory.check("contrastive_loss", (4 + 2 * torch.get_num_threads()) * n * d * elem

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory
+from micro_fast import backends, memory, tuning
 from micro_fast.graph import CSRGraph
 from micro_fast.ops.spmm import check_operands, transpose_product
 
@@ -90,5 +90,5 @@ def propagate(graph: CSRGraph, x: torch.Tensor, layers: int, *, combine: str = "
         return x
     memory.check("propagate", (layers + 2) * graph.shape[0] * x.shape[1] * x.element_size()
                  + graph.nnz * 24, f"{layers} layers of [{graph.shape[0]}, {x.shape[1]}]")
-    impl = backends.get(backend, x.device, op="spmm")
+    impl = backends.get(tuning.backend_for("spmm", backend, x.device), x.device, op="spmm")
     return _Propagate.apply(graph.values, x, graph, impl, layers, combine)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory
+from micro_fast import backends, memory, tuning
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import check_float_2d
 
@@ -72,13 +72,14 @@ def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Te
     Args:
         graph: ``CSRGraph`` of shape (M, N); its ``values`` may require grad.
         x: float32/float64 [N, d], same dtype and device as ``graph.values``.
-        backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
+        backend: ``"auto"`` (on CPU tensors the backend measured fastest here, see
+            ``micro_fast.tuning``) or a name from ``micro_fast.backends.BACKENDS``.
 
     Returns:
         [M, d] tensor of ``x``'s dtype.
     """
     check_operands(graph, x)
-    impl = backends.get(backend, x.device, op="spmm")
+    impl = backends.get(tuning.backend_for("spmm", backend, x.device), x.device, op="spmm")
     # output, and in backward the gradient of x and the transposed structure
     memory.check("spmm", (graph.shape[0] + x.shape[0]) * x.shape[1] * x.element_size()
                  + graph.nnz * 24, f"[{graph.shape[0]}, {x.shape[1]}] output, {graph.nnz} nonzeros")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory
+from micro_fast import backends, memory, tuning
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import (
     check_block_size,
@@ -130,7 +130,8 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
             e.g. seen items in evaluation or the diagonal. Rows left with fewer than ``k``
             admissible keys are padded with value ``-inf`` and index ``-1``.
         normalize: L2-normalize the rows first (differentiably); zero rows are an error.
-        block_size: rows per block (memory/speed trade-off); ``None`` picks per backend.
+        block_size: rows per block (memory/speed trade-off); ``None``: the size measured
+            fastest here (``micro_fast.tuning``) or the backend's default.
         backend: ``"auto"`` or one of ``micro_fast.backends.BACKENDS``.
 
     Returns:
@@ -152,6 +153,7 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     block_size = check_block_size(block_size)
     excl = check_exclude(exclude, queries.shape[0], n, queries.device)
     impl = backends.get(backend, queries.device)
+    block_size = block_size or tuning.block_size("topk_similarity", impl)
     m, elem = queries.shape[0], queries.element_size()
     # the [M, k] outputs, up to as much again in per-thread lists, and the torch_ref backend's
     # [block, N] score blocks

@@ -1,0 +1,250 @@
+"""The hot paths of a MICRO training run, per instruction set of the compiled core, against
+their peers and this machine's ceilings, all in one process.
+
+    python benchmarks/isa_table.py [--isa all|avx512,avx2,generic] [--quick] [--json OUT]
+
+Every compiled (cpp) case runs once per instruction set this CPU supports
+(``_C.set_simd_isa``), so an AVX-512 machine also measures the AVX2 and portable builds; the
+peers (the published MICRO step and chunked loss, torch CSR, numba, FAISS) do not depend on it
+and run once. Rows:
+
+* one MICRO training batch at Baby size (19,445 users, 7,050 items, 4096-d image and 1024-d
+  text features) against the published step (reference_micro.py): the graph-rebuilding first
+  batch and the mean of the next ones, and the epoch extrapolated from both;
+* the contrastive loss forward + backward at N = 23,033, d = 64, against the published chunked
+  loss, with its effective rate (12 N^2 d flop) as a share of torch.mm 4096^3;
+* the two-view fusion loss at N = 7,050, fused kernel against two separate losses;
+* spmm forward and forward + backward on the Clothing-size bipartite graph: cpp, numba,
+  torch CSR and what ``backend="auto"`` runs;
+* the kNN graph at N = 23,033, d = 64, k = 10, against FAISS ``IndexFlatIP``.
+
+``--quick`` shrinks every size (a dry run of the script). Medians of timed rounds after one
+warm-up; the slow peers run one round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import peers  # noqa: E402
+import torch  # noqa: E402
+
+import micro_fast as mf  # noqa: E402
+from micro_fast.backends import cpp  # noqa: E402
+
+
+def timeit(fn: Callable[[], object], rounds: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ceilings() -> dict[str, float]:
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    mm = 2 * 4096**3 / timeit(lambda: a @ b, rounds=5)
+    return {"torch.mm 4096^3 GFLOP/s": mm / 1e9, "copy GB/s": peers.memory_copy_gbps()}
+
+
+class Cases:
+    def __init__(self, quick: bool) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.quick = quick
+        self.n_con = 3000 if quick else 23033
+        self.n_fus = 2000 if quick else 7050
+        d = 64
+        self.z = [torch.randn(self.n_con, d, generator=gen).requires_grad_() for _ in range(2)]
+        self.hs = [torch.randn(self.n_fus, d, generator=gen).requires_grad_() for _ in range(2)]
+        self.w = torch.softmax(torch.randn(self.n_fus, 2, generator=gen), 1).requires_grad_()
+        shape = (4000, 2500, 25_000) if quick else (39387, 23033, 278_677)
+        users, items = peers.clothing_like_interactions(*shape)
+        self.graph = mf.bipartite_graph(users, items, shape[0], shape[1], normalization="sym")
+        self.x = torch.randn(self.graph.shape[1], d, generator=gen).requires_grad_()
+        self.csr = self.graph.to_torch_csr()
+        self.feats = torch.rand(self.n_con, d, generator=gen) - 0.3
+
+    # -- contrastive ---------------------------------------------------------------------
+    def contrastive(self, impl: str) -> Callable[[], None]:
+        z1, z2 = self.z
+
+        def run():
+            if impl == "published":
+                loss = peers.published_contrastive(z1, z2)
+            else:
+                loss = mf.contrastive_loss(z1, z2, backend=impl)
+            loss.backward()
+            z1.grad = z2.grad = None
+        return run
+
+    def fusion(self, fused: bool) -> Callable[[], None]:
+        hs, w = self.hs, self.w
+
+        def run():
+            if fused:
+                loss = mf.contrastive_fusion_loss(hs, w, backend="cpp", strategy="fused")
+            else:
+                h = w[:, :1] * hs[0] + w[:, 1:] * hs[1]
+                loss = sum(mf.contrastive_loss(v, h, backend="cpp") for v in hs)
+            loss.backward()
+            w.grad = hs[0].grad = hs[1].grad = None
+        return run
+
+    # -- spmm ----------------------------------------------------------------------------
+    def spmm(self, impl: str, backward: bool) -> Callable[[], None]:
+        g, x, a = self.graph, self.x, self.csr
+
+        def run():
+            x.grad = None
+            if not backward:
+                with torch.no_grad():
+                    return a @ x if impl == "torch_csr" else mf.spmm(g, x, backend=impl)
+            y = a @ x if impl == "torch_csr" else mf.spmm(g, x, backend=impl)
+            y.backward(torch.ones_like(y))
+        return run
+
+    def knn(self, impl: str) -> Callable[[], object]:
+        if impl == "faiss":
+            x = self.feats.numpy()
+            return lambda: peers.faiss_flat_ip(x, 10)
+        return lambda: mf.knn_graph(self.feats, 10, backend=impl)
+
+
+def train_batches(quick: bool, isas: list[str]) -> dict[str, dict[str, float]]:
+    """Per ISA (and the reference once): first batch and mean of the next ones."""
+    import bench_train
+
+    bench_train.SIZE = "tiny" if quick else "baby"
+    bench_train.dataset.cache_clear()
+    n_rest = 2 if quick else 4
+    out: dict[str, dict[str, float]] = {}
+
+    def measure(step_fn, opt_params, reset_state):
+        sampler = bench_train.mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
+        opt = torch.optim.Adam(opt_params, lr=config.lr)
+        times = []
+        for b in range(1 + n_rest):
+            batch = sampler.sample()
+            t0 = time.perf_counter()
+            step_fn(opt, batch, b == 0)
+            times.append(time.perf_counter() - t0)
+        reset_state()
+        return times[0], statistics.mean(times[1:]), sampler.n_batches
+
+    ds, config, model, ui = bench_train._setup()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for isa in isas:
+        cpp.set_simd_isa(isa)
+        first, rest, nb = measure(
+            lambda opt, batch, build: bench_train._ours_step(model, opt, ui, batch, build),
+            model.parameters(), lambda: model.load_state_dict(state))
+        out[f"cpp[{isa}]"] = {"first": first, "rest": rest, "epoch": first + (nb - 1) * rest}
+    cpp.set_simd_isa("auto")
+    r, adj = bench_train._reference_from(model, ds)
+    first, rest, nb = measure(
+        lambda opt, batch, build: bench_train._ref_step(r, opt, adj, batch, build,
+                                                        config.batch_size),
+        r.parameters(), lambda: None)
+    out["published step"] = {"first": first, "rest": rest, "epoch": first + (nb - 1) * rest}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--isa", default="all", help="'all' or a comma list of ISAs")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a dry run)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", default="", help="comma list of rows to skip: "
+                        "train,contrastive,fusion,spmm,knn")
+    parser.add_argument("--json", help="write the measurements to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    isas = cpp.supported_isas() if args.isa == "all" else args.isa.split(",")
+    skip = set(filter(None, args.skip.split(",")))
+    from report import machine_info
+
+    result: dict[str, object] = {"machine": machine_info(), "isas": isas,
+                                 "ceilings": ceilings()}
+    for k, v in result["machine"].items():
+        print(f"{k}: {v}")
+    for k, v in result["ceilings"].items():
+        print(f"{k}: {v:.1f}")
+    c = Cases(args.quick)
+    rows: dict[str, dict[str, float]] = {}
+    slow_rounds = 1
+    if "contrastive" not in skip:
+        row = {f"cpp[{isa}]": _with_isa(isa, c.contrastive("cpp"), 3, 1) for isa in isas}
+        row["published"] = timeit(c.contrastive("published"), slow_rounds, 1)
+        rows[f"contrastive fwd+bwd N={c.n_con}"] = row
+    if "fusion" not in skip:
+        row = {}
+        for isa in isas:
+            row[f"fused[{isa}]"] = _with_isa(isa, c.fusion(True), 5, 1)
+            row[f"separate[{isa}]"] = _with_isa(isa, c.fusion(False), 5, 1)
+        rows[f"fusion fwd+bwd N={c.n_fus}"] = row
+    if "spmm" not in skip:
+        for backward in (False, True):
+            row = {f"cpp[{isa}]": _with_isa(isa, c.spmm("cpp", backward), 30, 5)
+                   for isa in isas}
+            row["numba"] = timeit(c.spmm("numba", backward), 30, 5)
+            row["torch_csr"] = timeit(c.spmm("torch_csr", backward), 30, 5)
+            for isa in isas:
+                row[f"auto[{isa}]"] = _with_isa(isa, c.spmm("auto", backward), 30, 5)
+            rows[f"spmm {'fwd+bwd' if backward else 'fwd'} bipartite "
+                 f"{c.graph.shape[0]} nodes"] = row
+    if "knn" not in skip:
+        row = {f"cpp[{isa}]": _with_isa(isa, c.knn("cpp"), 3, 1) for isa in isas}
+        try:
+            row["faiss"] = timeit(c.knn("faiss"), 3, 1)
+        except ImportError:
+            pass
+        rows[f"knn N={c.n_con} d=64 k=10"] = row
+    if "train" not in skip:
+        for name, t in train_batches(args.quick, isas).items():
+            rows.setdefault("train batch (Baby) first", {})[name] = t["first"]
+            rows.setdefault("train batch (Baby) next, mean", {})[name] = t["rest"]
+            rows.setdefault("train epoch (Baby), extrapolated", {})[name] = t["epoch"]
+    result["rows"] = rows
+    mm = result["ceilings"]["torch.mm 4096^3 GFLOP/s"]
+    print()
+    for name, row in rows.items():
+        print(f"## {name}")
+        for impl, t in row.items():
+            extra = ""
+            if name.startswith("contrastive") and impl.startswith("cpp"):
+                g = 12 * c.n_con**2 * 64 / t / 1e9
+                extra = f"  {g:.0f} GFLOP/s = {100 * g / mm:.0f}% of torch.mm"
+            print(f"  {impl:22s} {t * 1e3:10.1f} ms{extra}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+def _with_isa(isa: str, fn: Callable[[], object], rounds: int, warmup: int) -> float:
+    cpp.set_simd_isa(isa)
+    try:
+        return timeit(fn, rounds, warmup)
+    finally:
+        cpp.set_simd_isa("auto")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,417 @@
+"""Measured choices between equivalent implementations, cached per machine.
+
+Several ops have implementations that agree within float tolerance but whose speed depends on
+the CPU: MICRO's fusion loss as one fused-view pass or as separate losses, the CSR product in
+C++ or numba, the tile sizes of the compiled kernels. Rather than assume, the library measures
+the candidates once on this machine, on small representative problems (a few seconds in all,
+the first time a choice is needed), and keeps the fastest, as FFTW keeps its wisdom. A
+candidate replaces the default only when it is faster by more than ``MARGIN``.
+
+The choices live in ``tuning.json`` in the user cache directory (``$MICRO_FAST_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/micro_fast``, else ``~/.cache/micro_fast``), one entry per CPU model,
+SIMD instruction set of the compiled core, thread count and library version, with the
+measured times. ``micro-fast tune`` re-runs the calibration and prints the table;
+``micro-fast info`` shows the cached choices. ``MICRO_FAST_TUNE=0`` turns it off: the built-in
+defaults are used and nothing is measured or written. For a given choice results are
+deterministic, bit for bit.
+
+Calibration measures at the backend level (array in, array out), so this module sits between
+the backends and the ops that consult it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from micro_fast import backends
+
+#: A candidate replaces the default only when it is faster by more than this share.
+MARGIN = 0.03
+#: Calibration repeats per candidate (after one warm-up); the fastest repeat counts.
+REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One choice: its candidates on this machine, the default, and how to time a candidate
+    (seconds of one call, given the choices already made)."""
+
+    name: str
+    doc: str
+    default: object
+    candidates: Callable[[], list]
+    measure: Callable[[object, dict], float]
+
+
+# --- the machine ------------------------------------------------------------------------
+
+@functools.cache
+def cpu_name() -> str:
+    """CPU model as the OS reports it, with its family/model numbers where the name alone is
+    generic (virtual machines often report only "AMD EPYC")."""
+    name = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return name
+    fields = {}
+    for key in ("model name", "cpu family", "model", "stepping"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
+        if m:
+            fields[key] = m.group(1).strip()
+    name = fields.get("model name", name)
+    if "cpu family" in fields:
+        name += (f" (family {fields['cpu family']}, model {fields.get('model', '?')}, "
+                 f"stepping {fields.get('stepping', '?')})")
+    return name
+
+
+def simd_isa() -> str:
+    from micro_fast.backends import cpp
+
+    return cpp.simd_isa()
+
+
+@functools.cache
+def build_id() -> str:
+    """A digest of the compiled core's file: a rebuilt extension is calibrated afresh."""
+    from micro_fast.backends import cpp
+
+    path = getattr(cpp._C, "__file__", None)
+    if not path:
+        return "none"
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "unknown"
+
+
+def machine_key(threads: int | None = None) -> dict[str, object]:
+    """What a cached choice is valid for."""
+    from micro_fast import __version__
+
+    return {"cpu": cpu_name(), "isa": simd_isa(),
+            "threads": int(threads or torch.get_num_threads()), "version": __version__,
+            "build": build_id()}
+
+
+def _key_str(key: dict[str, object]) -> str:
+    return (f"{key['cpu']} | {key['isa']} | {key['threads']} threads | {key['version']} "
+            f"({key['build']})")
+
+
+# --- the cache --------------------------------------------------------------------------
+
+def enabled() -> bool:
+    return os.environ.get("MICRO_FAST_TUNE", "1").strip().lower() not in ("0", "off", "false",
+                                                                          "no")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MICRO_FAST_CACHE_DIR"):
+        return Path(os.environ["MICRO_FAST_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "micro_fast"
+
+
+def cache_path() -> Path:
+    return cache_dir() / "tuning.json"
+
+
+def _read_cache() -> dict[str, dict]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(data: dict[str, dict]) -> None:
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Holds the cache's lock file: processes of one machine (torchrun ranks) calibrate one
+    at a time, and the later ones find the first one's result."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "tuning.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_memo: dict[str, dict] = {}
+_lock = threading.Lock()
+
+
+def cached_entry(threads: int | None = None) -> dict | None:
+    """The cached entry for this machine (``None`` if it was never calibrated)."""
+    return _read_cache().get(_key_str(machine_key(threads)))
+
+
+def choices() -> dict[str, object]:
+    """The choices in force for this machine and thread count (calibrating them first if that
+    was never done); the defaults when tuning is off or there is no compiled core."""
+    if not enabled() or "cpp" not in backends.available():
+        return {d.name: d.default for d in DECISIONS}
+    key = _key_str(machine_key())
+    entry = _memo.get(key)
+    if entry is None:
+        with _lock:
+            entry = _memo.get(key)
+            if entry is None:
+                entry = _read_cache().get(key)
+                if entry is None or set(entry.get("choices", {})) != {d.name for d in DECISIONS}:
+                    with _locked():
+                        entry = _read_cache().get(key)
+                        if entry is None or set(entry.get("choices", {})) != {
+                                d.name for d in DECISIONS}:
+                            print(f"micro_fast: measuring the fastest kernels for this machine "
+                                  f"once ({key}; cached in {cache_path()}; "
+                                  "MICRO_FAST_TUNE=0 skips)", file=sys.stderr)
+                            entry = calibrate(write=True)
+                _memo[key] = entry
+    return entry["choices"]
+
+
+def choice(name: str) -> object:
+    """One choice in force (see ``choices``)."""
+    return choices()[name]
+
+
+def calibrate(write: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Measures every decision's candidates with the current ISA and thread count, and (with
+    ``write``) stores the result in the cache. Returns the entry: ``key``, ``choices``,
+    ``seconds`` (per decision, per candidate) and ``date``."""
+    made: dict[str, object] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    t_start = time.perf_counter()
+    for d in DECISIONS:
+        cands = d.candidates()
+        if len(cands) <= 1:
+            made[d.name] = cands[0] if cands else d.default
+            seconds[d.name] = {}
+            continue
+        times = {c: d.measure(c, made) for c in cands}
+        best = min(times, key=times.get)
+        default_t = times.get(d.default)
+        if default_t is not None and times[best] > default_t * (1 - MARGIN):
+            best = d.default
+        made[d.name] = best
+        seconds[d.name] = {str(c): t for c, t in times.items()}
+        if log:
+            log(f"{d.name}: " + ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in times.items())
+                + f" -> {best}")
+    key = machine_key()
+    entry = {"key": key, "choices": made, "seconds": seconds,
+             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "calibration_s": round(time.perf_counter() - t_start, 2)}
+    if write:
+        data = _read_cache()
+        data[_key_str(key)] = entry
+        _write_cache(data)
+    _memo[_key_str(key)] = entry
+    return entry
+
+
+def forget() -> None:
+    """Drops the in-process choices (the cache file stays); the next use re-reads it."""
+    _memo.clear()
+
+
+# --- what ops ask -------------------------------------------------------------------------
+
+def backend_for(op: str, backend: str, device: torch.device) -> str:
+    """The backend that ``backend="auto"`` runs ``op`` with on ``device``: the measured choice
+    where there is one, else ``backend`` unchanged."""
+    if backend != "auto" or device.type != "cpu" or op not in ("spmm", "sddmm"):
+        return backend
+    chosen = choice("spmm.backend")
+    return chosen if chosen in backends.available("cpu") else backend
+
+
+def block_size(op: str, impl: object) -> int | None:
+    """The measured tile size of ``op`` for the compiled CPU backend, else ``None`` (the
+    backend's own default)."""
+    if getattr(impl, "__name__", "").rsplit(".", 1)[-1] != "cpp":
+        return None
+    return choice(f"{op}.block_size")
+
+
+def fused_fusion_loss() -> bool:
+    """Whether ``contrastive_fusion_loss`` runs the fused-view kernel (else separate losses)."""
+    return choice("contrastive_fusion.strategy") == "fused"
+
+
+# --- the measurements ---------------------------------------------------------------------
+
+def _time(fn: Callable[[], object]) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(x, dim=1).contiguous()
+
+
+def _cpp():
+    return backends.get("cpp", torch.device("cpu"), op="contrastive_forward")
+
+
+def _only_cpp(values: tuple) -> Callable[[], list]:
+    return lambda: list(values) if "cpp" in backends.available() else []
+
+
+def _measure_contrastive_block(block: int, _made: dict) -> float:
+    impl, n = _cpp(), 3072
+    n1, n2 = _unit_rows(n, 64, 0), _unit_rows(n, 64, 1)
+    g = torch.full((n,), 1.0 / n)
+
+    def run():
+        lse1, _ = impl.contrastive_forward(n1, n2, 0.5, False, block)
+        impl.contrastive_backward(n1, n2, 0.5, lse1, None, g, None, block)
+    return _time(run)
+
+
+def _fusion_inputs(n: int = 2048, m: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    u = torch.stack([_unit_rows(n, 64, 2 + k) for k in range(m)])
+    w = torch.softmax(torch.randn(n, m, generator=torch.Generator().manual_seed(9)), dim=1)
+    fused = sum(w[:, k:k + 1] * u[k] for k in range(m))
+    coef = (w / torch.linalg.vector_norm(fused, dim=1, keepdim=True)).contiguous()
+    return u.contiguous(), coef
+
+
+def _measure_fusion_block(block: int, _made: dict) -> float:
+    impl = _cpp()
+    u, coef = _fusion_inputs()
+    g = torch.full(coef.T.shape, 1.0 / u.shape[1])
+
+    def run():
+        lse = impl.contrastive_fusion_forward(u, coef, 0.5, block)
+        impl.contrastive_fusion_backward(u, coef, 0.5, lse, g, block)
+    return _time(run)
+
+
+def _measure_fusion_strategy(strategy: str, made: dict) -> float:
+    impl = _cpp()
+    u, coef = _fusion_inputs()
+    n = u.shape[1]
+    g = torch.full((u.shape[0], n), 1.0 / n)
+    fused = torch.nn.functional.normalize(sum(coef[:, k:k + 1] * u[k]
+                                              for k in range(u.shape[0])), dim=1).contiguous()
+    if strategy == "fused":
+        block = made.get("contrastive_fusion.block_size")
+
+        def run():
+            lse = impl.contrastive_fusion_forward(u, coef, 0.5, block)
+            impl.contrastive_fusion_backward(u, coef, 0.5, lse, g, block)
+    else:
+        block = made.get("contrastive.block_size")
+
+        def run():
+            for k in range(u.shape[0]):
+                lse1, _ = impl.contrastive_forward(u[k], fused, 0.5, False, block)
+                impl.contrastive_backward(u[k], fused, 0.5, lse1, None, g[k], None, block)
+    return _time(run)
+
+
+def _measure_topk_block(block: int, _made: dict) -> float:
+    impl = backends.get("cpp", torch.device("cpu"))
+    x = _unit_rows(8192, 64, 5)
+    return _time(lambda: impl.topk_similarity(x, None, 10, None, block))
+
+
+_spmm_inputs: dict[str, tuple] = {}
+
+
+def _measure_spmm_backend(name: str, _made: dict) -> float:
+    """spmm forward + backward (the transposed product and the values' sddmm) on a bipartite
+    user-item graph of 30,000 nodes and 200,000 stored entries, d = 64."""
+    if not _spmm_inputs:
+        gen = torch.Generator().manual_seed(7)
+        n_users, n_items, nnz = 20_000, 10_000, 100_000
+        users = torch.randint(0, n_users, (nnz,), generator=gen)
+        items = torch.randint(0, n_items, (nnz,), generator=gen)
+        impl = backends.get("torch_ref", torch.device("cpu"), op="bipartite_graph")
+        indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, "sym",
+                                                       False, "sum", torch.float32)
+        x = torch.randn(n_users + n_items, 64, generator=gen)
+        _spmm_inputs["graph"] = (indptr, indices, values, x)
+    indptr, indices, values, x = _spmm_inputs["graph"]
+    impl = backends.get(name, torch.device("cpu"), op="spmm")
+
+    def run():
+        y = impl.spmm(indptr, indices, values, x)
+        impl.spmm(indptr, indices, values, y)  # the graph is symmetric: A^T g = A g
+        impl.sddmm(indptr, indices, y, x)
+    return _time(run)
+
+
+def _spmm_candidates() -> list:
+    return [b for b in ("cpp", "numba") if b in backends.available("cpu")]
+
+
+DECISIONS: tuple[Decision, ...] = (
+    Decision("contrastive.block_size", "rows per tile of contrastive_loss (cpp)", 256,
+             _only_cpp((128, 256, 384)), _measure_contrastive_block),
+    Decision("contrastive_fusion.block_size", "rows per tile of the fused-view kernel (cpp)",
+             128, _only_cpp((64, 128, 192)), _measure_fusion_block),
+    Decision("contrastive_fusion.strategy",
+             "contrastive_fusion_loss as one fused-view pass or as separate losses (cpp)",
+             "fused", _only_cpp(("fused", "separate")), _measure_fusion_strategy),
+    Decision("topk_similarity.block_size", "rows per tile of the top-k search (cpp)", 256,
+             _only_cpp((128, 256, 512)), _measure_topk_block),
+    Decision("spmm.backend", "backend of spmm / propagate on CPU tensors with backend='auto'",
+             "cpp", _spmm_candidates, _measure_spmm_backend),
+)
+
+
+def describe(entry: dict | None = None) -> list[str]:
+    """Lines for ``micro-fast info`` / ``tune``: the key, each choice and its measured times."""
+    if not enabled():
+        return ["tuning: off (MICRO_FAST_TUNE=0): built-in defaults"]
+    entry = entry if entry is not None else cached_entry()
+    key = _key_str(machine_key())
+    if entry is None:
+        return [f"tuning: not calibrated yet for {key} (runs on first use, or "
+                "`micro-fast tune`)", f"  cache: {cache_path()}"]
+    lines = [f"tuning ({key}; {entry.get('date', '?')}, {entry.get('calibration_s', '?')} s):",
+             f"  cache: {cache_path()}"]
+    for d in DECISIONS:
+        chosen = entry["choices"].get(d.name, d.default)
+        times = entry.get("seconds", {}).get(d.name, {})
+        timing = ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in times.items())
+        lines.append(f"  {d.name:<30} {chosen!s:<9} {f'({timing})' if timing else ''}".rstrip())
+    return lines
