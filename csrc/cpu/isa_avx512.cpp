@@ -8,6 +8,11 @@
 #include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics (max, min,
+// scalef, reductions) as uninitialized when they are inlined here; they are masked-off
+// operands, never read.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
 #define MF_SIMD_AVX512 1
 #include "cpu/isa_instance.h"

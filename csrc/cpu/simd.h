@@ -51,7 +51,8 @@ struct PortableSimd {
   static inline void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
   static inline void stream(T* p, V v) { store(p, v); }
   static inline void fence() {}
-  static inline V set1(T x) { return V{} + x; }
+  // x - 0 is x for every x (0 + x is not, for x = -0), so this compiles to a bare splat
+  static inline V set1(T x) { return x - V{}; }
   static inline V add(V a, V b) { return a + b; }
   static inline V sub(V a, V b) { return a - b; }
   static inline V mul(V a, V b) { return a * b; }
