@@ -41,20 +41,21 @@ from micro_fast import backends
 
 #: A candidate replaces the default only when it is faster by more than this share.
 MARGIN = 0.03
-#: Calibration repeats per candidate (after one warm-up); the fastest repeat counts.
-REPEATS = 3
+#: Calibration rounds (after one warm-up per candidate): each round times every candidate once,
+#: in turns, so a slow spell of a shared machine hits them alike; a candidate's fastest counts.
+REPEATS = 5
 
 
 @dataclass(frozen=True)
 class Decision:
-    """One choice: its candidates on this machine, the default, and how to time a candidate
-    (seconds of one call, given the choices already made)."""
+    """One choice: its candidates on this machine, the default, and how to run a candidate
+    (``prepare(candidate, choices made so far)`` returns the call to time)."""
 
     name: str
     doc: str
     default: object
     candidates: Callable[[], list]
-    measure: Callable[[object, dict], float]
+    prepare: Callable[[object, dict], Callable[[], object]]
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def calibrate(write: bool = True, log: Callable[[str], None] | None = None) -> d
             made[d.name] = cands[0] if cands else d.default
             seconds[d.name] = {}
             continue
-        times = {c: d.measure(c, made) for c in cands}
+        times = time_candidates({c: d.prepare(c, made) for c in cands})
         best = min(times, key=times.get)
         default_t = times.get(d.default)
         if default_t is not None and times[best] > default_t * (1 - MARGIN):
@@ -271,13 +272,16 @@ def fused_fusion_loss() -> bool:
 
 # --- the measurements ---------------------------------------------------------------------
 
-def _time(fn: Callable[[], object]) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
+def time_candidates(runs: dict[object, Callable[[], object]]) -> dict[object, float]:
+    """The fastest of ``REPEATS`` timed calls of each candidate, timed in turns."""
+    for fn in runs.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = {c: float("inf") for c in runs}
+    for _ in range(REPEATS):
+        for c, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[c] = min(best[c], time.perf_counter() - t0)
     return best
 
 
@@ -294,7 +298,7 @@ def _only_cpp(values: tuple) -> Callable[[], list]:
     return lambda: list(values) if "cpp" in backends.available() else []
 
 
-def _measure_contrastive_block(block: int, _made: dict) -> float:
+def _prepare_contrastive_block(block: int, _made: dict) -> Callable[[], object]:
     impl, n = _cpp(), 3072
     n1, n2 = _unit_rows(n, 64, 0), _unit_rows(n, 64, 1)
     g = torch.full((n,), 1.0 / n)
@@ -302,7 +306,7 @@ def _measure_contrastive_block(block: int, _made: dict) -> float:
     def run():
         lse1, _ = impl.contrastive_forward(n1, n2, 0.5, False, block)
         impl.contrastive_backward(n1, n2, 0.5, lse1, None, g, None, block)
-    return _time(run)
+    return run
 
 
 def _fusion_inputs(n: int = 2048, m: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,7 +317,7 @@ def _fusion_inputs(n: int = 2048, m: int = 2) -> tuple[torch.Tensor, torch.Tenso
     return u.contiguous(), coef
 
 
-def _measure_fusion_block(block: int, _made: dict) -> float:
+def _prepare_fusion_block(block: int, _made: dict) -> Callable[[], object]:
     impl = _cpp()
     u, coef = _fusion_inputs()
     g = torch.full(coef.T.shape, 1.0 / u.shape[1])
@@ -321,10 +325,10 @@ def _measure_fusion_block(block: int, _made: dict) -> float:
     def run():
         lse = impl.contrastive_fusion_forward(u, coef, 0.5, block)
         impl.contrastive_fusion_backward(u, coef, 0.5, lse, g, block)
-    return _time(run)
+    return run
 
 
-def _measure_fusion_strategy(strategy: str, made: dict) -> float:
+def _prepare_fusion_strategy(strategy: str, made: dict) -> Callable[[], object]:
     impl = _cpp()
     u, coef = _fusion_inputs()
     n = u.shape[1]
@@ -344,19 +348,19 @@ def _measure_fusion_strategy(strategy: str, made: dict) -> float:
             for k in range(u.shape[0]):
                 lse1, _ = impl.contrastive_forward(u[k], fused, 0.5, False, block)
                 impl.contrastive_backward(u[k], fused, 0.5, lse1, None, g[k], None, block)
-    return _time(run)
+    return run
 
 
-def _measure_topk_block(block: int, _made: dict) -> float:
+def _prepare_topk_block(block: int, _made: dict) -> Callable[[], object]:
     impl = backends.get("cpp", torch.device("cpu"))
     x = _unit_rows(8192, 64, 5)
-    return _time(lambda: impl.topk_similarity(x, None, 10, None, block))
+    return lambda: impl.topk_similarity(x, None, 10, None, block)
 
 
 _spmm_inputs: dict[str, tuple] = {}
 
 
-def _measure_spmm_backend(name: str, _made: dict) -> float:
+def _prepare_spmm_backend(name: str, _made: dict) -> Callable[[], object]:
     """spmm forward + backward (the transposed product and the values' sddmm) on a bipartite
     user-item graph of 30,000 nodes and 200,000 stored entries, d = 64."""
     if not _spmm_inputs:
@@ -376,7 +380,7 @@ def _measure_spmm_backend(name: str, _made: dict) -> float:
         y = impl.spmm(indptr, indices, values, x)
         impl.spmm(indptr, indices, values, y)  # the graph is symmetric: A^T g = A g
         impl.sddmm(indptr, indices, y, x)
-    return _time(run)
+    return run
 
 
 def _spmm_candidates() -> list:
@@ -385,16 +389,16 @@ def _spmm_candidates() -> list:
 
 DECISIONS: tuple[Decision, ...] = (
     Decision("contrastive.block_size", "rows per tile of contrastive_loss (cpp)", 256,
-             _only_cpp((128, 256, 384)), _measure_contrastive_block),
+             _only_cpp((128, 256, 384)), _prepare_contrastive_block),
     Decision("contrastive_fusion.block_size", "rows per tile of the fused-view kernel (cpp)",
-             128, _only_cpp((64, 128, 192)), _measure_fusion_block),
+             128, _only_cpp((64, 128, 192)), _prepare_fusion_block),
     Decision("contrastive_fusion.strategy",
              "contrastive_fusion_loss as one fused-view pass or as separate losses (cpp)",
-             "fused", _only_cpp(("fused", "separate")), _measure_fusion_strategy),
+             "fused", _only_cpp(("fused", "separate")), _prepare_fusion_strategy),
     Decision("topk_similarity.block_size", "rows per tile of the top-k search (cpp)", 256,
-             _only_cpp((128, 256, 512)), _measure_topk_block),
+             _only_cpp((128, 256, 512)), _prepare_topk_block),
     Decision("spmm.backend", "backend of spmm / propagate on CPU tensors with backend='auto'",
-             "cpp", _spmm_candidates, _measure_spmm_backend),
+             "cpp", _spmm_candidates, _prepare_spmm_backend),
 )
 
 

@@ -61,3 +61,27 @@ def test_bench_rejects_unknown_ops(tmp_path):
                            "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "fft" in proc.stderr
+
+
+def test_report_flags_paths_slower_than_simpler_ones():
+    sys.path.insert(0, str(bench_suite_dir()))
+    import report
+
+    def case(impl, isa, seconds, group="g"):
+        info = {"impl": impl, "op": "x"}
+        if isa:
+            info["isa"] = isa
+        return {"group": group, "name": impl, "fullname": impl, "extra_info": info,
+                "stats": {"median": seconds, "rounds": 1}}
+
+    data = {"benchmarks": [case("cpp[avx2]", "avx2", 2.0), case("cpp[generic]", "generic", 1.0),
+                           case("numba", None, 1.5), case("torch_csr", None, 3.0),
+                           case("cpp_fused", "avx512", 1.0, "f"),
+                           case("cpp_separate", "avx512", 0.5, "f"), case("faiss", None, 0.1)]}
+    flags = report.slower_than_simpler(data)
+    assert len(flags) == 2, flags
+    assert any("cpp[avx2]" in f and "cpp[generic]" in f for f in flags)
+    assert any("cpp_fused" in f and "cpp_separate" in f for f in flags)
+    assert "Slower than a simpler path" in report.summarize(data)
+    data["benchmarks"] = data["benchmarks"][1:4]
+    assert report.slower_than_simpler(data) == []

@@ -154,11 +154,12 @@ def test_corrupt_cache_is_recalibrated_not_a_crash(cache, monkeypatch):
 
 
 def test_margin_keeps_the_default_on_a_near_tie(cache, monkeypatch):
-    d = tuning.Decision("x.strategy", "test", "a", lambda: ["a", "b"],
-                        lambda c, _made: {"a": 1.0, "b": 0.99}[c])
-    e = tuning.Decision("y.strategy", "test", "a", lambda: ["a", "b"],
-                        lambda c, _made: {"a": 1.0, "b": 0.5}[c])
+    times = {"x": {"a": 1.0, "b": 0.99}, "y": {"a": 1.0, "b": 0.5}}
+    d = tuning.Decision("x.strategy", "test", "a", lambda: ["a", "b"], lambda c, _made: ("x", c))
+    e = tuning.Decision("y.strategy", "test", "a", lambda: ["a", "b"], lambda c, _made: ("y", c))
     monkeypatch.setattr(tuning, "DECISIONS", (d, e))
+    monkeypatch.setattr(tuning, "time_candidates",
+                        lambda runs: {c: times[r[0]][r[1]] for c, r in runs.items()})
     entry = tuning.calibrate(write=False)
     assert entry["choices"] == {"x.strategy": "a", "y.strategy": "b"}
 
