@@ -227,7 +227,8 @@ void check_vector(const CArray<T>& v, int64_t n, const char* name) {
 
 template <typename T>
 py::tuple contrastive_forward(const CArray<T>& n1, const CArray<T>& n2, double tau,
-                              bool symmetric, int64_t block_size, int num_threads) {
+                              bool symmetric, int64_t block_size, int num_threads, int64_t shard,
+                              int64_t num_shards) {
   check_pair(n1, n2);
   MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
   const int64_t n = n1.shape(0), d = n1.shape(1);
@@ -237,7 +238,8 @@ py::tuple contrastive_forward(const CArray<T>& n1, const CArray<T>& n2, double t
   T *l1 = lse1.mutable_data(), *l2 = symmetric ? lse2.mutable_data() : nullptr;
   {
     py::gil_scoped_release release;
-    micro_fast::contrastive_forward<T>(a, b, n, d, tau, symmetric, block_size, num_threads, l1, l2);
+    micro_fast::contrastive_forward<T>(a, b, n, d, tau, symmetric, block_size, num_threads, l1, l2,
+                                       {shard, num_shards});
   }
   if (!symmetric) return py::make_tuple(lse1, py::none());
   return py::make_tuple(lse1, lse2);
@@ -249,7 +251,8 @@ py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double 
                                const CArray<T>& g1, const std::optional<CArray<T>>& g2,
                                int64_t block_size, int num_threads,
                                const std::optional<CArray<T>>& out1,
-                               const std::optional<CArray<T>>& out2) {
+                               const std::optional<CArray<T>>& out2, int64_t shard,
+                               int64_t num_shards) {
   check_pair(n1, n2);
   MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
   const int64_t n = n1.shape(0), d = n1.shape(1);
@@ -269,7 +272,7 @@ py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double 
   {
     py::gil_scoped_release release;
     micro_fast::contrastive_backward<T>(a, b, n, d, tau, l1, l2, w1, w2, block_size, num_threads,
-                                        o1, o2);
+                                        o1, o2, {shard, num_shards});
   }
   return py::make_tuple(grad1, grad2);
 }
@@ -290,7 +293,8 @@ void check_stats(const CArray<T>& v, int64_t m, int64_t n, const char* name) {
 
 template <typename T>
 CArray<T> contrastive_fusion_forward(const CArray<T>& u, const CArray<T>& coef, double tau,
-                                     int64_t block_size, int num_threads) {
+                                     int64_t block_size, int num_threads, int64_t shard,
+                                     int64_t num_shards) {
   check_fusion(u, coef);
   const int64_t m = u.shape(0), n = u.shape(1), d = u.shape(2);
   CArray<T> lse({m, n});
@@ -298,7 +302,8 @@ CArray<T> contrastive_fusion_forward(const CArray<T>& u, const CArray<T>& coef, 
   T* pl = lse.mutable_data();
   {
     py::gil_scoped_release release;
-    micro_fast::contrastive_fusion_forward<T>(pu, pc, m, n, d, tau, block_size, num_threads, pl);
+    micro_fast::contrastive_fusion_forward<T>(pu, pc, m, n, d, tau, block_size, num_threads, pl,
+                                              {shard, num_shards});
   }
   return lse;
 }
@@ -308,7 +313,8 @@ py::tuple contrastive_fusion_backward(const CArray<T>& u, const CArray<T>& coef,
                                       const CArray<T>& lse, const CArray<T>& g,
                                       int64_t block_size, int num_threads,
                                       const std::optional<CArray<T>>& out_u,
-                                      const std::optional<CArray<T>>& out_coef) {
+                                      const std::optional<CArray<T>>& out_coef, int64_t shard,
+                                      int64_t num_shards) {
   check_fusion(u, coef);
   const int64_t m = u.shape(0), n = u.shape(1), d = u.shape(2);
   check_stats(lse, m, n, "lse");
@@ -320,7 +326,7 @@ py::tuple contrastive_fusion_backward(const CArray<T>& u, const CArray<T>& coef,
   {
     py::gil_scoped_release release;
     micro_fast::contrastive_fusion_backward<T>(pu, pc, m, n, d, tau, pl, pg, block_size,
-                                               num_threads, ou, oc);
+                                               num_threads, ou, oc, {shard, num_shards});
   }
   return py::make_tuple(grad_u, grad_coef);
 }
@@ -329,12 +335,14 @@ template <typename T>
 void def_contrastive_fusion(py::module_& mod) {
   mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<T>,
           py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
   mod.def("contrastive_fusion_backward", &contrastive_fusion_backward<T>,
           py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
           py::arg("lse").noconvert(), py::arg("g").noconvert(), py::arg("block_size") = 0,
           py::arg("num_threads") = 1, py::arg("out_u").noconvert() = py::none(),
-          py::arg("out_coef").noconvert() = py::none());
+          py::arg("out_coef").noconvert() = py::none(), py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
 }
 
 }  // namespace
@@ -373,20 +381,24 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("dtype"));
   mod.def("contrastive_forward", &contrastive_forward<float>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
   mod.def("contrastive_forward", &contrastive_forward<double>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1);
+          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
   mod.def("contrastive_backward", &contrastive_backward<float>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
           py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1,
-          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none());
+          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none(),
+          py::arg("shard") = 0, py::arg("num_shards") = 1);
   mod.def("contrastive_backward", &contrastive_backward<double>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
           py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
           py::arg("block_size") = 0, py::arg("num_threads") = 1,
-          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none());
+          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none(),
+          py::arg("shard") = 0, py::arg("num_shards") = 1);
   def_contrastive_fusion<float>(mod);
   def_contrastive_fusion<double>(mod);
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");

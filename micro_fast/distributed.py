@@ -16,6 +16,14 @@ rank ends with exactly what a single process computes:
   the same graph and gradients as one process would.
 * ``full_ranking``: the evaluated users are split by rank, per-user metrics are all-gathered
   and reduced in the single-process order, so the metrics are identical too.
+* ``contrastive_loss`` / ``contrastive_fusion_loss``: rank ``r`` computes every ``W``-th tile
+  task of the all-item loss (cpp: block pairs, so the symmetric intra-view saving is kept),
+  the per-row partial log-sum-exps are combined with two all-reduces of [M, N] floats (max,
+  then sum), and each rank returns ``loss / W`` with its share of the gradients: summed over
+  the ranks, the values and gradients are the single-process ones (float summation order
+  aside). ``for_ddp=True`` returns ``W`` times that part instead, the full loss value on
+  every rank with gradients that DistributedDataParallel's mean over ranks turns into the full
+  ones. Backends without a shard form compute the whole loss on every rank.
 
 Without an initialized process group (or with one rank) every function is the single-process
 op. A collective that fails because another rank died or timed out raises
@@ -49,6 +57,10 @@ from micro_fast.ops._checks import (
     check_no_overflow,
     l2_normalize,
 )
+from micro_fast.ops.contrastive_fusion import (
+    contrastive_fusion_loss as _contrastive_fusion_loss,
+)
+from micro_fast.ops.contrastive_loss import contrastive_loss as _contrastive_loss
 from micro_fast.ops.knn_graph import NORMALIZATIONS, graph_from_topk
 from micro_fast.ops.topk_similarity import check_exclude, with_similarity_grad
 from micro_fast.ops.topk_similarity import topk_similarity as _topk_similarity
@@ -222,6 +234,48 @@ def full_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRGraph
     local = per_user_metrics(user_emb, item_emb, train, target, users[r0:r1], ks, ndcg=ndcg,
                              user_block=user_block, backend=backend)
     return reduce_metrics(gather_rows(local, users.numel()), ks, user_block)
+
+
+class ProcessGroupShard:
+    """This rank's part of a loss split over the ranks of the default process group (the
+    ``shard`` argument of ``ops.contrastive_loss`` / ``ops.contrastive_fusion_loss``)."""
+
+    def __init__(self) -> None:
+        self.index, self.count = rank_and_world()
+
+    def logsumexp(self, partial: torch.Tensor) -> torch.Tensor:
+        """log sum_r exp(partial_r), elementwise, with two all-reduces (max, then sum)."""
+        if self.count == 1:
+            return partial
+        top = partial.clone()
+        guard("all_reduce (contrastive max)", dist.all_reduce, top, op=dist.ReduceOp.MAX)
+        # a row no rank touched stays -inf (log 0) instead of becoming NaN
+        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        total = torch.exp(partial - shift)
+        guard("all_reduce (contrastive sum)", dist.all_reduce, total)
+        return shift + torch.log(total)
+
+
+def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
+                     symmetric: bool = False, backend: str = "auto",
+                     for_ddp: bool = False) -> torch.Tensor:
+    """``ops.contrastive_loss`` split over the ranks (see the module docstring): this rank's
+    part, ``loss / W``, or with ``for_ddp`` the full loss value with gradients scaled for
+    DistributedDataParallel's mean. Every rank must pass the same ``z1``, ``z2``."""
+    shard = ProcessGroupShard()
+    part = _contrastive_loss(z1, z2, tau=tau, symmetric=symmetric, backend=backend,
+                             shard=shard if shard.count > 1 else None)
+    return part * shard.count if for_ddp and shard.count > 1 else part
+
+
+def contrastive_fusion_loss(views, weights: torch.Tensor, *, tau: float = 0.5,
+                            symmetric: bool = False, backend: str = "auto",
+                            for_ddp: bool = False) -> torch.Tensor:
+    """``ops.contrastive_fusion_loss`` split over the ranks, like ``contrastive_loss``."""
+    shard = ProcessGroupShard()
+    part = _contrastive_fusion_loss(views, weights, tau=tau, symmetric=symmetric,
+                                    backend=backend, shard=shard if shard.count > 1 else None)
+    return part * shard.count if for_ddp and shard.count > 1 else part
 
 
 def all_reduce_mean(t: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:

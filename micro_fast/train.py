@@ -11,7 +11,8 @@ With the same seed a CPU run is reproducible, resumed or not.
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1 in the environment) the same call
 trains with DistributedDataParallel: every rank draws the same global BPR batch from the seeded
 sampler and trains on its contiguous share of it (the loss is weighted so that the averaged
-gradient is the one of the global batch), the kNN graph rebuilds and the evaluation are split
+gradient is the one of the global batch), each rank computes its part of the all-item
+contrastive loss (scaled the same way), the kNN graph rebuilds and the evaluation are split
 over the ranks (``micro_fast.distributed``), and rank 0 alone writes the run directory. NCCL
 is used on CUDA devices (one GPU per local rank), gloo on CPU.
 """
@@ -248,8 +249,10 @@ class _BatchLoss(nn.Module):
         self.model = model
 
     def forward(self, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
-                neg: torch.Tensor, build_item_graph: bool):
-        return self.model.loss(ui_graph, users, pos, neg, build_item_graph=build_item_graph)
+                neg: torch.Tensor, build_item_graph: bool, batch_weight: float,
+                contrastive_shard):
+        return self.model.loss(ui_graph, users, pos, neg, build_item_graph=build_item_graph,
+                               batch_weight=batch_weight, contrastive_shard=contrastive_shard)
 
 
 def _setup_device_and_group(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
@@ -313,6 +316,8 @@ def _train(config: TrainConfig, resume: bool,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: config.lr_decay ** (e / config.lr_decay_epochs))
     sampler = mf_data.BPRSampler(dataset.train, config.batch_size, seed=config.seed)
+    # the all-item contrastive loss: each rank computes its part (see micro_fast.distributed)
+    shard = distributed.ProcessGroupShard() if world > 1 else None
     state = {"epoch": 0, "best_recall": -math.inf, "best_epoch": None, "best_valid": None,
              "best_test": None, "stopping_step": 0, "stopped_early": False, "train_time": 0.0}
     metrics_path, last_path, best_path = (out / "metrics.jsonl", out / "last.pt",
@@ -356,9 +361,11 @@ def _train(config: TrainConfig, resume: bool,
             optimizer.zero_grad()
             loss, parts = distributed.guard(f"training step (epoch {epoch}, batch {b})",
                                             _step, step_module, ui_graph, users, pos, neg,
-                                            b == 0, weight, collective=False)
+                                            b == 0, weight, shard, collective=False)
             optimizer.step()
-            step = weight * torch.stack([loss, parts["bpr"], parts["reg"], parts["contrastive"]])
+            # the batch terms are rank shares, the contrastive one the full value on every rank
+            step = torch.stack([loss, weight * parts["bpr"], weight * parts["reg"],
+                                parts["contrastive"]])
             acc = step if acc is None else acc + step
             if progress and (b % 10 == 0 or b == n_batches - 1):
                 elapsed = time.perf_counter() - t0
@@ -434,10 +441,10 @@ def _train(config: TrainConfig, resume: bool,
 
 
 def _step(step_module: nn.Module, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
-          neg: torch.Tensor, build: bool, weight: float
+          neg: torch.Tensor, build: bool, weight: float, shard
           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss, parts = step_module(ui_graph, users, pos, neg, build)
-    (loss * weight if weight != 1.0 else loss).backward()
+    loss, parts = step_module(ui_graph, users, pos, neg, build, weight, shard)
+    loss.backward()
     return loss.detach(), parts
 
 

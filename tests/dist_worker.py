@@ -2,6 +2,7 @@
 RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set, as torchrun does).
 
     python dist_worker.py ops OUT_DIR     sharded knn_graph / topk / full_ranking -> OUT/rank<r>.pt
+    python dist_worker.py contrastive OUT_DIR   the rank's parts of the contrastive losses
     python dist_worker.py die OUT_DIR     a 2-rank training run whose rank 1 dies after epoch 0
     python dist_worker.py stall OUT_DIR   ... whose rank 1 stops responding after epoch 0
 """
@@ -63,6 +64,31 @@ def run_ops(knn_graph, topk_similarity, full_ranking) -> dict[str, torch.Tensor]
     return out
 
 
+def run_contrastive(contrastive_loss, contrastive_fusion_loss) -> dict[str, torch.Tensor]:
+    """Values and gradients of the contrastive losses through the given implementations
+    (``for_ddp`` is passed when the implementations take it)."""
+    out: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(11)
+    base = {"z1": torch.randn(517, 24, generator=gen), "z2": torch.randn(517, 24, generator=gen),
+            "h1": torch.randn(517, 24, generator=gen), "h2": torch.randn(517, 24, generator=gen),
+            "w": torch.rand(517, 2, generator=gen) + 0.1}
+    for dtype in (torch.float32, torch.float64):
+        tag = str(dtype).split(".")[-1]
+        x = {k: v.to(dtype).requires_grad_() for k, v in base.items()}
+        for symmetric in (False, True):
+            loss = contrastive_loss(x["z1"], x["z2"], tau=0.4, symmetric=symmetric)
+            g1, g2 = torch.autograd.grad(loss, (x["z1"], x["z2"]))
+            out[f"{tag}/single{int(symmetric)}/value"] = loss.detach()
+            out[f"{tag}/single{int(symmetric)}/grad_z1"] = g1
+            out[f"{tag}/single{int(symmetric)}/grad_z2"] = g2
+        loss = contrastive_fusion_loss([x["h1"], x["h2"]], x["w"])
+        grads = torch.autograd.grad(loss, (x["h1"], x["h2"], x["w"]))
+        out[f"{tag}/fusion/value"] = loss.detach()
+        for name, g in zip(("h1", "h2", "w"), grads, strict=True):
+            out[f"{tag}/fusion/grad_{name}"] = g
+    return out
+
+
 def main() -> int:
     task, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
@@ -71,6 +97,19 @@ def main() -> int:
         assert world == 2, world
         result = run_ops(distributed.knn_graph, distributed.topk_similarity,
                          distributed.full_ranking)
+        torch.save(result, out / f"rank{rank}.pt")
+        distributed.shutdown()
+        return 0
+    if task == "contrastive":
+        import functools
+
+        rank, world = distributed.init_from_env("gloo", timeout_s=60)
+        result = run_contrastive(distributed.contrastive_loss,
+                                 distributed.contrastive_fusion_loss)
+        ddp = run_contrastive(functools.partial(distributed.contrastive_loss, for_ddp=True),
+                              functools.partial(distributed.contrastive_fusion_loss,
+                                                for_ddp=True))
+        result.update({f"ddp/{k}": v for k, v in ddp.items()})
         torch.save(result, out / f"rank{rank}.pt")
         distributed.shutdown()
         return 0

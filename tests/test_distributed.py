@@ -119,6 +119,30 @@ def test_sharded_ops_equal_single_process(tmp_path):
             assert torch.equal(got[key], value), f"rank {rank}: {key} differs"
 
 
+def test_sharded_contrastive_losses_sum_to_the_single_process_ones(tmp_path):
+    """Each rank's part (loss / W, its share of the gradients) sums over the 2 ranks to the
+    single-process loss and gradients: float64 to rounding, float32 within 1e-5; with
+    for_ddp every rank holds the full value and W x its share."""
+    import dist_worker
+
+    results = _launch("contrastive", tmp_path, timeout=240)
+    for rc, output, _ in results:
+        assert rc == 0, output
+    expected = dist_worker.run_contrastive(mf.contrastive_loss, mf.contrastive_fusion_loss)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for key, value in expected.items():
+        tol = dict(rtol=1e-10, atol=1e-13) if key.startswith("float64") else dict(rtol=1e-5,
+                                                                                 atol=1e-7)
+        total = ranks[0][key] + ranks[1][key]
+        assert torch.allclose(total, value, **tol), (key, (total - value).abs().max())
+        assert not torch.equal(ranks[0][key], ranks[1][key]) or key.endswith("value")
+        ddp = [r[f"ddp/{key}"] for r in ranks]
+        if key.endswith("value"):
+            assert all(torch.allclose(v, value, **tol) for v in ddp), key
+        else:  # DistributedDataParallel averages: the mean of the ranks' gradients is the full
+            assert torch.allclose((ddp[0] + ddp[1]) / 2, value, **tol), key
+
+
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "common.h"
@@ -35,19 +34,23 @@ struct Plan {
   int nchunks;
   std::vector<Task> tasks;
 
-  Plan(const TileKernel<T>& kern, int64_t n_, int64_t d_, int64_t block_size, bool symmetric)
+  Plan(const TileKernel<T>& kern, int64_t n_, int64_t d_, int64_t block_size, bool symmetric,
+       Shard shard)
       : n(n_), d(d_) {
-    const int64_t lcm = std::lcm<int64_t>(kern.mr, kern.nr);
-    block = (std::max<int64_t>(block_size > 0 ? block_size : 256, 1) + lcm - 1) / lcm * lcm;
+    block = quantized_block(block_size, 256);
     pad_a = (block + kern.mr - 1) / kern.mr * kern.mr;
     pad_b = (block + kern.nr - 1) / kern.nr * kern.nr;
     nchunks = static_cast<int>((d + kChunk - 1) / kChunk);
     const int32_t nb = static_cast<int32_t>((n + block - 1) / block);
+    int64_t t = 0;
+    auto add = [&](Task task) {
+      if (shard.owns(t++)) tasks.push_back(task);
+    };
     for (int32_t i = 0; i < nb; ++i) {
-      for (int32_t j = 0; j < nb; ++j) tasks.push_back({kCross, i, j});
-      for (int32_t j = i; j < nb; ++j) tasks.push_back({kIntra1, i, j});
+      for (int32_t j = 0; j < nb; ++j) add({kCross, i, j});
+      for (int32_t j = i; j < nb; ++j) add({kIntra1, i, j});
       if (symmetric)
-        for (int32_t j = i; j < nb; ++j) tasks.push_back({kIntra2, i, j});
+        for (int32_t j = i; j < nb; ++j) add({kIntra2, i, j});
     }
   }
 };
@@ -193,13 +196,20 @@ void accumulate_tile_fixed(const DenseKernel<T>& dk, Scratch<T>& w, int64_t ld, 
 
 }  // namespace
 
+void check_shard(Shard shard) {
+  MF_CHECK(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count,
+           "shard must be in [0, num_shards)");
+}
+
 template <typename T>
 void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
-                         bool symmetric, int64_t block_size, int num_threads, T* lse1, T* lse2) {
+                         bool symmetric, int64_t block_size, int num_threads, T* lse1, T* lse2,
+                         Shard shard) {
   MF_CHECK(n > 0 && d > 0, "z1 and z2 must be non-empty");
   MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
+  check_shard(shard);
   const auto& ks = isa_kernels<T>();
-  const Plan<T> plan(ks.tile, n, d, block_size, symmetric);
+  const Plan<T> plan(ks.tile, n, d, block_size, symmetric, shard);
   const int threads = contrastive_team(num_threads, n, d);
   std::vector<LseAcc> acc;
   for (int t = 0; t < threads; ++t) acc.emplace_back(n, symmetric);
@@ -259,12 +269,13 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
 template <typename T>
 void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
                           const T* lse1, const T* lse2, const T* g1, const T* g2,
-                          int64_t block_size, int num_threads, T* grad1, T* grad2) {
+                          int64_t block_size, int num_threads, T* grad1, T* grad2, Shard shard) {
   MF_CHECK(n > 0 && d > 0, "z1 and z2 must be non-empty");
   MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
+  check_shard(shard);
   const bool symmetric = lse2 != nullptr;
   const auto& ks = isa_kernels<T>();
-  const Plan<T> plan(ks.tile, n, d, block_size, symmetric);
+  const Plan<T> plan(ks.tile, n, d, block_size, symmetric, shard);
   const int threads = contrastive_team(num_threads, n, d);
   std::fill(grad1, grad1 + n * d, T(0));
   std::fill(grad2, grad2 + n * d, T(0));
@@ -345,14 +356,14 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
 }
 
 template void contrastive_forward<float>(const float*, const float*, int64_t, int64_t, double,
-                                         bool, int64_t, int, float*, float*);
+                                         bool, int64_t, int, float*, float*, Shard);
 template void contrastive_forward<double>(const double*, const double*, int64_t, int64_t, double,
-                                          bool, int64_t, int, double*, double*);
+                                          bool, int64_t, int, double*, double*, Shard);
 template void contrastive_backward<float>(const float*, const float*, int64_t, int64_t, double,
                                           const float*, const float*, const float*, const float*,
-                                          int64_t, int, float*, float*);
+                                          int64_t, int, float*, float*, Shard);
 template void contrastive_backward<double>(const double*, const double*, int64_t, int64_t,
                                            double, const double*, const double*, const double*,
-                                           const double*, int64_t, int, double*, double*);
+                                           const double*, int64_t, int, double*, double*, Shard);
 
 }  // namespace micro_fast

@@ -11,6 +11,17 @@ namespace micro_fast {
 // row and the column sums alike, and no maxima are needed. Smaller tau takes the running-max path.
 constexpr double kFixedShiftTau = 0.05;
 
+// A split of the tile work over cooperating processes (torch.distributed ranks): shard `index`
+// of `count` visits every count-th task of the fixed task order, so the shards' partial row sums
+// (and gradients) add up to the whole. A row no task of the shard touches gets lse = -inf.
+struct Shard {
+  int64_t index = 0, count = 1;
+  bool owns(int64_t task) const { return task % count == index; }
+};
+
+// Raises for a shard index outside [0, count).
+void check_shard(Shard shard);
+
 // Threads worth starting for n x n x d work: one for small problems, where a team costs more
 // than it saves.
 inline int contrastive_team(int num_threads, int64_t n, int64_t d) {
@@ -23,13 +34,15 @@ inline int contrastive_team(int num_threads, int64_t n, int64_t d) {
 // computed with running maxima (log-sum-exp), so any tau > 0 is safe.
 template <typename T>
 void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
-                         bool symmetric, int64_t block_size, int num_threads, T* lse1, T* lse2);
+                         bool symmetric, int64_t block_size, int num_threads, T* lse1, T* lse2,
+                         Shard shard = {});
 
 // Gradients of L = sum_i g1[i] lse1[i] (+ sum_j g2[j] lse2[j]) w.r.t. n1 and n2, written to
 // grad1, grad2 [n, d]. lse2/g2 are null unless symmetric.
 template <typename T>
 void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
                           const T* lse1, const T* lse2, const T* g1, const T* g2,
-                          int64_t block_size, int num_threads, T* grad1, T* grad2);
+                          int64_t block_size, int num_threads, T* grad1, T* grad2,
+                          Shard shard = {});
 
 }  // namespace micro_fast

@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -44,11 +43,10 @@ struct FusionPlan {
   int nchunks;
   std::vector<std::pair<int32_t, int32_t>> tasks;
 
-  FusionPlan(const TileKernel<T>& kern, int64_t m_, int64_t n_, int64_t d_, int64_t block_size)
+  FusionPlan(const TileKernel<T>& kern, int64_t m_, int64_t n_, int64_t d_, int64_t block_size,
+             Shard shard)
       : m(m_), n(n_), d(d_) {
-    const int64_t lcm = std::lcm<int64_t>(kern.mr, kern.nr);
-    block = (std::max<int64_t>(block_size > 0 ? block_size : kDefaultBlock, 1) + lcm - 1) / lcm *
-            lcm;
+    block = quantized_block(block_size, kDefaultBlock);
     pad_a = (block + kern.mr - 1) / kern.mr * kern.mr;
     pad_b = (block + kern.nr - 1) / kern.nr * kern.nr;
     tile = pad_a * pad_b;
@@ -56,8 +54,10 @@ struct FusionPlan {
     nchunks = static_cast<int>((d + kChunk - 1) / kChunk);
     nblocks = (n + block - 1) / block;
     const int32_t nb = static_cast<int32_t>(nblocks);
+    int64_t t = 0;
     for (int32_t i = 0; i < nb; ++i)
-      for (int32_t j = i; j < nb; ++j) tasks.push_back({i, j});
+      for (int32_t j = i; j < nb; ++j)
+        if (shard.owns(t++)) tasks.push_back({i, j});
   }
 };
 
@@ -158,20 +158,22 @@ std::vector<T> transposed(const T* coef, int64_t n, int64_t m) {
   return t;
 }
 
-void check_args(int64_t m, int64_t n, int64_t d, double tau) {
+void check_args(int64_t m, int64_t n, int64_t d, double tau, Shard shard) {
   MF_CHECK(m > 0 && n > 0 && d > 0, "views must be non-empty");
   MF_CHECK(std::isfinite(tau) && tau >= kFixedShiftTau,
            "tau must be finite and >= 0.05 for the fused-view kernel");
+  check_shard(shard);
 }
 
 }  // namespace
 
 template <typename T>
 void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n, int64_t d,
-                                double tau, int64_t block_size, int num_threads, T* lse) {
-  check_args(m, n, d, tau);
+                                double tau, int64_t block_size, int num_threads, T* lse,
+                                Shard shard) {
+  check_args(m, n, d, tau, shard);
   const auto& ks = isa_kernels<T>();
-  const FusionPlan<T> pl(ks.tile, m, n, d, block_size);
+  const FusionPlan<T> pl(ks.tile, m, n, d, block_size, shard);
   const int threads = contrastive_team(num_threads, n, m * d);
   const std::vector<T> coef_t = transposed(coef, n, m);
   std::vector<std::vector<double>> sums(threads, std::vector<double>(m * n, 0.0));
@@ -229,11 +231,11 @@ void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n,
 template <typename T>
 void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n, int64_t d,
                                  double tau, const T* lse, const T* g, int64_t block_size,
-                                 int num_threads, T* grad_u, T* grad_coef) {
-  check_args(m, n, d, tau);
+                                 int num_threads, T* grad_u, T* grad_coef, Shard shard) {
+  check_args(m, n, d, tau, shard);
   const auto& ks = isa_kernels<T>();
   const auto& dk = ks.dense;
-  const FusionPlan<T> pl(ks.tile, m, n, d, block_size);
+  const FusionPlan<T> pl(ks.tile, m, n, d, block_size, shard);
   const int threads = contrastive_team(num_threads, n, m * d);
   const std::vector<T> coef_t = transposed(coef, n, m);
   const T inv_tau = T(1.0 / tau);
@@ -321,14 +323,14 @@ void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n
 }
 
 template void contrastive_fusion_forward<float>(const float*, const float*, int64_t, int64_t,
-                                                int64_t, double, int64_t, int, float*);
+                                                int64_t, double, int64_t, int, float*, Shard);
 template void contrastive_fusion_forward<double>(const double*, const double*, int64_t, int64_t,
-                                                 int64_t, double, int64_t, int, double*);
+                                                 int64_t, double, int64_t, int, double*, Shard);
 template void contrastive_fusion_backward<float>(const float*, const float*, int64_t, int64_t,
                                                  int64_t, double, const float*, const float*,
-                                                 int64_t, int, float*, float*);
+                                                 int64_t, int, float*, float*, Shard);
 template void contrastive_fusion_backward<double>(const double*, const double*, int64_t, int64_t,
                                                   int64_t, double, const double*, const double*,
-                                                  int64_t, int, double*, double*);
+                                                  int64_t, int, double*, double*, Shard);
 
 }  // namespace micro_fast

@@ -10,6 +10,16 @@
 
 namespace micro_fast {
 
+// Tile blocks (rows per block) are rounded up to a multiple of this, whatever the ISA's register
+// tile: every ISA then splits a problem into the same tasks, so shards computed on machines of
+// different instruction sets still add up (a block need not be a multiple of a tile's rows;
+// its last row panel is padded).
+constexpr int64_t kBlockQuantum = 32;
+inline int64_t quantized_block(int64_t requested, int64_t fallback) {
+  const int64_t b = requested > 0 ? requested : fallback;
+  return (b + kBlockQuantum - 1) / kBlockQuantum * kBlockQuantum;
+}
+
 template <typename T>
 struct IsaKernelsT {
   TileKernel<T> tile;

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <limits>
 #include <mutex>
-#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -143,8 +142,7 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
   g.m = m;
   g.n = n;
   g.d = d;
-  const int64_t lcm = std::lcm<int64_t>(kern.mr, kern.nr);
-  g.block = round_up(block_size > 0 ? block_size : 256, lcm);
+  g.block = quantized_block(block_size, 256);
   g.pad_a = round_up(g.block, kern.mr);
   g.pad_b = round_up(g.block, kern.nr);
   g.nchunks = static_cast<int>((d + kChunk - 1) / kChunk);

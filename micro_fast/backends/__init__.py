@@ -38,6 +38,13 @@ dtype) -> (indptr, indices, values)``
     ``sum_k coef[:, k, None] * u[k]`` ([M, N]), from the views' Gram blocks, ``tau >= 0.05``
     (see ``ops.contrastive_fusion``).
 
+A backend whose module sets ``CONTRASTIVE_SHARDS = True`` (cpp) also takes
+``shard=(index, count)`` in those four: it then visits only every ``count``-th tile task from
+``index`` (in a fixed order that does not depend on the ISA or thread count), returning each
+row's log-sum-exp over those tasks alone (``-inf`` for a row none touches) and their share of
+the gradients, so that ``count`` processes' partial results combine into the whole
+(``micro_fast.distributed``).
+
 A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next.
 ``torch_ref`` is the ground truth every other backend is tested against.
 """

@@ -117,36 +117,44 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     return tuple(torch.from_numpy(a) for a in out)
 
 
+#: The contrastive kernels take ``shard=(index, count)`` (see the package docstring).
+CONTRASTIVE_SHARDS = True
+
+
 def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,
-                        block_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        block_size: int | None, shard: tuple[int, int] = (0, 1),
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     lse1, lse2 = _C.contrastive_forward(_np(n1), _np(n2), float(tau), bool(symmetric),
-                                        int(block_size or 0), torch.get_num_threads())
+                                        int(block_size or 0), torch.get_num_threads(), *shard)
     return torch.from_numpy(lse1), None if lse2 is None else torch.from_numpy(lse2)
 
 
 def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: torch.Tensor,
                          lse2: torch.Tensor | None, g1: torch.Tensor, g2: torch.Tensor | None,
-                         block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                         block_size: int | None, shard: tuple[int, int] = (0, 1),
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     grad1, grad2 = torch.empty(n1.shape, dtype=n1.dtype), torch.empty(n2.shape, dtype=n2.dtype)
     _C.contrastive_backward(_np(n1), _np(n2), float(tau), _np(lse1), _np(lse2), _np(g1),
                             _np(g2), int(block_size or 0), torch.get_num_threads(),
-                            _np(grad1), _np(grad2))
+                            _np(grad1), _np(grad2), *shard)
     return grad1, grad2
 
 
 def contrastive_fusion_forward(u: torch.Tensor, coef: torch.Tensor, tau: float,
-                               block_size: int | None) -> torch.Tensor:
+                               block_size: int | None,
+                               shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     return torch.from_numpy(_C.contrastive_fusion_forward(_np(u), _np(coef), float(tau),
                                                           int(block_size or 0),
-                                                          torch.get_num_threads()))
+                                                          torch.get_num_threads(), *shard))
 
 
 def contrastive_fusion_backward(u: torch.Tensor, coef: torch.Tensor, tau: float,
                                 lse: torch.Tensor, g: torch.Tensor, block_size: int | None,
+                                shard: tuple[int, int] = (0, 1),
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     grad_u, grad_coef = torch.empty(u.shape, dtype=u.dtype), torch.empty(coef.shape,
                                                                           dtype=coef.dtype)
     _C.contrastive_fusion_backward(_np(u), _np(coef), float(tau), _np(lse), _np(g),
                                    int(block_size or 0), torch.get_num_threads(), _np(grad_u),
-                                   _np(grad_coef))
+                                   _np(grad_coef), *shard)
     return grad_u, grad_coef

@@ -29,6 +29,7 @@ from micro_fast.graph import CSRGraph
 from micro_fast.nn.fusion import ContrastiveFusion, fuse_views
 from micro_fast.nn.graph_learner import KNNGraphLearner
 from micro_fast.nn.propagation import LightGCN
+from micro_fast.ops.contrastive_loss import RankShard
 
 
 class MICROOutput(NamedTuple):
@@ -124,12 +125,21 @@ class MICRO(nn.Module):
         return MICROOutput(users, items + F.normalize(fused, p=2, dim=1), views, fused, weights)
 
     def loss(self, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
-             neg: torch.Tensor, *, build_item_graph: bool = False,
+             neg: torch.Tensor, *, build_item_graph: bool = False, batch_weight: float = 1.0,
+             contrastive_shard: RankShard | None = None,
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of one BPR batch (users, pos, neg: int64 [B]).
 
-        Returns ``(loss, parts)``; ``parts`` holds the detached ``bpr``, ``reg`` and (weighted)
-        ``contrastive`` terms (tensors, so that logging does not synchronize a GPU).
+        ``batch_weight`` multiplies the batch terms (BPR and regularization), e.g. a rank's
+        share of a global batch under data parallelism. With ``contrastive_shard`` this process
+        computes its part of the all-item contrastive loss only, and the contrastive term is
+        ``shard.count`` x that part: the full value, with this process's share of the
+        gradient scaled so that averaging the gradients over the processes (as
+        DistributedDataParallel does) gives the full one.
+
+        Returns ``(loss, parts)``; ``parts`` holds the detached ``bpr``, ``reg`` (unweighted)
+        and (weighted) ``contrastive`` terms (tensors, so that logging does not synchronize a
+        GPU).
         """
         out = self(ui_graph, build_item_graph=build_item_graph)
         # index_select: reproducible backward with repeated ids (advanced indexing is not)
@@ -137,10 +147,13 @@ class MICRO(nn.Module):
         p, n = out.items.index_select(0, pos), out.items.index_select(0, neg)
         bpr = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
         reg = self.reg_weight * 0.5 * ((u * u).sum() + (p * p).sum() + (n * n).sum()) / len(users)
-        total = bpr + reg
+        total = (bpr + reg) * batch_weight if batch_weight != 1.0 else bpr + reg
         contrast = torch.zeros((), dtype=total.dtype, device=total.device)
         if out.views and self.contrastive_weight > 0:
-            contrast = self.contrastive_weight * self.fusion.loss(out.views, out.weights)
+            part = self.fusion.loss(out.views, out.weights, shard=contrastive_shard)
+            if contrastive_shard is not None:
+                part = part * contrastive_shard.count
+            contrast = self.contrastive_weight * part
             total = total + contrast
         return total, {"bpr": bpr.detach(), "reg": reg.detach(), "contrastive": contrast.detach()}
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from micro_fast.ops.contrastive_fusion import contrastive_fusion_loss, fuse_views
-from micro_fast.ops.contrastive_loss import contrastive_loss
+from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss
 
 
 class ContrastiveFusion(nn.Module):
@@ -37,11 +37,13 @@ class ContrastiveFusion(nn.Module):
         return fuse_views(views, self.attention(views))
 
     def loss(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...],
-             weights: torch.Tensor) -> torch.Tensor:
+             weights: torch.Tensor, *, shard: RankShard | None = None) -> torch.Tensor:
         """:math:`\\sum_m` contrastive_loss(H_m, h) for ``h = fuse_views(views, weights)``, by
-        ``contrastive_fusion_loss`` (one pass over the Gram blocks of the views)."""
+        ``contrastive_fusion_loss`` (one pass over the Gram blocks of the views); with
+        ``shard``, this process's part of it (see ``ops.contrastive_loss``)."""
         return contrastive_fusion_loss(views, weights, tau=self.tau, symmetric=self.symmetric,
-                                       block_size=self.block_size, backend=self.backend)
+                                       block_size=self.block_size, backend=self.backend,
+                                       shard=shard)
 
     def contrastive(self, view: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """The contrastive loss of one view [N, d] against the fused view [N, d] (scalar)."""

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
-from micro_fast.ops.contrastive_loss import contrastive_loss
+from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss, shard_args
 
 #: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
 FUSED_MIN_TAU = 0.05
@@ -41,20 +41,31 @@ STRATEGIES = ("auto", "fused", "separate")
 
 class _FusionLSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, coef, tau, block_size, impl):  # noqa: D102
+    def forward(ctx, u, coef, tau, block_size, impl, shard):  # noqa: D102
         u, coef = u.detach().contiguous(), coef.detach().contiguous()
-        lse = impl.contrastive_fusion_forward(u, coef, tau, block_size).to(u.device)
+        count, split = shard_args(shard, impl)
+        if split is None:
+            lse = impl.contrastive_fusion_forward(u, coef, tau, block_size).to(u.device)
+        else:
+            lse = shard.logsumexp(impl.contrastive_fusion_forward(u, coef, tau, block_size,
+                                                                  shard=split).to(u.device))
         ctx.save_for_backward(u, coef, lse)
-        ctx.tau, ctx.block_size, ctx.impl = tau, block_size, impl
+        ctx.tau, ctx.block_size, ctx.impl, ctx.count, ctx.split = (tau, block_size, impl, count,
+                                                                    split)
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         u, coef, lse = ctx.saved_tensors
+        g = grad.to(u.dtype)
+        kwargs = {}
+        if ctx.split is not None:
+            # this process visits 1 / count of the tiles, each with the full loss's weight
+            g, kwargs = g * ctx.count, {"shard": ctx.split}
         grad_u, grad_coef = ctx.impl.contrastive_fusion_backward(
-            u, coef, ctx.tau, lse, grad.to(u.dtype).contiguous(), ctx.block_size)
-        return grad_u.to(u.device), grad_coef.to(u.device), None, None, None
+            u, coef, ctx.tau, lse, g.contiguous(), ctx.block_size, **kwargs)
+        return grad_u.to(u.device), grad_coef.to(u.device), None, None, None, None
 
 
 def fuse_views(views: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
@@ -70,7 +81,8 @@ def _fused_backend(backend: str, device: torch.device):
 def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor, *,
                             tau: float = 0.5, symmetric: bool = False,
                             block_size: int | None = None, backend: str = "auto",
-                            strategy: str = "auto") -> torch.Tensor:
+                            strategy: str = "auto", shard: RankShard | None = None,
+                            ) -> torch.Tensor:
     """:math:`\\sum_m` ``contrastive_loss(views[m], h)`` with ``h = sum_k weights[:, k] views[k]``.
 
     Args:
@@ -83,8 +95,11 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
         backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
         strategy: ``"fused"`` (the fused-view kernel, where the backend has one),
             ``"separate"`` (the sum of separate losses) or ``"auto"`` (whichever was measured
-            faster on this machine, ``micro_fast.tuning``). Both give the same loss and
-            gradients within float rounding.
+            faster on this machine, ``micro_fast.tuning``; the fused kernel with ``shard``).
+            Both give the same loss and gradients within float rounding.
+        shard: this process's part of a loss split over processes (see
+            ``contrastive_loss``); the result is then ``loss / shard.count`` with this
+            process's share of the gradients.
 
     Returns:
         scalar tensor, differentiable w.r.t. ``views`` and ``weights``.
@@ -114,7 +129,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     impl = _fused_backend(backend, views[0].device)
-    if strategy == "separate" or (strategy == "auto" and impl is not None
+    if strategy == "separate" or (strategy == "auto" and impl is not None and shard is None
                                   and not tuning.fused_fusion_loss()):
         impl = None
     d, elem = views[0].shape[1], views[0].element_size()
@@ -124,8 +139,10 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     fused = fuse_views(views, weights)
     if impl is None or symmetric or tau < FUSED_MIN_TAU:
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,
-                                    block_size=block_size, backend=backend) for v in views)
-    block_size = block_size or tuning.block_size("contrastive_fusion", impl)
+                                    block_size=block_size, backend=backend, shard=shard)
+                   for v in views)
+    if shard is None:
+        block_size = block_size or tuning.block_size("contrastive_fusion", impl)
     u = torch.stack([l2_normalize(f"views[{m}]", v) for m, v in enumerate(views)])  # [M, N, d]
     norms = torch.stack([torch.linalg.vector_norm(v, dim=1) for v in views], dim=1)  # [N, M]
     fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True)
@@ -135,6 +152,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
                          "cosine similarity is undefined for them")
     # sum_k coef[:, k] u_k is exactly fused / |fused|
     coef = weights * norms / fused_norm
-    lse = _FusionLSE.apply(u, coef, tau, block_size, impl)  # [M, N]
+    lse = _FusionLSE.apply(u, coef, tau, block_size, impl, shard)  # [M, N]
     diag = (u * (fused / fused_norm)).sum(dim=2) / tau  # <u_m,i, h_i / |h_i|> / tau
-    return (lse - diag).mean(dim=1).sum()
+    loss = (lse - diag).mean(dim=1).sum()
+    return loss if shard is None else loss / shard.count

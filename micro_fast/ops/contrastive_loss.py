@@ -20,9 +20,19 @@ O(block x N) at most and the intra-view tiles, being symmetric, are computed onc
 flow to ``z1`` and ``z2`` through the normalization (done in torch, as published). Rows of zero
 norm are an error: their cosine is undefined, and the published ``F.normalize`` (a norm clamped
 at 1e-12) turns them into gradients of rounding noise times 1e12.
+
+With ``shard`` (a ``RankShard``, e.g. from ``micro_fast.distributed``) the call is one
+process's part of the loss: the backends with a shard form (cpp) visit every ``count``-th tile
+task only, the processes combine their partial row statistics into the full ``lse`` (one
+log-sum-exp collective), and the call returns ``loss / count`` with this process's share of the
+gradients, so that the values and the gradients summed over the processes are the
+single-process ones. Other backends compute the whole loss on every process and return the same
+``1 / count`` share.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -31,39 +41,71 @@ from micro_fast import backends, memory, tuning
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 
 
+class RankShard(Protocol):
+    """One process's part of a loss split over ``count`` cooperating processes."""
+
+    index: int
+    count: int
+
+    def logsumexp(self, partial: torch.Tensor) -> torch.Tensor:
+        """Elementwise log of the sum over the processes of ``exp(partial)``; the same tensor
+        on every process."""
+
+
+def shard_args(shard: RankShard | None, impl: object) -> tuple[int, tuple[int, int] | None]:
+    """(processes, the ``shard=`` argument of a backend that splits its tiles, else None)."""
+    if shard is None:
+        return 1, None
+    if getattr(impl, "CONTRASTIVE_SHARDS", False):
+        return shard.count, (shard.index, shard.count)
+    return shard.count, None
+
+
 class _ContrastiveLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, n1, n2, tau, symmetric, block_size, impl):  # noqa: D102
+    def forward(ctx, n1, n2, tau, symmetric, block_size, impl, shard):  # noqa: D102
         n1c, n2c = n1.detach().contiguous(), n2.detach().contiguous()
-        lse1, lse2 = impl.contrastive_forward(n1c, n2c, tau, symmetric, block_size)
+        count, split = shard_args(shard, impl)
+        if split is None:
+            lse1, lse2 = impl.contrastive_forward(n1c, n2c, tau, symmetric, block_size)
+        else:
+            lse1, lse2 = impl.contrastive_forward(n1c, n2c, tau, symmetric, block_size,
+                                                  shard=split)
+            if symmetric:
+                lse1, lse2 = shard.logsumexp(torch.stack([lse1, lse2]))
+            else:
+                lse1 = shard.logsumexp(lse1)
         diag = (n1c * n2c).sum(dim=1) / tau
         rows = lse1 - diag
         if symmetric:
             rows = (rows + lse2 - diag) / 2
         ctx.save_for_backward(n1c, n2c, lse1, lse2)
         ctx.tau, ctx.symmetric, ctx.block_size, ctx.impl = tau, symmetric, block_size, impl
-        return rows.mean()
+        ctx.count, ctx.split = count, split
+        return rows.mean() / count
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         n1, n2, lse1, lse2 = ctx.saved_tensors
         n, tau = n1.shape[0], ctx.tau
-        weight = grad.to(n1.dtype) / (2 * n if ctx.symmetric else n)
-        g = weight.expand(n).contiguous()
+        weight = grad.to(n1.dtype) / ((2 * n if ctx.symmetric else n) * ctx.count)
+        # a split kernel visits 1 / count of the tiles: each with the full loss's weight
+        g = (weight * (ctx.count if ctx.split else 1)).expand(n).contiguous()
+        kwargs = {} if ctx.split is None else {"shard": ctx.split}
         grad1, grad2 = ctx.impl.contrastive_backward(n1, n2, tau, lse1, lse2 if ctx.symmetric
                                                      else None, g, g if ctx.symmetric else None,
-                                                     ctx.block_size)
+                                                     ctx.block_size, **kwargs)
         # the -s12_ii / tau terms of every row used
         diag_weight = weight * (2 if ctx.symmetric else 1) / tau
         grad1 = grad1.to(n1.device) - diag_weight * n2
         grad2 = grad2.to(n2.device) - diag_weight * n1
-        return grad1, grad2, None, None, None, None
+        return grad1, grad2, None, None, None, None, None
 
 
 def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
                      symmetric: bool = False, block_size: int | None = None,
-                     backend: str = "auto") -> torch.Tensor:
+                     backend: str = "auto", shard: RankShard | None = None) -> torch.Tensor:
     """MICRO's contrastive loss between views ``z1`` and ``z2`` (see the module docstring).
 
     Args:
@@ -72,11 +114,15 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         symmetric: ``False`` (published, one direction z1 -> z2) or ``True`` (both directions,
             averaged).
         block_size: rows per tile; ``None``: the size measured fastest here
-            (``micro_fast.tuning``) or the backend's default.
+            (``micro_fast.tuning``) or the backend's default (always the default with
+            ``shard``, so that every process splits the work alike).
         backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
+        shard: this process's part of a loss split over processes (see the module
+            docstring); every process must call with the same inputs and arguments.
 
     Returns:
-        scalar tensor, differentiable w.r.t. ``z1`` and ``z2``.
+        scalar tensor, differentiable w.r.t. ``z1`` and ``z2`` (``loss / shard.count`` with
+        this process's share of the gradients when ``shard`` is given).
     """
     check_matrix("z1", z1)
     check_matrix("z2", z2)
@@ -90,7 +136,8 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
     impl = backends.get(backend, z1.device, op="contrastive_forward")
-    block_size = block_size or tuning.block_size("contrastive", impl)
+    if shard is None:
+        block_size = block_size or tuning.block_size("contrastive", impl)
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
     # normalized views, gradients and per-thread gradient copies, torch_ref's [block, N] blocks
     memory.check("contrastive_loss", (4 + 2 * torch.get_num_threads()) * n * d * elem
@@ -98,4 +145,4 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     # zero rows are an error: their cosine is undefined, and normalizing them with a clamped
     # norm (F.normalize) would scale rounding noise in the gradient by 1 / eps
     n1, n2 = l2_normalize("z1", z1), l2_normalize("z2", z2)
-    return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl)
+    return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl, shard)
