@@ -18,10 +18,10 @@ rank ends with exactly what a single process computes:
   and reduced in the single-process order, so the metrics are identical too.
 * ``contrastive_loss`` / ``contrastive_fusion_loss``: rank ``r`` computes every ``W``-th tile
   task of the all-item loss (cpp: block pairs, so the symmetric intra-view saving is kept),
-  the per-row partial log-sum-exps are combined with two all-reduces of [M, N] floats (max,
-  then sum), and each rank returns ``loss / W`` with its share of the gradients: summed over
-  the ranks, the values and gradients are the single-process ones (float summation order
-  aside). ``for_ddp=True`` returns ``W`` times that part instead, the full loss value on
+  the per-row partial log-sum-exps are combined with one all-reduce of [M, N] floats (two, max
+  then sum, for tau < 0.05), and each rank returns ``loss / W`` with its share of the
+  gradients: summed over the ranks, the values and gradients are the single-process ones
+  (float summation order aside). ``for_ddp=True`` returns ``W`` times that part instead, the full loss value on
   every rank with gradients that DistributedDataParallel's mean over ranks turns into the full
   ones. Backends without a shard form compute the whole loss on every rank.
 
@@ -243,10 +243,15 @@ class ProcessGroupShard:
     def __init__(self) -> None:
         self.index, self.count = rank_and_world()
 
-    def logsumexp(self, partial: torch.Tensor) -> torch.Tensor:
-        """log sum_r exp(partial_r), elementwise, with two all-reduces (max, then sum)."""
+    def logsumexp(self, partial: torch.Tensor, shift: float | None = None) -> torch.Tensor:
+        """log sum_r exp(partial_r), elementwise: one all-reduce of exp(partial - shift) when a
+        safe ``shift`` is known, else two (the max, then the shifted sum)."""
         if self.count == 1:
             return partial
+        if shift is not None:
+            total = torch.exp(partial - shift)
+            guard("all_reduce (contrastive sum)", dist.all_reduce, total)
+            return shift + torch.log(total)
         top = partial.clone()
         guard("all_reduce (contrastive max)", dist.all_reduce, top, op=dist.ReduceOp.MAX)
         # a row no rank touched stays -inf (log 0) instead of becoming NaN
@@ -276,6 +281,34 @@ def contrastive_fusion_loss(views, weights: torch.Tensor, *, tau: float = 0.5,
     part = _contrastive_fusion_loss(views, weights, tau=tau, symmetric=symmetric,
                                     backend=backend, shard=shard if shard.count > 1 else None)
     return part * shard.count if for_ddp and shard.count > 1 else part
+
+
+def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
+    """Copies rank ``src``'s parameters and buffers to every rank (in place)."""
+    if not is_active():
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            guard("broadcast (parameters)", dist.broadcast, t.data, src)
+
+
+def average_gradients(parameters, what: str = "gradient all-reduce") -> int:
+    """Replaces every ``.grad`` of ``parameters`` by its mean over the ranks, in one flat
+    all-reduce of the gradients that exist (every rank must hold the same set, as ranks that
+    run the same step do); parameters without a gradient are left alone and cost nothing,
+    unlike a DistributedDataParallel bucket, which reduces all of its parameters every step.
+    Returns the number of values exchanged."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not is_active() or not grads:
+        return 0
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    guard(what, dist.all_reduce, flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat.numel()
 
 
 def all_reduce_mean(t: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:

@@ -9,10 +9,11 @@ complete checkpoint and ``resume=True`` continues from it, losing at most the ep
 With the same seed a CPU run is reproducible, resumed or not.
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1 in the environment) the same call
-trains with DistributedDataParallel: every rank draws the same global BPR batch from the seeded
-sampler and trains on its contiguous share of it (the loss is weighted so that the averaged
-gradient is the one of the global batch), each rank computes its part of the all-item
-contrastive loss (scaled the same way), the kNN graph rebuilds and the evaluation are split
+trains data-parallel: every rank starts from rank 0's parameters, draws the same global BPR
+batch from the seeded sampler and trains on its contiguous share of it (the loss is weighted so
+that the averaged gradient is the one of the global batch), each rank computes its part of the
+all-item contrastive loss (scaled the same way), the gradients that exist are averaged over
+the ranks in one all-reduce per step, the kNN graph rebuilds and the evaluation are split
 over the ranks (``micro_fast.distributed``), and rank 0 alone writes the run directory. NCCL
 is used on CUDA devices (one GPU per local rank), gloo on CPU.
 """
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from micro_fast import data as mf_data
 from micro_fast import distributed
@@ -241,20 +241,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-class _BatchLoss(nn.Module):
-    """``model.loss`` as a forward, which is what DistributedDataParallel wraps."""
-
-    def __init__(self, model: MICRO) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
-                neg: torch.Tensor, build_item_graph: bool, batch_weight: float,
-                contrastive_shard):
-        return self.model.loss(ui_graph, users, pos, neg, build_item_graph=build_item_graph,
-                               batch_weight=batch_weight, contrastive_shard=contrastive_shard)
-
-
 def _setup_device_and_group(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
     """(rank, world, device, whether this call created the process group)."""
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -306,12 +292,8 @@ def _train(config: TrainConfig, resume: bool,
     dataset = dataset if dataset is not None else load_dataset(config)
     model = build_model(config, dataset).to(device)
     ui_graph = interaction_graph(dataset, config.ui_normalization, device)
-    step_module: nn.Module = _BatchLoss(model)
     if world > 1:
-        # learned-graph parameters get gradients only on the graph-rebuilding batch
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=True)
+        distributed.broadcast_parameters(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: config.lr_decay ** (e / config.lr_decay_epochs))
@@ -360,8 +342,12 @@ def _train(config: TrainConfig, resume: bool,
             weight = (r1 - r0) * world / len(batch[0])
             optimizer.zero_grad()
             loss, parts = distributed.guard(f"training step (epoch {epoch}, batch {b})",
-                                            _step, step_module, ui_graph, users, pos, neg,
+                                            _step, model, ui_graph, users, pos, neg,
                                             b == 0, weight, shard, collective=False)
+            # the learned-graph parameters have gradients on the rebuilding batch only: the
+            # other batches exchange just the embeddings' and the fusion's gradients
+            distributed.average_gradients(model.parameters(),
+                                          f"gradient all-reduce (epoch {epoch}, batch {b})")
             optimizer.step()
             # the batch terms are rank shares, the contrastive one the full value on every rank
             step = torch.stack([loss, weight * parts["bpr"], weight * parts["reg"],
@@ -440,10 +426,11 @@ def _train(config: TrainConfig, resume: bool,
     return summary
 
 
-def _step(step_module: nn.Module, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
+def _step(model: MICRO, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
           neg: torch.Tensor, build: bool, weight: float, shard
           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss, parts = step_module(ui_graph, users, pos, neg, build, weight, shard)
+    loss, parts = model.loss(ui_graph, users, pos, neg, build_item_graph=build,
+                             batch_weight=weight, contrastive_shard=shard)
     loss.backward()
     return loss.detach(), parts
 

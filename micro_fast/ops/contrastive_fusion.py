@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
-from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss, shard_args
+from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss, lse_shift, shard_args
 
 #: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
 FUSED_MIN_TAU = 0.05
@@ -48,7 +48,8 @@ class _FusionLSE(torch.autograd.Function):
             lse = impl.contrastive_fusion_forward(u, coef, tau, block_size).to(u.device)
         else:
             lse = shard.logsumexp(impl.contrastive_fusion_forward(u, coef, tau, block_size,
-                                                                  shard=split).to(u.device))
+                                                                  shard=split).to(u.device),
+                                  lse_shift(tau))
         ctx.save_for_backward(u, coef, lse)
         ctx.tau, ctx.block_size, ctx.impl, ctx.count, ctx.split = (tau, block_size, impl, count,
                                                                     split)

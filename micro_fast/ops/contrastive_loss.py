@@ -47,9 +47,17 @@ class RankShard(Protocol):
     index: int
     count: int
 
-    def logsumexp(self, partial: torch.Tensor) -> torch.Tensor:
+    def logsumexp(self, partial: torch.Tensor, shift: float | None = None) -> torch.Tensor:
         """Elementwise log of the sum over the processes of ``exp(partial)``; the same tensor
-        on every process."""
+        on every process. ``shift``, when given, is a value every finite ``partial`` lies
+        within 80 of, so that ``exp(partial - shift)`` neither overflows nor underflows."""
+
+
+def lse_shift(tau: float) -> float | None:
+    """A shift for ``RankShard.logsumexp`` of the losses' partial log-sum-exps: every term is
+    exp(s / tau) with |s| <= 1, so a partial of up to 2^40 terms lies within 2 / tau + 28 of
+    1 / tau, which is within 80 when tau >= 0.05 (the fused kernels' own limit)."""
+    return 1.0 / tau if tau >= 0.05 else None
 
 
 def shard_args(shard: RankShard | None, impl: object) -> tuple[int, tuple[int, int] | None]:
@@ -72,9 +80,9 @@ class _ContrastiveLoss(torch.autograd.Function):
             lse1, lse2 = impl.contrastive_forward(n1c, n2c, tau, symmetric, block_size,
                                                   shard=split)
             if symmetric:
-                lse1, lse2 = shard.logsumexp(torch.stack([lse1, lse2]))
+                lse1, lse2 = shard.logsumexp(torch.stack([lse1, lse2]), lse_shift(tau))
             else:
-                lse1 = shard.logsumexp(lse1)
+                lse1 = shard.logsumexp(lse1, lse_shift(tau))
         diag = (n1c * n2c).sum(dim=1) / tau
         rows = lse1 - diag
         if symmetric:
