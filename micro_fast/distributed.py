@@ -21,9 +21,10 @@ rank ends with exactly what a single process computes:
   the per-row partial log-sum-exps are combined with one all-reduce of [M, N] floats (two, max
   then sum, for tau < 0.05), and each rank returns ``loss / W`` with its share of the
   gradients: summed over the ranks, the values and gradients are the single-process ones
-  (float summation order aside). ``for_ddp=True`` returns ``W`` times that part instead, the full loss value on
-  every rank with gradients that DistributedDataParallel's mean over ranks turns into the full
-  ones. Backends without a shard form compute the whole loss on every rank.
+  (float summation order aside). ``for_ddp=True`` returns ``W`` times that part instead, the
+  full loss value on every rank with gradients that a mean over the ranks
+  (DistributedDataParallel's, or ``average_gradients``) turns into the full ones. Backends
+  without a shard form compute the whole loss on every rank.
 
 Without an initialized process group (or with one rank) every function is the single-process
 op. A collective that fails because another rank died or timed out raises
