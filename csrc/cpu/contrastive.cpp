@@ -12,15 +12,15 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "common.h"
 #include "cpu/isa.h"
+#include "cpu/packed_panels.h"
 
 namespace micro_fast {
 namespace {
-
-constexpr int kChunk = 128;
 
 enum TileKind : int { kCross = 0, kIntra1 = 1, kIntra2 = 2 };
 
@@ -60,6 +60,7 @@ template <typename T>
 struct TileSpan {
   int64_t i0, j0;
   int mb, nb;
+  int xv, yv;  // views (0: n1, 1: n2) of the tile's rows and columns
   const T* x;  // rows of the tile
   const T* y;  // columns of the tile
   bool diag;   // an intra-view tile on the diagonal: its i == j entries are left out
@@ -68,41 +69,48 @@ struct TileSpan {
       : i0(task.bi * block), j0(task.bj * block),
         mb(static_cast<int>(std::min(block, n - task.bi * block))),
         nb(static_cast<int>(std::min(block, n - task.bj * block))),
-        x(task.kind == kIntra2 ? n2 : n1), y(task.kind == kIntra1 ? n1 : n2),
-        diag(task.kind != kCross && task.bi == task.bj) {}
+        xv(task.kind == kIntra2 ? 1 : 0), yv(task.kind == kIntra1 ? 0 : 1),
+        x(xv ? n2 : n1), y(yv ? n2 : n1), diag(task.kind != kCross && task.bi == task.bj) {}
 };
+
+// Below this many row blocks each block is packed per tile instead of once per call: the few
+// repeats cost less than the page faults of a call-sized buffer, and the panels stay hot.
+constexpr int64_t kPrepackBlocks = 8;
 
 template <typename T>
 struct Scratch {
   std::vector<T> a, b, s, e, colmax, colw;
   std::vector<double> colsum;
-  explicit Scratch(const Plan<T>& p)
-      : a(p.pad_a * p.d), b(p.pad_b * std::min<int64_t>(p.d, kChunk)), s(p.pad_a * p.pad_b),
-        e(p.pad_a * p.pad_b) {}
+  Scratch(const Plan<T>& p, bool per_tile_panels)
+      : a(per_tile_panels ? p.pad_a * std::min<int64_t>(p.d, kChunk) : 0),
+        b(per_tile_panels ? p.pad_b * std::min<int64_t>(p.d, kChunk) : 0),
+        s(p.pad_a * p.pad_b), e(p.pad_a * p.pad_b) {}
 };
 
-// s[mb x nb] (row stride pad_b) = rows [i0, i0+mb) of x times rows [j0, j0+nb) of y, transposed.
+// The task's span, with its score tile s[mb x nb] (row stride pad_b) = rows [i0, i0+mb) of x
+// times rows [j0, j0+nb) of y, transposed, computed into w.s; operands from the per-call
+// panels `pk`, or packed here when there are none.
 template <typename T>
-void score_tile(const TileKernel<T>& kern, const Plan<T>& p, Scratch<T>& w, const T* x,
-                int64_t i0, int mb, const T* y, int64_t j0, int nb) {
+TileSpan<T> scored_tile(const TileKernel<T>& kern, const Plan<T>& p, const PackedPanels<T>* pk,
+                        Scratch<T>& w, const Task& task, const T* n1, const T* n2) {
+  const TileSpan<T> sp(task, p.block, p.n, n1, n2);
   for (int c = 0; c < p.nchunks; ++c) {
     const int64_t p0 = int64_t(c) * kChunk;
     const int kc = static_cast<int>(std::min<int64_t>(kChunk, p.d - p0));
-    kern.pack_a(x, p.d, i0, mb, p0, kc, w.a.data());
-    kern.pack_b(y, p.d, j0, nb, p0, kc, w.b.data());
-    TileArgs<T> args{w.a.data(), w.b.data(), kc,      i0,   mb,      j0,      nb,
-                     c == 0,     false,      w.s.data(), static_cast<int>(p.pad_b),
-                     nullptr,    nullptr,    nullptr};
+    const T *a, *b;
+    if (pk != nullptr) {
+      a = pk->pa(c, sp.xv, task.bi);
+      b = pk->pb(c, sp.yv, task.bj);
+    } else {
+      kern.pack_a(sp.x, p.d, sp.i0, sp.mb, p0, kc, w.a.data());
+      kern.pack_b(sp.y, p.d, sp.j0, sp.nb, p0, kc, w.b.data());
+      a = w.a.data();
+      b = w.b.data();
+    }
+    TileArgs<T> args{a, b, kc, sp.i0, sp.mb, sp.j0, sp.nb, c == 0, false, w.s.data(),
+                     static_cast<int>(p.pad_b), nullptr, nullptr, nullptr};
     kern.tile(args);
   }
-}
-
-// The task's span, with its score tile computed into w.s.
-template <typename T>
-TileSpan<T> scored_tile(const TileKernel<T>& kern, const Plan<T>& p, Scratch<T>& w,
-                        const Task& task, const T* n1, const T* n2) {
-  const TileSpan<T> sp(task, p.block, p.n, n1, n2);
-  score_tile(kern, p, w, sp.x, sp.i0, sp.mb, sp.y, sp.j0, sp.nb);
   return sp;
 }
 
@@ -113,14 +121,18 @@ template <typename T, typename Fn>
 void for_each_scored_tile(const TileKernel<T>& kern, const Plan<T>& plan, int threads,
                           const T* n1, const T* n2, Fn fn) {
   const int64_t ntasks = static_cast<int64_t>(plan.tasks.size());
+  const T* views[2] = {n1, n2};
+  std::unique_ptr<PackedPanels<T>> pk;
+  if ((plan.n + plan.block - 1) / plan.block >= kPrepackBlocks)
+    pk = std::make_unique<PackedPanels<T>>(kern, views, 2, plan.n, plan.d, plan.block, threads);
 #pragma omp parallel num_threads(threads)
   {
-    Scratch<T> w(plan);
+    Scratch<T> w(plan, pk == nullptr);
     const int tid = omp_get_thread_num();
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Task& task = plan.tasks[t];
-      fn(w, tid, task, scored_tile(kern, plan, w, task, n1, n2));
+      fn(w, tid, task, scored_tile(kern, plan, pk.get(), w, task, n1, n2));
     }
   }
 }

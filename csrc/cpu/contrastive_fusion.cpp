@@ -30,16 +30,16 @@
 #include "common.h"
 #include "cpu/contrastive.h"
 #include "cpu/isa.h"
+#include "cpu/packed_panels.h"
 
 namespace micro_fast {
 namespace {
 
-constexpr int kChunk = 128;
 constexpr int64_t kDefaultBlock = 128;  // m^2 + 2m tiles per thread stay in L2
 
 template <typename T>
 struct FusionPlan {
-  int64_t m, n, d, block, pad_a, pad_b, tile, kc_max, nblocks;
+  int64_t m, n, d, block, pad_a, pad_b, tile, nblocks;
   int nchunks;
   std::vector<std::pair<int32_t, int32_t>> tasks;
 
@@ -50,7 +50,6 @@ struct FusionPlan {
     pad_a = (block + kern.mr - 1) / kern.mr * kern.mr;
     pad_b = (block + kern.nr - 1) / kern.nr * kern.nr;
     tile = pad_a * pad_b;
-    kc_max = std::min<int64_t>(d, kChunk);
     nchunks = static_cast<int>((d + kChunk - 1) / kChunk);
     nblocks = (n + block - 1) / block;
     const int32_t nb = static_cast<int32_t>(nblocks);
@@ -79,48 +78,26 @@ struct Span {
   bool diag;
 };
 
-// Every row block of every view packed once per call, as the tile kernel's left (A) and right
-// (B) operands, chunk by chunk of the feature dimension: each block meets every other block,
-// so packing per task would repeat the same work nblocks times.
 template <typename T>
-struct Packed {
-  std::vector<T> a, b;
-  int64_t sa, sb;  // elements per packed block and chunk
-  Packed(const TileKernel<T>& kern, const FusionPlan<T>& pl, const T* u, int threads)
-      : a(pl.nchunks * pl.m * pl.nblocks * pl.pad_a * pl.kc_max),
-        b(pl.nchunks * pl.m * pl.nblocks * pl.pad_b * pl.kc_max),
-        sa(pl.pad_a * pl.kc_max), sb(pl.pad_b * pl.kc_max) {
-    const int64_t jobs = pl.nchunks * pl.m * pl.nblocks;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < jobs; ++t) {
-      const int64_t blk = t % pl.nblocks, q = (t / pl.nblocks) % pl.m, c = t / (pl.nblocks * pl.m);
-      const int64_t p0 = c * kChunk, r0 = blk * pl.block;
-      const int kc = static_cast<int>(std::min<int64_t>(kChunk, pl.d - p0));
-      const int rows = static_cast<int>(std::min(pl.block, pl.n - r0));
-      kern.pack_a(u + q * pl.n * pl.d, pl.d, r0, rows, p0, kc, a.data() + t * sa);
-      kern.pack_b(u + q * pl.n * pl.d, pl.d, r0, rows, p0, kc, b.data() + t * sb);
-    }
-  }
-  const T* pa(const FusionPlan<T>& pl, int c, int64_t q, int64_t blk) const {
-    return a.data() + ((c * pl.m + q) * pl.nblocks + blk) * sa;
-  }
-  const T* pb(const FusionPlan<T>& pl, int c, int64_t q, int64_t blk) const {
-    return b.data() + ((c * pl.m + q) * pl.nblocks + blk) * sb;
-  }
-};
+PackedPanels<T> pack_views(const TileKernel<T>& kern, const FusionPlan<T>& pl, const T* u,
+                           int threads) {
+  std::vector<const T*> views(pl.m);
+  for (int64_t q = 0; q < pl.m; ++q) views[q] = u + q * pl.n * pl.d;
+  return PackedPanels<T>(kern, views.data(), pl.m, pl.n, pl.d, pl.block, threads);
+}
 
 template <typename T>
-Span gram_tiles(const TileKernel<T>& kern, const FusionPlan<T>& pl, const Packed<T>& pk,
+Span gram_tiles(const TileKernel<T>& kern, const FusionPlan<T>& pl, const PackedPanels<T>& pk,
                 FusionScratch<T>& w, std::pair<int32_t, int32_t> task) {
   const Span sp{task.first * pl.block, task.second * pl.block,
                 static_cast<int>(std::min(pl.block, pl.n - task.first * pl.block)),
                 static_cast<int>(std::min(pl.block, pl.n - task.second * pl.block)),
                 task.first == task.second};
   for (int c = 0; c < pl.nchunks; ++c) {
-    const int kc = static_cast<int>(std::min<int64_t>(kChunk, pl.d - int64_t(c) * kChunk));
+    const int kc = pk.kc(c);
     for (int64_t q = 0; q < pl.m; ++q)
       for (int64_t k = 0; k < pl.m; ++k) {
-        TileArgs<T> args{pk.pa(pl, c, q, task.first), pk.pb(pl, c, k, task.second), kc, sp.i0,
+        TileArgs<T> args{pk.pa(c, q, task.first), pk.pb(c, k, task.second), kc, sp.i0,
                          sp.mb, sp.j0, sp.nb, c == 0, false, w.gram(pl, q, k),
                          static_cast<int>(pl.pad_b), nullptr, nullptr, nullptr};
         kern.tile(args);
@@ -177,7 +154,7 @@ void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n,
   const int threads = contrastive_team(num_threads, n, m * d);
   const std::vector<T> coef_t = transposed(coef, n, m);
   std::vector<std::vector<double>> sums(threads, std::vector<double>(m * n, 0.0));
-  const Packed<T> pk(ks.tile, pl, u, threads);
+  const PackedPanels<T> pk = pack_views(ks.tile, pl, u, threads);
   const T inv_tau = T(1.0 / tau);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
@@ -248,7 +225,7 @@ void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n
   std::vector<std::vector<double>> dcoef(threads, std::vector<double>(n * m, 0.0));
   const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
   const int64_t ld = pl.pad_b;
-  const Packed<T> pk(ks.tile, pl, u, threads);
+  const PackedPanels<T> pk = pack_views(ks.tile, pl, u, threads);
   const int mm = static_cast<int>(m);
 #pragma omp parallel num_threads(threads)
   {

@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "cpu/isa.h"
+#include "cpu/packed_panels.h"
 
 namespace micro_fast {
 namespace {
@@ -24,8 +25,6 @@ const TileKernel<T>& kernel_for() {
 // Threshold arrays are read a whole vector at a time past the last row: pad with +inf so the
 // padding never passes the filter.
 constexpr int64_t kThrPad = 64;
-// Feature-dimension chunk: an NR-wide packed B panel of kChunk rows stays in L1.
-constexpr int kChunk = 128;
 // Private per-thread lists (symmetric mode) are used only while they stay this small.
 constexpr int64_t kPrivateListBudget = int64_t(256) << 20;
 
@@ -64,23 +63,23 @@ struct Geometry {
   int nchunks;
 };
 
-// Per-thread scratch: packed A block (all chunks), packed B chunk, partial-sum tile.
+// Per-thread scratch: packed A block (all chunks), partial-sum tile. The keys' B panels are
+// packed once per call (PackedPanels): every row block meets every key block.
 template <typename T>
 struct Workspace {
-  std::vector<T> a, b, acc;
+  std::vector<T> a, acc;
   int64_t packed_block = -1;
 
   explicit Workspace(const Geometry<T>& g) {
     a.resize(g.pad_a * g.d);
-    b.resize(g.pad_b * std::min<int64_t>(g.d, kChunk));
     if (g.nchunks > 1) acc.resize(g.pad_a * g.pad_b);
   }
 };
 
 template <typename T>
 void run_pair(const TileKernel<T>& kern, const Geometry<T>& g, Workspace<T>& w, const T* q,
-              const T* keys, int64_t bi, int64_t bj, RowHeaps<T>* rows, RowHeaps<T>* cols,
-              const ExcludeCSR& ex) {
+              const PackedPanels<T>& keys, int64_t bi, int64_t bj, RowHeaps<T>* rows,
+              RowHeaps<T>* cols, const ExcludeCSR& ex) {
   const int64_t i0 = bi * g.block, j0 = bj * g.block;
   const int mb = static_cast<int>(std::min(g.block, g.m - i0));
   const int nb = static_cast<int>(std::min(g.block, g.n - j0));
@@ -94,10 +93,9 @@ void run_pair(const TileKernel<T>& kern, const Geometry<T>& g, Workspace<T>& w, 
   }
   for (int c = 0; c < g.nchunks; ++c) {
     const int64_t p0 = int64_t(c) * kChunk;
-    const int kc = static_cast<int>(std::min<int64_t>(kChunk, g.d - p0));
-    kern.pack_b(keys, g.d, j0, nb, p0, kc, w.b.data());
+    const int kc = keys.kc(c);
     TileArgs<T> args{w.a.data() + p0 * g.pad_a,
-                     w.b.data(),
+                     keys.pb(c, 0, bj),
                      kc,
                      i0,
                      mb,
@@ -148,6 +146,7 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
   g.nchunks = static_cast<int>((d + kChunk - 1) / kChunk);
   const ExcludeCSR ex{exclude_indptr, exclude_indices};
 
+  const PackedPanels<T> packed(kern, &keys, 1, n, d, g.block, threads, /*want_a=*/false);
   const int64_t row_blocks = (m + g.block - 1) / g.block;
   const int64_t key_blocks = (n + g.block - 1) / g.block;
   const int64_t list_bytes = m * int64_t(k) * int64_t(sizeof(T) + sizeof(int64_t));
@@ -166,7 +165,7 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
       for (int64_t bi = 0; bi < row_blocks; ++bi) {
         if (bi % num_shards == shard)  // other shards' rows stay padded
           for (int64_t bj = 0; bj < key_blocks; ++bj)
-            run_pair<T>(kern, g, w, q, keys, bi, bj, &store.h, nullptr, ex);
+            run_pair<T>(kern, g, w, q, packed, bi, bj, &store.h, nullptr, ex);
         const int64_t end = std::min(m, (bi + 1) * g.block);
         for (int64_t r = bi * g.block; r < end; ++r) heap_finish_row(store.h, r);
       }
@@ -194,7 +193,7 @@ void topk_similarity(const T* q, int64_t m, const T* keys, int64_t n, int64_t d,
     for (int64_t t = 0; t < ntasks; ++t) {
       const int64_t bi = tasks[t].first, bj = tasks[t].second;
       RowHeaps<T>* cols = (symmetric && bi != bj) ? h : nullptr;
-      run_pair<T>(kern, g, w, q, keys, bi, bj, h, cols, ex);
+      run_pair<T>(kern, g, w, q, packed, bi, bj, h, cols, ex);
     }
   }
   const ExcludeCSR none{};
