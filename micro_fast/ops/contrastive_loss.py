@@ -147,8 +147,9 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     if shard is None:
         block_size = block_size or tuning.block_size("contrastive", impl)
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
-    # normalized views, gradients and per-thread gradient copies, torch_ref's [block, N] blocks
-    memory.check("contrastive_loss", (4 + 2 * torch.get_num_threads()) * n * d * elem
+    # normalized views, their packed panels, gradients and per-thread gradient copies,
+    # torch_ref's [block, N] blocks
+    memory.check("contrastive_loss", (8 + 2 * torch.get_num_threads()) * n * d * elem
                  + memory.reference_blocks(impl, n, n, elem, 4), f"N = {n}, d = {d}")
     # zero rows are an error: their cosine is undefined, and normalizing them with a clamped
     # norm (F.normalize) would scale rounding noise in the gradient by 1 / eps
