@@ -62,7 +62,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from micro_fast.backends import numba as cpu_kernels
+from micro_fast.backends.numba import order
 
 #: ``numba.cuda``, imported by ``_cuda()`` on first use. The kernels name it as this module
 #: global: the simulator swaps a kernel's global ``cuda`` for its fake module while it runs.
@@ -135,8 +135,8 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
     i64 = types.int64
     maxt = MAX_THREADS
 
-    better = cuda.jit(device=True)(cpu_kernels.better)
-    excluded = cuda.jit(device=True)(cpu_kernels.in_sorted)
+    better = cuda.jit(device=True)(order.better)
+    excluded = cuda.jit(device=True)(order.in_sorted)
 
     @cuda.jit(device=True)
     def merge(src_v, src_i, srow, dst_v, dst_i, drow, cnt, k, cand_v, cand_j, nthreads, tid):

@@ -78,9 +78,6 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = n_users + n_items
     dev = users.device
-    for name, t, hi in (("users", users, n_users), ("items", items, n_items)):
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
-            raise ValueError(f"{name}: index out of range [0, {hi})")
     key = torch.unique(users * max(n_items, 1) + items, return_counts=True)
     pairs, counts = key
     if duplicates == "error" and bool((counts > 1).any()):

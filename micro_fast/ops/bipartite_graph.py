@@ -62,6 +62,9 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     for name, n in (("n_users", n_users), ("n_items", n_items)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    for name, ids, hi in (("users", users, n_users), ("items", items, n_items)):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= hi):
+            raise ValueError(f"{name}: index out of range [0, {hi})")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if duplicates not in ("sum", "error"):

@@ -1,5 +1,4 @@
-"""Numba backend: the blocked top-k kernel of ``csrc/cpu``, CSR products and the contrastive
-loss, JIT-compiled for the CPU.
+"""The blocked top-k similarity kernel of ``csrc/cpu``, JIT-compiled with numba for the CPU.
 
 For queries ``X`` [M, d] and keys ``Y`` [N, d] (``Y = X`` when ``keys`` is ``None``), row ``i``
 of the result holds the ``k`` best pairs ``(s_ij, j)``, ``s_ij = <x_i, y_j> = sum_p x_ip y_jp``,
@@ -36,19 +35,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError as exc:  # numba is optional: the library falls back to other backends
-    numba = None
-    _import_error = f"{exc}"
-
-    def njit(*args, **kwargs):  # keeps the decorators below importable without numba
-        return lambda f: f
-
-    prange = range
-else:
-    _import_error = ""
+from micro_fast.backends.numba._jit import LEAF, njit, prange, workers
+from micro_fast.backends.numba.order import better, in_sorted
 
 # Block sizes tried by default, largest first: larger blocks mean fewer tiles, hence fewer passes
 # of the selection over each row; smaller ones more tasks to balance over the workers.
@@ -63,59 +51,19 @@ _PANEL = 16
 _PRIVATE_LIST_BUDGET = 256 << 20
 
 _EMPTY = np.zeros(0, dtype=np.int64)
-# Options of the helpers that run per tile, row or candidate. They take arrays but never allocate,
-# so they are compiled without NRT reference counting (``_nrt=False``, as numba does for its own
-# hot helpers): counted, every array argument costs an atomic increment and decrement per call,
-# which made a heap insertion ~7x slower.
-_LEAF = {"cache": True, "nogil": True, "_nrt": False}
-
-
-def is_available() -> tuple[bool, str]:
-    if numba is not None:
-        return True, ""
-    return False, f"numba did not import: {_import_error}"
-
-
-def supports(device: torch.device) -> bool:
-    return device.type == "cpu"
-
-
-# --- bounded k-best heaps (root = worst entry) ------------------------------------------------
-
-
-def better(v, j, rv, rj):
-    """The result order: larger value first, ties to the smaller index (plain Python, compiled
-    here for the CPU and by ``numba_cuda`` for the GPU)."""
-    return v > rv or (v == rv and j < rj)
-
-
-def in_sorted(ex_idx, lo, hi, col):
-    """Whether ``col`` is in the sorted ``ex_idx[lo:hi]`` (binary search; plain Python, compiled
-    here and by ``numba_cuda``)."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        c = ex_idx[mid]
-        if c == col:
-            return True
-        if c < col:
-            lo = mid + 1
-        else:
-            hi = mid
-    return False
-
 
 _better = njit(cache=True, nogil=True)(better)
-_in_sorted = njit(**_LEAF)(in_sorted)
+_in_sorted = njit(**LEAF)(in_sorted)
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _excluded(ex_ptr, ex_idx, row, col):
     if ex_ptr.shape[0] == 0:
         return False
     return _in_sorted(ex_idx, ex_ptr[row], ex_ptr[row + 1], col)
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _sift_down(hv, hi, row, end, v, j):
     """Places ``(v, j)`` at the root of ``row``'s heap ``[0, end)`` and sifts it down."""
     pos = 0
@@ -134,7 +82,7 @@ def _sift_down(hv, hi, row, end, v, j):
     hi[row, pos] = j
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _offer(hv, hi, cnt, thr, row, v, j, ex_ptr, ex_idx):
     """Offers ``(v, j)`` to the list of ``row``, raising ``thr[row]`` to its root once full.
 
@@ -170,7 +118,7 @@ def _offer(hv, hi, cnt, thr, row, v, j, ex_ptr, ex_idx):
         thr[row] = hv[row, 0]
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _finish_row(hv, hi, cnt, row):
     """Heap-sorts the list of ``row`` best first and pads it with ``(-inf, -1)``."""
     k = hv.shape[1]
@@ -188,7 +136,7 @@ def _finish_row(hv, hi, cnt, row):
             hi[row, e] = -1
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _pack(x, i0, mb, pt):
     """``pt[:, :mb] = x[i0:i0+mb].T``: the packed operand, read at unit stride over its rows."""
     d = x.shape[1]
@@ -198,7 +146,7 @@ def _pack(x, i0, mb, pt):
             pt[p, c] = xrow[p]
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _gemm4(s, r, a, ar, pt, q0, q1, np_):
     """``s[r:r+4, :np_] += a[ar:ar+4, q0:q1] @ pt[q0:q1, :np_]``, summing in feature order.
 
@@ -264,7 +212,7 @@ def _gemm4(s, r, a, ar, pt, q0, q1, np_):
         q += 1
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _scan(srow, np_, t, tcols, to_cols, hits, hv, hi, cnt, thr, arow, p0, ex_ptr, ex_idx):
     """Offers the ``hits`` entries of ``srow[:np_]`` that passed their threshold when counted.
 
@@ -320,7 +268,7 @@ def _scan(srow, np_, t, tcols, to_cols, hits, hv, hi, cnt, thr, arow, p0, ex_ptr
 # --- one tile ------------------------------------------------------------------------------------
 
 
-@njit(**_LEAF)
+@njit(**LEAF)
 def _tile(a, a0, ma, pt, p0, np_, s, hv, hi, cnt, thr, to_rows, to_cols, ex_ptr, ex_idx):
     """Folds the tile ``T = a[a0:a0+ma] P^T`` into the lists, ``P^T`` being packed in ``pt``.
 
@@ -460,24 +408,6 @@ def _run_pairs(x, y, symmetric, k, block, workers, ex_ptr, ex_idx):
     return out_v.copy(), out_i.copy()
 
 
-_pool_started = False
-
-
-def _start_pool() -> None:
-    """Starts numba's thread pool, keeping torch's thread count.
-
-    With the OpenMP threading layer numba and torch share one OpenMP runtime, and starting the
-    pool sets its thread count, torch's included, to ``NUMBA_NUM_THREADS``.
-    """
-    global _pool_started
-    if not _pool_started:
-        threads = torch.get_num_threads()
-        numba.get_num_threads()  # starts the pool
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        _pool_started = True
-
-
 def _default_block(m: int, n: int, symmetric: bool, workers: int) -> int:
     """The largest of ``_BLOCKS`` that still gives every worker several tiles."""
     for block in _BLOCKS:
@@ -500,268 +430,18 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
         ex_ptr, ex_idx = exclude[0].detach().numpy(), exclude[1].detach().numpy()
     m, k = x.shape[0], int(k)
     n = m if symmetric else y.shape[0]
-    _start_pool()
-    workers = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(workers)
-    block = max(1, int(block_size)) if block_size else _default_block(m, n, symmetric, workers)
+    n_workers = workers()
+    block = max(1, int(block_size)) if block_size else _default_block(m, n, symmetric, n_workers)
 
     row_blocks = (m + block - 1) // block
     list_bytes = m * k * (x.itemsize + 8)
-    private_fits = (workers - 1) * list_bytes <= _PRIVATE_LIST_BUDGET
+    private_fits = (n_workers - 1) * list_bytes <= _PRIVATE_LIST_BUDGET
     # Pair tasks balance the load when a tile updates two row blocks (symmetric) or when there
     # are too few row blocks to keep every worker busy; they cost private lists and a merge.
-    if private_fits and (symmetric or (workers > 1 and row_blocks < 4 * workers)):
-        values, indices = _run_pairs(x, y, symmetric, k, block, workers, ex_ptr, ex_idx)
+    if private_fits and (symmetric or (n_workers > 1 and row_blocks < 4 * n_workers)):
+        values, indices = _run_pairs(x, y, symmetric, k, block, n_workers, ex_ptr, ex_idx)
     else:
         values, indices = _run_rows(x, y, k, block, ex_ptr, ex_idx)
     return torch.from_numpy(values), torch.from_numpy(indices)
 
 
-# --- CSR products, transpose and the bipartite graph ------------------------------------------
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _spmm_kernel(indptr, indices, values, x, y):
-    m, d = y.shape
-    for r in prange(m):
-        for j in range(d):
-            y[r, j] = 0.0
-        for e in range(indptr[r], indptr[r + 1]):
-            v = values[e]
-            c = indices[e]
-            for j in range(d):
-                y[r, j] += v * x[c, j]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _sddmm_kernel(indptr, indices, a, b, out):
-    m, d = a.shape
-    for r in prange(m):
-        for e in range(indptr[r], indptr[r + 1]):
-            c = indices[e]
-            s = 0.0
-            for j in range(d):
-                s += a[r, j] * b[c, j]
-            out[e] = s
-
-
-@njit(cache=True, nogil=True)
-def _transpose_kernel(indptr, indices, n_cols, t_indptr, t_indices, perm):
-    m = indptr.shape[0] - 1
-    for e in range(indices.shape[0]):
-        t_indptr[indices[e] + 1] += 1
-    for c in range(n_cols):
-        t_indptr[c + 1] += t_indptr[c]
-    nxt = t_indptr[:-1].copy()
-    for r in range(m):
-        for e in range(indptr[r], indptr[r + 1]):
-            pos = nxt[indices[e]]
-            nxt[indices[e]] += 1
-            t_indices[pos] = r
-            perm[pos] = e
-
-
-def _threads() -> None:
-    _start_pool()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
-def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
-         x: torch.Tensor) -> torch.Tensor:
-    _threads()
-    # torch's allocator reuses freed blocks; fresh NumPy outputs fault their pages in again
-    y = torch.empty(indptr.numel() - 1, x.shape[1], dtype=x.dtype)
-    _spmm_kernel(indptr.numpy(), indices.numpy(), values.detach().numpy(), x.detach().numpy(),
-                 y.numpy())
-    return y
-
-
-def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
-          b: torch.Tensor) -> torch.Tensor:
-    _threads()
-    out = torch.empty(indices.numel(), dtype=a.dtype)
-    _sddmm_kernel(indptr.numpy(), indices.numpy(), a.detach().numpy(), b.detach().numpy(),
-                  out.numpy())
-    return out
-
-
-def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    nnz = indices.numel()
-    t_indptr = np.zeros(n_cols + 1, dtype=np.int64)
-    t_indices = np.empty(nnz, dtype=np.int64)
-    perm = np.empty(nnz, dtype=np.int64)
-    _transpose_kernel(indptr.numpy(), indices.numpy(), n_cols, t_indptr, t_indices, perm)
-    return torch.from_numpy(t_indptr), torch.from_numpy(t_indices), torch.from_numpy(perm)
-
-
-@njit(cache=True, nogil=True)
-def _bipartite_kernel(users, items, n_users, n_items, self_loops, sum_duplicates, power,
-                      sym, values_dtype_one):
-    """Counting sort by user, per-user sort of items, duplicate merge, then the item rows by a
-    second counting sort (users come out in order). Returns (-1 - position) of the first
-    duplicate instead of a graph when duplicates are rejected."""
-    n = n_users + n_items
-    nnz = users.shape[0]
-    uptr = np.zeros(n_users + 1, dtype=np.int64)
-    for e in range(nnz):
-        uptr[users[e] + 1] += 1
-    for u in range(n_users):
-        uptr[u + 1] += uptr[u]
-    fill = uptr[:-1].copy()
-    uitems = np.empty(nnz, dtype=np.int64)
-    for e in range(nnz):
-        uitems[fill[users[e]]] = items[e]
-        fill[users[e]] += 1
-    # merge duplicates in place: (item, count) runs per user
-    cnt = np.empty(nnz, dtype=values_dtype_one.dtype)
-    dptr = np.zeros(n_users + 1, dtype=np.int64)
-    w = 0
-    for u in range(n_users):
-        row = np.sort(uitems[uptr[u]:uptr[u + 1]])
-        for t in range(row.shape[0]):
-            if t > 0 and row[t] == row[t - 1]:
-                if not sum_duplicates:
-                    return -1, dptr, uitems, cnt
-                cnt[w - 1] += 1
-            else:
-                uitems[w] = row[t]
-                cnt[w] = 1
-                w += 1
-        dptr[u + 1] = w
-    loops = 1 if self_loops else 0
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    for u in range(n_users):
-        indptr[u + 1] = dptr[u + 1] - dptr[u] + loops
-    for t in range(w):
-        indptr[n_users + uitems[t] + 1] += 1
-    for i in range(n_items):
-        indptr[n_users + i + 1] += loops
-    for r in range(n):
-        indptr[r + 1] += indptr[r]
-    indices = np.empty(indptr[n], dtype=np.int64)
-    values = np.empty(indptr[n], dtype=values_dtype_one.dtype)
-    nxt = indptr[:-1].copy()
-    for u in range(n_users):
-        if self_loops:  # column u precedes every item column (>= n_users)
-            indices[nxt[u]] = u
-            values[nxt[u]] = 1
-            nxt[u] += 1
-        for t in range(dptr[u], dptr[u + 1]):
-            r = n_users + uitems[t]
-            indices[nxt[u]] = r
-            values[nxt[u]] = cnt[t]
-            nxt[u] += 1
-            indices[nxt[r]] = u
-            values[nxt[r]] = cnt[t]
-            nxt[r] += 1
-    if self_loops:  # column n_users + i follows every user column
-        for i in range(n_items):
-            r = n_users + i
-            indices[nxt[r]] = r
-            values[nxt[r]] = 1
-    if power > 0:
-        scale = np.zeros(n, dtype=np.float64)
-        for r in range(n):
-            deg = 0.0
-            for e in range(indptr[r], indptr[r + 1]):
-                deg += values[e]
-            if deg > 0:
-                scale[r] = deg ** -power
-        for r in range(n):
-            for e in range(indptr[r], indptr[r + 1]):
-                f = scale[r] * scale[indices[e]] if sym else scale[r]
-                values[e] = values[e] * f
-    return 0, indptr, indices, values
-
-
-def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                    normalization: str, self_loops: bool, duplicates: str,
-                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    u, i = users.numpy(), items.numpy()
-    for name, a, hi in (("users", u, n_users), ("items", i, n_items)):
-        if a.size and (int(a.min()) < 0 or int(a.max()) >= hi):
-            raise ValueError(f"{name}: index out of range [0, {hi})")
-    power = {"sym": 0.5, "rw": 1.0, "none": 0.0}[normalization]
-    one = np.ones(1, dtype=np.float32 if dtype == torch.float32 else np.float64)
-    status, indptr, indices, values = _bipartite_kernel(
-        u, i, int(n_users), int(n_items), bool(self_loops), duplicates == "sum", power,
-        normalization == "sym", one)
-    if status != 0:
-        raise ValueError("users/items: duplicate interaction")
-    return torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(values)
-
-
-# --- contrastive loss: row blocks against all items, O(block x N) scratch -------------------
-
-
-@njit(cache=True, nogil=True)
-def _lse_rows(x, y, r0, inv_tau, skip_diag):
-    s = np.dot(x, y.T) * inv_tau
-    out = np.empty(x.shape[0], dtype=np.float64)
-    for i in range(x.shape[0]):
-        if skip_diag:
-            s[i, r0 + i] = -np.inf
-        m = s[i].max()
-        out[i] = -np.inf if m == -np.inf else m + np.log(np.exp(s[i] - m).sum())
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _contrastive_forward_kernel(n1, n2, inv_tau, block, symmetric, lse1, lse2):
-    n = n1.shape[0]
-    for r0 in range(0, n, block):
-        r1 = min(n, r0 + block)
-        a = _lse_rows(n1[r0:r1], n1, r0, inv_tau, True)
-        b = _lse_rows(n1[r0:r1], n2, r0, inv_tau, False)
-        for i in range(r1 - r0):
-            lse1[r0 + i] = np.logaddexp(a[i], b[i])
-        if symmetric:
-            a = _lse_rows(n2[r0:r1], n2, r0, inv_tau, True)
-            b = _lse_rows(n2[r0:r1], n1, r0, inv_tau, False)
-            for i in range(r1 - r0):
-                lse2[r0 + i] = np.logaddexp(a[i], b[i])
-
-
-@njit(cache=True, nogil=True)
-def _contrastive_direction(x, y, lse, g, inv_tau, block, gx, gy):
-    n = x.shape[0]
-    for r0 in range(0, n, block):
-        r1 = min(n, r0 + block)
-        xb = x[r0:r1]
-        for view in range(2):
-            other = x if view == 0 else y
-            w = np.dot(xb, other.T) * inv_tau
-            for i in range(r1 - r0):
-                scale = g[r0 + i] * inv_tau
-                w[i] = np.exp(w[i] - lse[r0 + i]) * scale
-                if view == 0:
-                    w[i, r0 + i] = 0.0
-            gx[r0:r1] += np.dot(w, other)
-            if view == 0:
-                gx += np.dot(w.T, xb)
-            else:
-                gy += np.dot(w.T, xb)
-
-
-def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,
-                        block_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    a, b = n1.detach().numpy(), n2.detach().numpy()
-    lse1 = np.empty(a.shape[0], dtype=a.dtype)
-    lse2 = np.empty(a.shape[0] if symmetric else 0, dtype=a.dtype)
-    _contrastive_forward_kernel(a, b, a.dtype.type(1.0 / tau), int(block_size or 1024),
-                                bool(symmetric), lse1, lse2)
-    return torch.from_numpy(lse1), torch.from_numpy(lse2) if symmetric else None
-
-
-def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: torch.Tensor,
-                         lse2: torch.Tensor | None, g1: torch.Tensor, g2: torch.Tensor | None,
-                         block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    a, b = n1.detach().numpy(), n2.detach().numpy()
-    grad1, grad2 = np.zeros_like(a), np.zeros_like(b)
-    inv_tau = a.dtype.type(1.0 / tau)
-    block = int(block_size or 1024)
-    _contrastive_direction(a, b, lse1.numpy(), g1.numpy(), inv_tau, block, grad1, grad2)
-    if lse2 is not None:
-        _contrastive_direction(b, a, lse2.numpy(), g2.numpy(), inv_tau, block, grad2, grad1)
-    return torch.from_numpy(grad1), torch.from_numpy(grad2)

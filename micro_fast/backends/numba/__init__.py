@@ -1,0 +1,28 @@
+"""Numba backend: the CPU kernels of ``csrc/cpu`` JIT-compiled with numba, one module per
+concern as there (``topk``: the blocked top-k similarity; ``sparse``: CSR products, transpose
+and the bipartite graph; ``contrastive``: the contrastive loss statistics; ``order``: the result
+order that ``numba_cuda`` compiles too). The portable backend where no compiled extension is
+present; numba itself is optional.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from micro_fast.backends.numba._jit import import_error, numba
+from micro_fast.backends.numba.contrastive import contrastive_backward, contrastive_forward
+from micro_fast.backends.numba.sparse import bipartite_graph, csr_transpose, sddmm, spmm
+from micro_fast.backends.numba.topk import topk_similarity
+
+__all__ = ["bipartite_graph", "contrastive_backward", "contrastive_forward", "csr_transpose",
+           "is_available", "sddmm", "spmm", "supports", "topk_similarity"]
+
+
+def is_available() -> tuple[bool, str]:
+    if numba is not None:
+        return True, ""
+    return False, f"numba did not import: {import_error}"
+
+
+def supports(device: torch.device) -> bool:
+    return device.type == "cpu"
