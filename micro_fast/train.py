@@ -33,78 +33,31 @@ import torch
 
 from micro_fast import data as mf_data
 from micro_fast import distributed
+from micro_fast.config import UI_NORMALIZATIONS, TrainConfig
 from micro_fast.graph import CSRGraph
 from micro_fast.models import MICRO
 from micro_fast.ops.bipartite_graph import bipartite_graph
+from micro_fast.run_dir import RunDir, plot_curves
 
-UI_NORMALIZATIONS = ("published", "sym")
+__all__ = ["UI_NORMALIZATIONS", "TrainConfig", "TrainState", "build_model", "evaluate",
+           "evaluate_run", "interaction_graph", "load_dataset", "resolve_device", "train"]
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything a run depends on; the defaults are MICRO's published ones (MICRO.md)."""
+class TrainState:
+    """Where a run stands after ``epoch`` epochs (saved in ``last.pt``, restored on resume)."""
 
-    data: str = "synthetic"            # a path, "synthetic" or "synthetic:<size>"
-    format: str = "auto"               # "auto", "micro" or "mmrec" for paths
-    out: str = "runs/micro"
-    epochs: int = 1000
-    batch_size: int = 1024
-    lr: float = 5e-4
-    lr_decay: float = 0.96             # lr x lr_decay ** (epoch / lr_decay_epochs)
-    lr_decay_epochs: int = 50
-    seed: int = 123
-    eval_every: int = 5
-    patience: int = 10                 # evaluations without improvement before stopping
-    ks: tuple[int, ...] = (10, 20, 50)
-    ndcg: str = "standard"             # or "published"
-    modalities: tuple[str, ...] | None = None   # None: every modality in the data
-    dim: int = 64
-    feat_dim: int = 64
-    k: int = 10
-    lambda_coeff: float = 0.9
-    knn_normalization: str = "sym"
-    item_layers: int = 1
-    ui_layers: int = 2
-    ui_normalization: str = "published"   # D^-1 (A + I) as published, or "sym" (LightGCN)
-    contrastive_weight: float = 0.03
-    tau: float = 0.5
-    reg_weight: float = 1e-5
-    device: str = "auto"
-    backend: str = "auto"
-    threads: int | None = None
-    progress: bool = True
-    dist_timeout: float = 600.0        # seconds a rank waits for the others (torchrun runs)
-
-    def validate(self) -> TrainConfig:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.eval_every >= 1, "eval_every must be >= 1"),
-            (self.patience >= 0, "patience must be >= 0"),
-            (len(self.ks) > 0 and min(self.ks) >= 1, "ks must be cut-offs >= 1"),
-            (20 in self.ks, "ks must include 20 (early stopping uses Recall@20)"),
-            (self.ui_normalization in UI_NORMALIZATIONS,
-             f"ui_normalization must be one of {UI_NORMALIZATIONS}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             "device must be 'auto', 'cpu' or 'cuda[:N]'"),
-            (self.dist_timeout > 0, "dist_timeout must be > 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"{msg} (got {dataclasses.asdict(self)})")
-        return self
+    epoch: int = 0
+    best_recall: float = -math.inf
+    best_epoch: int | None = None
+    best_valid: dict[str, float] | None = None
+    best_test: dict[str, float] | None = None
+    stopping_step: int = 0             # evaluations since the best one
+    stopped_early: bool = False
+    train_time: float = 0.0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        d = dict(d)
-        for key in ("ks", "modalities"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
         return cls(**d)
 
 
@@ -162,85 +115,6 @@ def evaluate(model: MICRO, ui_graph: CSRGraph, dataset: mf_data.Dataset, split: 
                                     ndcg=ndcg, backend=backend)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform opens directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """Writes through ``write(file)`` into a temporary file, syncs it and renames it over
-    ``path``: a crash, kill or full disk at any point leaves the previous ``path`` intact (and
-    no temporary file behind when Python sees the error)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(text), "w")
-
-
-def _read_metrics(path: Path, before_epoch: int) -> list[dict[str, Any]]:
-    """The records of epochs before ``before_epoch``; a last line cut short by a kill during
-    its append is dropped (that epoch is trained again)."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({exc})") from None
-    return [r for r in rows if r["epoch"] < before_epoch]
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss and validation Recall/NDCG@20 per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([r["epoch"] for r in history], [r["loss"] for r in history])
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss")
-    evals = [r for r in history if "valid" in r]
-    for key in ("recall@20", "ndcg@20"):
-        ax2.plot([r["epoch"] for r in evals], [r["valid"][key] for r in evals], marker="o",
-                 label=f"valid {key}")
-    ax2.set_xlabel("epoch")
-    ax2.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def _setup_device_and_group(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
     """(rank, world, device, whether this call created the process group)."""
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -268,7 +142,7 @@ def train(config: TrainConfig, *, resume: bool = False,
         torch.set_num_threads(config.threads)
     rank, world, device, created_group = _setup_device_and_group(config)
     try:
-        summary = _train(config, resume, on_epoch_end, dataset, rank, world, device)
+        summary = _Run(config, dataset, rank, world, device).fit(resume, on_epoch_end)
         if created_group:
             # every rank done with its collectives before any tears the group down
             distributed.barrier("end of training")
@@ -278,174 +152,205 @@ def train(config: TrainConfig, *, resume: bool = False,
             distributed.shutdown()
 
 
-def _train(config: TrainConfig, resume: bool,
-           on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-           dataset: mf_data.Dataset | None, rank: int, world: int,
-           device: torch.device) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+class _Run:
+    """One training run: the model and its optimizer, sampler and run directory."""
 
-    lead = rank == 0  # the rank that writes files and prints
-    out = Path(config.out)
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    dataset = dataset if dataset is not None else load_dataset(config)
-    model = build_model(config, dataset).to(device)
-    ui_graph = interaction_graph(dataset, config.ui_normalization, device)
-    if world > 1:
-        distributed.broadcast_parameters(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: config.lr_decay ** (e / config.lr_decay_epochs))
-    sampler = mf_data.BPRSampler(dataset.train, config.batch_size, seed=config.seed)
-    # the all-item contrastive loss: each rank computes its part (see micro_fast.distributed)
-    shard = distributed.ProcessGroupShard() if world > 1 else None
-    state = {"epoch": 0, "best_recall": -math.inf, "best_epoch": None, "best_valid": None,
-             "best_test": None, "stopping_step": 0, "stopped_early": False, "train_time": 0.0}
-    metrics_path, last_path, best_path = (out / "metrics.jsonl", out / "last.pt",
-                                          out / "best.pt")
-    if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        sampler.load_state_dict(ckpt["sampler"])
+    def __init__(self, config: TrainConfig, dataset: mf_data.Dataset | None, rank: int,
+                 world: int, device: torch.device) -> None:
+        self.config, self.rank, self.world, self.device = config, rank, world, device
+        self.lead = rank == 0  # the rank that writes files and prints
+        self.progress = config.progress and self.lead
+        self.files = RunDir(config.out)
+        if self.lead:
+            self.files.create()
+        torch.manual_seed(config.seed)
+        self.dataset = dataset if dataset is not None else load_dataset(config)
+        self.model = build_model(config, self.dataset).to(device)
+        self.ui_graph = interaction_graph(self.dataset, config.ui_normalization, device)
+        if world > 1:
+            distributed.broadcast_parameters(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: config.lr_decay ** (e / config.lr_decay_epochs))
+        self.sampler = mf_data.BPRSampler(self.dataset.train, config.batch_size,
+                                          seed=config.seed)
+        # the all-item contrastive loss: each rank computes its part (micro_fast.distributed)
+        self.shard = distributed.ProcessGroupShard() if world > 1 else None
+        self.state = TrainState()
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def restore(self) -> None:
+        if not self.files.last.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint {self.files.last}")
+        ckpt = torch.load(self.files.last, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
-        state = ckpt["state"]
-    elif resume:
-        raise FileNotFoundError(f"--resume: no checkpoint {last_path}")
-    history = _read_metrics(metrics_path, state["epoch"])
-    progress = config.progress and lead
-    if lead:
-        _atomic_write_text(json.dumps(dataclasses.asdict(config), indent=2),
-                           out / "config.json")
-        _atomic_write_text("".join(json.dumps(r) + "\n" for r in history), metrics_path)
-    if progress:
-        print(f"data: {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-              f"{dataset.n_train} train interactions; modalities {model.modalities}; "
-              f"device {device}" + (f"; {world} ranks" if world > 1 else ""))
-    model.train()
-    while state["epoch"] < config.epochs and not state["stopped_early"]:
-        epoch = state["epoch"]
+        self.state = TrainState.from_dict(ckpt["state"])
+
+    def checkpoint(self, record: dict[str, Any], improved: bool) -> None:
+        if improved:
+            self.files.save({"model": self.model.state_dict(), "epoch": record["epoch"],
+                             "valid": record["valid"], "test": record["test"]}, self.files.best)
+        self.files.save({"model": self.model.state_dict(),
+                         "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(),
+                         "sampler": self.sampler.state_dict(),
+                         "torch_rng": torch.get_rng_state(),
+                         "state": dataclasses.asdict(self.state)}, self.files.last)
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self, resume: bool,
+            on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+        if resume:
+            self.restore()
+        config, state = self.config, self.state
+        history = self.files.read_metrics(state.epoch)
+        if self.lead:
+            self.files.write_json(dataclasses.asdict(config), self.files.config)
+            self.files.write_metrics(history)
+        if self.progress:
+            ds = self.dataset
+            print(f"data: {ds.name}: {ds.n_users} users, {ds.n_items} items, "
+                  f"{ds.n_train} train interactions; modalities {self.model.modalities}; "
+                  f"device {self.device}" + (f"; {self.world} ranks" if self.world > 1 else ""))
+        self.model.train()
+        while state.epoch < config.epochs and not state.stopped_early:
+            epoch = state.epoch
+            record = self.train_epoch(epoch)
+            improved = False
+            if (epoch + 1) % config.eval_every == 0:
+                improved = self.evaluate_epoch(record)
+            state.epoch = epoch + 1
+            history.append(record)
+            if self.lead:
+                self.files.append_metrics(record)
+                self.checkpoint(record, improved)
+            if self.progress:
+                self.report(record, improved)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+        return self.finish(history)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the sampler's batches; the epoch's record (losses, time, lr)."""
+        from tqdm.auto import tqdm
+
+        rank, world, device = self.rank, self.world, self.device
         t0 = time.perf_counter()
-        sums = {"loss": 0.0, "bpr": 0.0, "reg": 0.0, "contrastive": 0.0}
         acc = None
-        n_batches = sampler.n_batches
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not progress,
+        n_batches = self.sampler.n_batches
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not self.progress,
                    leave=False, unit="batch")
         for b in bar:
-            batch = sampler.sample()  # the global batch, the same on every rank
+            batch = self.sampler.sample()  # the global batch, the same on every rank
             r0, r1 = distributed.row_range(len(batch[0]), rank, world)
             users, pos, neg = (t[r0:r1].to(device) for t in batch)
-            # DDP averages gradients over ranks: weighting each rank's batch mean by its share
-            # makes that average the gradient of the global batch mean
+            # gradients are averaged over the ranks: weighting each rank's batch mean by its
+            # share makes that average the gradient of the global batch mean
             weight = (r1 - r0) * world / len(batch[0])
-            optimizer.zero_grad()
+            self.optimizer.zero_grad()
             loss, parts = distributed.guard(f"training step (epoch {epoch}, batch {b})",
-                                            _step, model, ui_graph, users, pos, neg,
-                                            b == 0, weight, shard, collective=False)
+                                            self.step, users, pos, neg, b == 0, weight,
+                                            collective=False)
             # the learned-graph parameters have gradients on the rebuilding batch only: the
             # other batches exchange just the embeddings' and the fusion's gradients
-            distributed.average_gradients(model.parameters(),
+            distributed.average_gradients(self.model.parameters(),
                                           f"gradient all-reduce (epoch {epoch}, batch {b})")
-            optimizer.step()
+            self.optimizer.step()
             # the batch terms are rank shares, the contrastive one the full value on every rank
             step = torch.stack([loss, weight * parts["bpr"], weight * parts["reg"],
                                 parts["contrastive"]])
             acc = step if acc is None else acc + step
-            if progress and (b % 10 == 0 or b == n_batches - 1):
+            if self.progress and (b % 10 == 0 or b == n_batches - 1):
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{float(step[0]):.4f}",
                                 samples_s=f"{(b + 1) * len(batch[0]) / elapsed:.0f}")
         bar.close()
-        scheduler.step()
+        self.scheduler.step()
         acc = distributed.all_reduce_mean(acc, f"loss reduction (epoch {epoch})")
-        for key, v in zip(sums, acc.tolist(), strict=True):
-            sums[key] = v
+        sums = dict(zip(("loss", "bpr", "reg", "contrastive"), acc.tolist(), strict=True))
         if math.isnan(sums["loss"]):
             raise FloatingPointError(f"training loss is NaN at epoch {epoch}")
         train_time = time.perf_counter() - t0
-        state["train_time"] += train_time
-        record: dict[str, Any] = {"epoch": epoch, **sums, "train_s": train_time,
-                                  "lr": optimizer.param_groups[0]["lr"]}
-        improved = False
-        if (epoch + 1) % config.eval_every == 0:
-            t1 = time.perf_counter()
-            valid = evaluate(model, ui_graph, dataset, "valid", config.ks, config.ndcg,
-                             config.backend)
-            record["valid"] = valid
-            if valid["recall@20"] > state["best_recall"]:
-                improved = True
-                test = evaluate(model, ui_graph, dataset, "test", config.ks, config.ndcg,
-                                config.backend)
-                record["test"] = test
-                state.update(best_recall=valid["recall@20"], best_epoch=epoch,
-                             best_valid=valid, best_test=test, stopping_step=0)
-            elif state["stopping_step"] < config.patience:
-                state["stopping_step"] += 1
-            else:
-                state["stopped_early"] = True
-            record["eval_s"] = time.perf_counter() - t1
-        state["epoch"] = epoch + 1
-        history.append(record)
-        if lead:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if improved:
-                _atomic_save({"model": model.state_dict(), "epoch": epoch,
-                              "valid": record["valid"], "test": record["test"]}, best_path)
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                          "torch_rng": torch.get_rng_state(), "state": state}, last_path)
-        if progress:
-            msg = (f"epoch {epoch}: loss {sums['loss']:.4f} (bpr {sums['bpr']:.4f}, "
-                   f"contrastive {sums['contrastive']:.4f}) [{train_time:.1f}s]")
-            if "valid" in record:
-                v = record["valid"]
-                msg += (f" valid recall@20 {v['recall@20']:.4f} ndcg@20 {v['ndcg@20']:.4f}"
-                        + (" *" if improved else ""))
-            print(msg, flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-    summary = {
-        "data": dataset.name, "epochs_run": state["epoch"],
-        "stopped_early": state["stopped_early"], "best_epoch": state["best_epoch"],
-        "best_valid": state["best_valid"], "test_at_best": state["best_test"],
-        "train_time_s": state["train_time"], "device": str(device), "world_size": world,
-        "modalities": model.modalities, "config": dataclasses.asdict(config),
-    }
-    if lead:
-        _atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
-        plot_curves(history, out / "curves.png")
-    if progress:
-        best = state["best_test"]
-        if best is not None:
-            print(f"best valid epoch {state['best_epoch']}: test "
-                  f"recall@20 {best['recall@20']:.4f} ndcg@20 {best['ndcg@20']:.4f}")
-        print(f"run directory: {out}")
-    return summary
+        self.state.train_time += train_time
+        return {"epoch": epoch, **sums, "train_s": train_time,
+                "lr": self.optimizer.param_groups[0]["lr"]}
 
+    def step(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, build: bool,
+             weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, parts = self.model.loss(self.ui_graph, users, pos, neg, build_item_graph=build,
+                                      batch_weight=weight, contrastive_shard=self.shard)
+        loss.backward()
+        return loss.detach(), parts
 
-def _step(model: MICRO, ui_graph: CSRGraph, users: torch.Tensor, pos: torch.Tensor,
-          neg: torch.Tensor, build: bool, weight: float, shard
-          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss, parts = model.loss(ui_graph, users, pos, neg, build_item_graph=build,
-                             batch_weight=weight, contrastive_shard=shard)
-    loss.backward()
-    return loss.detach(), parts
+    def evaluate_epoch(self, record: dict[str, Any]) -> bool:
+        """Validation metrics into ``record`` (and test ones when validation improved); the
+        early-stopping bookkeeping. Returns whether validation Recall@20 improved."""
+        config, state = self.config, self.state
+        t1 = time.perf_counter()
+        valid = self.evaluate("valid")
+        record["valid"] = valid
+        improved = valid["recall@20"] > state.best_recall
+        if improved:
+            test = self.evaluate("test")
+            record["test"] = test
+            state.best_recall, state.best_epoch = valid["recall@20"], record["epoch"]
+            state.best_valid, state.best_test, state.stopping_step = valid, test, 0
+        elif state.stopping_step < config.patience:
+            state.stopping_step += 1
+        else:
+            state.stopped_early = True
+        record["eval_s"] = time.perf_counter() - t1
+        return improved
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        return evaluate(self.model, self.ui_graph, self.dataset, split, self.config.ks,
+                        self.config.ndcg, self.config.backend)
+
+    def report(self, record: dict[str, Any], improved: bool) -> None:
+        msg = (f"epoch {record['epoch']}: loss {record['loss']:.4f} (bpr {record['bpr']:.4f}, "
+               f"contrastive {record['contrastive']:.4f}) [{record['train_s']:.1f}s]")
+        if "valid" in record:
+            v = record["valid"]
+            msg += (f" valid recall@20 {v['recall@20']:.4f} ndcg@20 {v['ndcg@20']:.4f}"
+                    + (" *" if improved else ""))
+        print(msg, flush=True)
+
+    def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        state = self.state
+        summary = {
+            "data": self.dataset.name, "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
+            "best_valid": state.best_valid, "test_at_best": state.best_test,
+            "train_time_s": state.train_time, "device": str(self.device),
+            "world_size": self.world, "modalities": self.model.modalities,
+            "config": dataclasses.asdict(self.config),
+        }
+        if self.lead:
+            self.files.write_json(summary, self.files.summary)
+            plot_curves(history, self.files.curves)
+        if self.progress:
+            best = state.best_test
+            if best is not None:
+                print(f"best valid epoch {state.best_epoch}: test "
+                      f"recall@20 {best['recall@20']:.4f} ndcg@20 {best['ndcg@20']:.4f}")
+            print(f"run directory: {self.files.path}")
+        return summary
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best",
                  device: str | None = None) -> dict[str, Any]:
     """Re-evaluates a run's ``best`` or ``last`` checkpoint on validation and test."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: not a run directory")
-    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    files = RunDir(run_dir)
+    if not files.config.exists():
+        raise FileNotFoundError(f"{files.config} not found: not a run directory")
+    config = TrainConfig.from_dict(json.loads(files.config.read_text()))
     if device is not None:
         config.device = device
-    path = run_dir / f"{checkpoint}.pt"
+    path = files.path / f"{checkpoint}.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     dev = resolve_device(config.device)
@@ -460,5 +365,5 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best",
                                 config.backend),
               "test": evaluate(model, ui_graph, dataset, "test", config.ks, config.ndcg,
                                config.backend)}
-    _atomic_write_text(json.dumps(result, indent=2), run_dir / f"eval_{checkpoint}.json")
+    files.write_json(result, files.path / f"eval_{checkpoint}.json")
     return result

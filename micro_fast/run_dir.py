@@ -1,0 +1,126 @@
+"""The files of a run directory, written so that a crash, kill or full disk never leaves a
+broken one: ``config.json``, ``metrics.jsonl`` (one JSON record per epoch), ``last.pt`` (every
+epoch), ``best.pt`` (at the best validation Recall@20), ``summary.json`` and ``curves.png``.
+Every file but the metrics log is written to a temporary file, synced and renamed; the log is
+appended line by line, and a last line cut short by a kill is dropped when it is read back."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunDir:
+    """The paths of one run directory and its readers and writers."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+        self.summary = self.path / "summary.json"
+        self.curves = self.path / "curves.png"
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, obj: Any, path: Path) -> None:
+        atomic_write_text(json.dumps(obj, indent=2), path)
+
+    def save(self, obj: Any, path: Path) -> None:
+        atomic_save(obj, path)
+
+    def read_metrics(self, before_epoch: int) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics, before_epoch)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in history), self.metrics)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    """Writes through ``write(file)`` into a temporary file, syncs it and renames it over
+    ``path``: a crash, kill or full disk at any point leaves the previous ``path`` intact (and
+    no temporary file behind when Python sees the error)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    atomic_write(path, lambda f: f.write(text), "w")
+
+
+def read_metrics(path: Path, before_epoch: int) -> list[dict[str, Any]]:
+    """The records of epochs before ``before_epoch``; a last line cut short by a kill during
+    its append is dropped (that epoch is trained again)."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({exc})") from None
+    return [r for r in rows if r["epoch"] < before_epoch]
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss and validation Recall/NDCG@20 per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot([r["epoch"] for r in history], [r["loss"] for r in history])
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss")
+    evals = [r for r in history if "valid" in r]
+    for key in ("recall@20", "ndcg@20"):
+        ax2.plot([r["epoch"] for r in evals], [r["valid"][key] for r in evals], marker="o",
+                 label=f"valid {key}")
+    ax2.set_xlabel("epoch")
+    ax2.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
