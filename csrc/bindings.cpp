@@ -158,21 +158,6 @@ CArray<T> sddmm(const IndexArray& indptr, const IndexArray& indices, const CArra
   return out;
 }
 
-py::tuple csr_transpose(const IndexArray& indptr, const IndexArray& indices, int64_t n_cols) {
-  MF_CHECK(n_cols >= 0, "n_cols must be non-negative");
-  check_csr(indptr, indices, n_cols);
-  const int64_t m = indptr.shape(0) - 1, nnz = indices.shape(0);
-  IndexArray t_indptr({n_cols + 1}), t_indices({nnz}), perm({nnz});
-  const int64_t *p = indptr.data(), *ix = indices.data();
-  int64_t *tp = t_indptr.mutable_data(), *ti = t_indices.mutable_data(),
-          *pp = perm.mutable_data();
-  {
-    py::gil_scoped_release release;
-    micro_fast::csr_transpose(p, ix, m, n_cols, tp, ti, pp);
-  }
-  return py::make_tuple(t_indptr, t_indices, perm);
-}
-
 template <typename T>
 py::tuple bipartite_graph_impl(const IndexArray& users, const IndexArray& items, int64_t n_users,
                                int64_t n_items, micro_fast::Normalization norm, bool self_loops,
@@ -331,8 +316,31 @@ py::tuple contrastive_fusion_backward(const CArray<T>& u, const CArray<T>& coef,
   return py::make_tuple(grad_u, grad_coef);
 }
 
+// The kernels of scalar type T: pybind11 picks the overload from the arrays' dtype (noconvert:
+// an array of another dtype raises instead of being copied).
 template <typename T>
-void def_contrastive_fusion(py::module_& mod) {
+void def_kernels(py::module_& mod) {
+  mod.def("topk_similarity", &topk_similarity<T>, py::arg("queries").noconvert(),
+          py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
+          py::arg("exclude_indices").noconvert(), py::arg("block_size") = 0,
+          py::arg("num_threads") = 1, py::arg("shard") = 0, py::arg("num_shards") = 1);
+  // checked=false: the caller vouches for the CSR structure (a validated CSRGraph)
+  mod.def("spmm", &spmm<T>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
+          py::kw_only(), py::arg("checked") = true, py::arg("out").noconvert() = py::none());
+  mod.def("sddmm", &sddmm<T>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
+          py::kw_only(), py::arg("checked") = true, py::arg("out").noconvert() = py::none());
+  mod.def("contrastive_forward", &contrastive_forward<T>, py::arg("n1").noconvert(),
+          py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
+          py::arg("num_shards") = 1);
+  mod.def("contrastive_backward", &contrastive_backward<T>, py::arg("n1").noconvert(),
+          py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
+          py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
+          py::arg("block_size") = 0, py::arg("num_threads") = 1,
+          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none(),
+          py::arg("shard") = 0, py::arg("num_shards") = 1);
   mod.def("contrastive_fusion_forward", &contrastive_fusion_forward<T>,
           py::arg("u").noconvert(), py::arg("coef").noconvert(), py::arg("tau"),
           py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
@@ -351,56 +359,12 @@ PYBIND11_MODULE(_C, mod) {
   mod.doc() = "micro_fast compiled CPU kernels (C++17, OpenMP)";
   py::register_exception<InvalidArgument>(mod, "KernelArgumentError", PyExc_ValueError);
 
-  mod.def("topk_similarity", &topk_similarity<float>, py::arg("queries").noconvert(),
-          py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
-          py::arg("exclude_indices").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
-          py::arg("num_shards") = 1);
-  mod.def("topk_similarity", &topk_similarity<double>, py::arg("queries").noconvert(),
-          py::arg("keys").noconvert(), py::arg("k"), py::arg("exclude_indptr").noconvert(),
-          py::arg("exclude_indices").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
-          py::arg("num_shards") = 1);
-  mod.def("spmm", &spmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
-  mod.def("spmm", &spmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("values").noconvert(), py::arg("x").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
-  mod.def("sddmm", &sddmm<float>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
-  mod.def("sddmm", &sddmm<double>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
-          py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
-          py::arg("checked") = true, py::arg("out").noconvert() = py::none());
-  mod.def("csr_transpose", &csr_transpose, py::arg("indptr").noconvert(),
-          py::arg("indices").noconvert(), py::arg("n_cols"));
+  def_kernels<float>(mod);
+  def_kernels<double>(mod);
   mod.def("bipartite_graph", &bipartite_graph, py::arg("users").noconvert(),
           py::arg("items").noconvert(), py::arg("n_users"), py::arg("n_items"),
           py::arg("normalization"), py::arg("self_loops"), py::arg("duplicates"),
           py::arg("dtype"));
-  mod.def("contrastive_forward", &contrastive_forward<float>, py::arg("n1").noconvert(),
-          py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
-          py::arg("num_shards") = 1);
-  mod.def("contrastive_forward", &contrastive_forward<double>, py::arg("n1").noconvert(),
-          py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,
-          py::arg("num_shards") = 1);
-  mod.def("contrastive_backward", &contrastive_backward<float>, py::arg("n1").noconvert(),
-          py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
-          py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1,
-          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none(),
-          py::arg("shard") = 0, py::arg("num_shards") = 1);
-  mod.def("contrastive_backward", &contrastive_backward<double>, py::arg("n1").noconvert(),
-          py::arg("n2").noconvert(), py::arg("tau"), py::arg("lse1").noconvert(),
-          py::arg("lse2").noconvert(), py::arg("g1").noconvert(), py::arg("g2").noconvert(),
-          py::arg("block_size") = 0, py::arg("num_threads") = 1,
-          py::arg("out1").noconvert() = py::none(), py::arg("out2").noconvert() = py::none(),
-          py::arg("shard") = 0, py::arg("num_shards") = 1);
-  def_contrastive_fusion<float>(mod);
-  def_contrastive_fusion<double>(mod);
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");

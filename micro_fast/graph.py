@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from micro_fast import backends
-
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -59,12 +57,16 @@ class _Structure:
         return self._rows
 
     def transpose(self) -> tuple[_Structure, torch.Tensor]:
-        """The transposed structure and the permutation taking values to its entry order."""
+        """The transposed structure and the permutation taking values to its entry order: a
+        stable sort of the entries by column (on any device), so each column lists its rows
+        ascending. Built once per structure, then cached."""
         if self._transpose is None:
-            impl = backends.get("auto", self.indptr.device, op="csr_transpose")
-            indptr, indices, perm = impl.csr_transpose(self.indptr, self.indices, self.shape[1])
-            indptr, indices, perm = (a.to(self.indptr.device) for a in (indptr, indices, perm))
-            t = _Structure(indptr, indices, (self.shape[1], self.shape[0]))
+            n_cols = self.shape[1]
+            perm = torch.sort(self.indices, stable=True).indices
+            indices = self.rows()[perm]
+            indptr = torch.zeros(n_cols + 1, dtype=torch.int64, device=self.indptr.device)
+            torch.cumsum(torch.bincount(self.indices, minlength=n_cols), 0, out=indptr[1:])
+            t = _Structure(indptr, indices, (n_cols, self.shape[0]))
             # the transpose of the transpose is this structure again
             inverse = torch.empty_like(perm)
             inverse[perm] = torch.arange(perm.numel(), device=perm.device)

@@ -71,8 +71,8 @@ def test_registered_right_after_cuda():
 
 
 @not_in_sim
-@pytest.mark.parametrize("op", ["topk_similarity", "spmm", "sddmm", "csr_transpose",
-                                "bipartite_graph", "contrastive_forward"])
+@pytest.mark.parametrize("op", ["topk_similarity", "spmm", "sddmm", "bipartite_graph",
+                                "contrastive_forward"])
 def test_cpu_tensors_never_get_it(monkeypatch, op):
     # even where it is available (a GPU, the simulator), auto skips it for CPU tensors
     monkeypatch.setattr(nc, "is_available", lambda: (True, ""))

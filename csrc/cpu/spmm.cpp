@@ -65,22 +65,6 @@ void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, const T* a,
   });
 }
 
-void csr_transpose(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t n,
-                   int64_t* t_indptr, int64_t* t_indices, int64_t* perm) {
-  const int64_t nnz = indptr[m];
-  std::fill(t_indptr, t_indptr + n + 1, 0);
-  for (int64_t e = 0; e < nnz; ++e) ++t_indptr[indices[e] + 1];
-  for (int64_t c = 0; c < n; ++c) t_indptr[c + 1] += t_indptr[c];
-  std::vector<int64_t> next(t_indptr, t_indptr + n);
-  for (int64_t r = 0; r < m; ++r) {
-    for (int64_t e = indptr[r]; e < indptr[r + 1]; ++e) {
-      const int64_t pos = next[indices[e]]++;
-      t_indices[pos] = r;
-      perm[pos] = e;
-    }
-  }
-}
-
 template void spmm<float>(const int64_t*, const int64_t*, const float*, int64_t, const float*,
                           int64_t, float*, int);
 template void spmm<double>(const int64_t*, const int64_t*, const double*, int64_t, const double*,

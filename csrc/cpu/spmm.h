@@ -1,4 +1,4 @@
-// CSR sparse x dense products and the CSR transpose.
+// CSR sparse x dense products.
 #pragma once
 
 #include <cstdint>
@@ -14,10 +14,5 @@ void spmm(const int64_t* indptr, const int64_t* indices, const T* values, int64_
 template <typename T>
 void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, const T* a, const T* b,
            int64_t d, T* out, int num_threads);
-
-// The transpose's structure (t_indptr [n + 1], t_indices [nnz] = source rows, ascending within
-// each column) and perm [nnz] with t_values = values[perm]. A stable counting sort, O(nnz + n).
-void csr_transpose(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t n,
-                   int64_t* t_indptr, int64_t* t_indices, int64_t* perm);
 
 }  // namespace micro_fast

@@ -82,17 +82,6 @@ void sddmm(std::uintptr_t indptr, std::uintptr_t indices, int64_t m, int64_t nnz
                              device, reinterpret_cast<cudaStream_t>(stream));
 }
 
-void csr_transpose(std::uintptr_t indptr, std::uintptr_t indices, int64_t m, int64_t nnz,
-                   int64_t n_cols, std::uintptr_t scratch, int64_t scratch_elems,
-                   std::uintptr_t t_indptr, std::uintptr_t t_indices, std::uintptr_t perm,
-                   int device, std::uintptr_t stream) {
-  micro_fast::cuda::csr_transpose(
-      as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices), m, nnz, n_cols,
-      as_ptr<int64_t>(scratch), scratch_elems, as_ptr<int64_t>(t_indptr),
-      as_ptr<int64_t>(t_indices), as_ptr<int64_t>(perm), device,
-      reinterpret_cast<cudaStream_t>(stream));
-}
-
 int device_count() {
   int count = 0;
   MF_CUDA_CHECK(cudaGetDeviceCount(&count));
@@ -111,28 +100,18 @@ int runtime_version() {
   return version;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_cuda, mod) {
-  mod.doc() = "micro_fast compiled CUDA kernels (static CUDA runtime, no libtorch)";
-  py::register_local_exception<micro_fast::InvalidArgument>(mod, "KernelArgumentError",
-                                                            PyExc_ValueError);
-  py::register_local_exception<micro_fast::cuda::CudaError>(mod, "CudaError",
-                                                            PyExc_RuntimeError);
-
+// Registers every kernel of scalar type T under its name plus `suffix` ("_f32", "_f64").
+template <typename T>
+void def_kernels(py::module_& mod, const std::string& suffix) {
+  // pybind11 copies the name
+  auto name = [&](const char* op) { return std::string(op) + suffix; };
   const char* topk_doc =
       "Enqueues the blocked top-k inner-product search on `stream` of `device`.\n\n"
       "All pointers are device addresses (tensor.data_ptr()); keys = 0 means keys are the\n"
       "queries, exclude_* = 0 means no exclusions. scratch holds at least\n"
       "min(block_rows, m) * min(chunk, n) elements, counts at least min(block_rows, m) int32.\n"
       "Outputs [m, k] are fully written (best first, padded with (-inf, -1)).";
-  mod.def("topk_similarity_f32", &topk_similarity<float>, topk_doc, py::arg("queries"),
-          py::arg("m"), py::arg("keys"), py::arg("n"), py::arg("d"), py::arg("k"),
-          py::arg("exclude_indptr"), py::arg("exclude_indices"), py::arg("block_rows"),
-          py::arg("chunk"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("counts"),
-          py::arg("counts_elems"), py::arg("out_values"), py::arg("out_indices"),
-          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
-  mod.def("topk_similarity_f64", &topk_similarity<double>, topk_doc, py::arg("queries"),
+  mod.def(name("topk_similarity").c_str(), &topk_similarity<T>, topk_doc, py::arg("queries"),
           py::arg("m"), py::arg("keys"), py::arg("n"), py::arg("d"), py::arg("k"),
           py::arg("exclude_indptr"), py::arg("exclude_indices"), py::arg("block_rows"),
           py::arg("chunk"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("counts"),
@@ -150,22 +129,12 @@ PYBIND11_MODULE(_cuda, mod) {
       "Writes grad1, grad2 [n, d] (fully overwritten) of sum_i g1_i lse1_i, plus\n"
       "sum_j g2_j lse2_j when lse2 / g2 != 0 (both or neither). scratch holds at least\n"
       "min(block_rows, n) * min(chunk, n) elements.";
-  mod.def("contrastive_forward_f32", &contrastive_forward<float>, fwd_doc, py::arg("n1"),
+  mod.def(name("contrastive_forward").c_str(), &contrastive_forward<T>, fwd_doc, py::arg("n1"),
           py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("block_rows"),
           py::arg("splits"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("lse1"),
           py::arg("lse2"), py::arg("device"), py::arg("stream"),
           py::call_guard<py::gil_scoped_release>());
-  mod.def("contrastive_forward_f64", &contrastive_forward<double>, fwd_doc, py::arg("n1"),
-          py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("block_rows"),
-          py::arg("splits"), py::arg("scratch"), py::arg("scratch_elems"), py::arg("lse1"),
-          py::arg("lse2"), py::arg("device"), py::arg("stream"),
-          py::call_guard<py::gil_scoped_release>());
-  mod.def("contrastive_backward_f32", &contrastive_backward<float>, bwd_doc, py::arg("n1"),
-          py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("lse1"),
-          py::arg("lse2"), py::arg("g1"), py::arg("g2"), py::arg("block_rows"), py::arg("chunk"),
-          py::arg("scratch"), py::arg("scratch_elems"), py::arg("grad1"), py::arg("grad2"),
-          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
-  mod.def("contrastive_backward_f64", &contrastive_backward<double>, bwd_doc, py::arg("n1"),
+  mod.def(name("contrastive_backward").c_str(), &contrastive_backward<T>, bwd_doc, py::arg("n1"),
           py::arg("n2"), py::arg("n"), py::arg("d"), py::arg("tau"), py::arg("lse1"),
           py::arg("lse2"), py::arg("g1"), py::arg("g2"), py::arg("block_rows"), py::arg("chunk"),
           py::arg("scratch"), py::arg("scratch_elems"), py::arg("grad1"), py::arg("grad2"),
@@ -175,11 +144,7 @@ PYBIND11_MODULE(_cuda, mod) {
       "A: CSR indptr [m + 1], indices [nnz] (int64) and values [nnz]; x [n, d] and y [m, d]\n"
       "row-major, contiguous. All pointers are device addresses (tensor.data_ptr()). y is\n"
       "fully written; each element sums its row's entries in CSR order (deterministic).";
-  mod.def("spmm_f32", &spmm<float>, spmm_doc, py::arg("indptr"), py::arg("indices"),
-          py::arg("values"), py::arg("m"), py::arg("nnz"), py::arg("x"), py::arg("d"),
-          py::arg("y"), py::arg("device"), py::arg("stream"),
-          py::call_guard<py::gil_scoped_release>());
-  mod.def("spmm_f64", &spmm<double>, spmm_doc, py::arg("indptr"), py::arg("indices"),
+  mod.def(name("spmm").c_str(), &spmm<T>, spmm_doc, py::arg("indptr"), py::arg("indices"),
           py::arg("values"), py::arg("m"), py::arg("nnz"), py::arg("x"), py::arg("d"),
           py::arg("y"), py::arg("device"), py::arg("stream"),
           py::call_guard<py::gil_scoped_release>());
@@ -187,25 +152,22 @@ PYBIND11_MODULE(_cuda, mod) {
       "Enqueues out[e] = <a[row(e)], b[indices[e]]> on `stream` of `device`.\n\n"
       "CSR indptr [m + 1], indices [nnz] (int64); a [m, d], b [n, d] row-major, contiguous;\n"
       "out [nnz] is fully written. Deterministic.";
-  mod.def("sddmm_f32", &sddmm<float>, sddmm_doc, py::arg("indptr"), py::arg("indices"),
+  mod.def(name("sddmm").c_str(), &sddmm<T>, sddmm_doc, py::arg("indptr"), py::arg("indices"),
           py::arg("m"), py::arg("nnz"), py::arg("a"), py::arg("b"), py::arg("d"), py::arg("out"),
           py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
-  mod.def("sddmm_f64", &sddmm<double>, sddmm_doc, py::arg("indptr"), py::arg("indices"),
-          py::arg("m"), py::arg("nnz"), py::arg("a"), py::arg("b"), py::arg("d"), py::arg("out"),
-          py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
-  mod.def("csr_transpose_scratch_elems", &micro_fast::cuda::csr_transpose_scratch_elems,
-          "int64 scratch elements csr_transpose needs (host arithmetic, no CUDA call).",
-          py::arg("nnz"), py::arg("n_cols"));
-  mod.def("csr_transpose", &csr_transpose,
-          "Enqueues the CSR transpose's structure on `stream` of `device`.\n\n"
-          "Writes t_indptr [n_cols + 1], t_indices [nnz] (source rows, ascending within each\n"
-          "column) and perm [nnz] (t_values = values[perm]): a stable radix sort of the entries\n"
-          "by column, deterministic. scratch holds csr_transpose_scratch_elems(nnz, n_cols)\n"
-          "int64 elements.",
-          py::arg("indptr"), py::arg("indices"), py::arg("m"), py::arg("nnz"), py::arg("n_cols"),
-          py::arg("scratch"), py::arg("scratch_elems"), py::arg("t_indptr"),
-          py::arg("t_indices"), py::arg("perm"), py::arg("device"), py::arg("stream"),
-          py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, mod) {
+  mod.doc() = "micro_fast compiled CUDA kernels (static CUDA runtime, no libtorch)";
+  py::register_local_exception<micro_fast::InvalidArgument>(mod, "KernelArgumentError",
+                                                            PyExc_ValueError);
+  py::register_local_exception<micro_fast::cuda::CudaError>(mod, "CudaError",
+                                                            PyExc_RuntimeError);
+
+  def_kernels<float>(mod, "_f32");
+  def_kernels<double>(mod, "_f64");
   mod.def("device_count", &device_count,
           "Number of CUDA devices visible to this module's runtime; raises CudaError when the "
           "runtime cannot initialize (no driver, driver too old, no device).");

@@ -27,17 +27,5 @@ template <typename T>
 void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t nnz, const T* a,
            const T* b, int64_t d, T* out, int device, cudaStream_t stream);
 
-// int64 scratch elements csr_transpose needs for nnz entries (host arithmetic only).
-int64_t csr_transpose_scratch_elems(int64_t nnz, int64_t n_cols);
-
-// The transpose's structure: t_indptr [n_cols + 1], t_indices [nnz] (the source rows, ascending
-// within each column) and perm [nnz] with t_values = values[perm]. A stable LSD radix sort of
-// the entries by column (8-bit digits, only the bits n_cols - 1 needs), so entries of one column
-// keep their CSR (row) order; deterministic. scratch: csr_transpose_scratch_elems(nnz, n_cols)
-// int64 elements.
-void csr_transpose(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t nnz,
-                   int64_t n_cols, int64_t* scratch, int64_t scratch_elems, int64_t* t_indptr,
-                   int64_t* t_indices, int64_t* perm, int device, cudaStream_t stream);
-
 }  // namespace cuda
 }  // namespace micro_fast

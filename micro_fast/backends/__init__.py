@@ -23,8 +23,6 @@ Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``, ``numba_cuda`
     and contiguous ``x`` [N, d] of the values' dtype.
 ``sddmm(indptr, indices, a, b) -> out``
     ``out[e] = <a[row(e)], b[indices[e]]>``, [nnz]: the gradient of ``spmm`` w.r.t. values.
-``csr_transpose(indptr, indices, n_cols) -> (t_indptr, t_indices, perm)``
-    the transpose's structure, columns ascending per row, and ``t_values = values[perm]``.
 ``bipartite_graph(users, items, n_users, n_items, normalization, self_loops, duplicates,
 dtype) -> (indptr, indices, values)``
     the normalized (U+I) x (U+I) user-item adjacency (see ``ops.bipartite_graph``).

@@ -90,23 +90,17 @@ def topk_similarity_shard(queries: torch.Tensor, k: int,
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
          x: torch.Tensor) -> torch.Tensor:
     y = torch.empty(indptr.numel() - 1, x.shape[1], dtype=x.dtype)
-    _C.spmm(_np(indptr), _np(indices), _np(values), _np(x), torch.get_num_threads(), False,
-            _np(y))
+    _C.spmm(_np(indptr), _np(indices), _np(values), _np(x), torch.get_num_threads(),
+            checked=False, out=_np(y))
     return y
 
 
 def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
           b: torch.Tensor) -> torch.Tensor:
     out = torch.empty(indices.numel(), dtype=a.dtype)
-    _C.sddmm(_np(indptr), _np(indices), _np(a), _np(b), torch.get_num_threads(), False,
-             _np(out))
+    _C.sddmm(_np(indptr), _np(indices), _np(a), _np(b), torch.get_num_threads(),
+             checked=False, out=_np(out))
     return out
-
-
-def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    t_indptr, t_indices, perm = _C.csr_transpose(_np(indptr), _np(indices), int(n_cols))
-    return torch.from_numpy(t_indptr), torch.from_numpy(t_indices), torch.from_numpy(perm)
 
 
 def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,

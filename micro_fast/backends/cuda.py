@@ -334,29 +334,3 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
                a=a.data_ptr(), b=b.data_ptr(), d=d, out=out.data_ptr(), device=device.index,
                stream=_stream(device))
     return out
-
-
-def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The transpose's structure (see ``micro_fast.backends``): a stable radix sort of the
-    entries by column on the GPU, so each column lists its rows ascending; deterministic."""
-    launch = _entry("csr_transpose")
-    device = indices.device
-    indptr, indices = _csr_structure(indptr, indices, device)
-    n_cols = int(n_cols)
-    if n_cols < 0:
-        raise ValueError(f"n_cols must be non-negative, got {n_cols}")
-    m, nnz = indptr.numel() - 1, indices.numel()
-    t_indptr = torch.zeros(n_cols + 1, dtype=torch.int64, device=device)
-    t_indices = torch.empty(nnz, dtype=torch.int64, device=device)
-    perm = torch.empty(nnz, dtype=torch.int64, device=device)
-    if nnz == 0:
-        return t_indptr, t_indices, perm
-    with torch.cuda.device(device):
-        scratch = torch.empty(_cuda.csr_transpose_scratch_elems(nnz, n_cols), dtype=torch.int64,
-                              device=device)
-        launch(indptr=indptr.data_ptr(), indices=indices.data_ptr(), m=m, nnz=nnz,
-               n_cols=n_cols, scratch=scratch.data_ptr(), scratch_elems=scratch.numel(),
-               t_indptr=t_indptr.data_ptr(), t_indices=t_indices.data_ptr(),
-               perm=perm.data_ptr(), device=device.index, stream=_stream(device))
-    return t_indptr, t_indices, perm

@@ -64,15 +64,6 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     return (a[_rows(indptr)] * b[indices]).sum(dim=1)
 
 
-def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # entries are row-major, so a stable sort by column keeps each column's rows ascending
-    cols, perm = torch.sort(indices, stable=True)
-    t_indptr = torch.zeros(n_cols + 1, dtype=torch.int64, device=indices.device)
-    torch.cumsum(torch.bincount(cols, minlength=n_cols), 0, out=t_indptr[1:])
-    return t_indptr, _rows(indptr)[perm], perm
-
-
 def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
                     normalization: str, self_loops: bool, duplicates: str,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Numba backend: the CPU kernels of ``csrc/cpu`` JIT-compiled with numba, one module per
-concern as there (``topk``: the blocked top-k similarity; ``sparse``: CSR products, transpose
-and the bipartite graph; ``contrastive``: the contrastive loss statistics; ``order``: the result
+concern as there (``topk``: the blocked top-k similarity; ``sparse``: CSR products and the
+bipartite graph; ``contrastive``: the contrastive loss statistics; ``order``: the result
 order that ``numba_cuda`` compiles too). The portable backend where no compiled extension is
 present; numba itself is optional.
 """
@@ -11,11 +11,11 @@ import torch
 
 from micro_fast.backends.numba._jit import import_error, numba
 from micro_fast.backends.numba.contrastive import contrastive_backward, contrastive_forward
-from micro_fast.backends.numba.sparse import bipartite_graph, csr_transpose, sddmm, spmm
+from micro_fast.backends.numba.sparse import bipartite_graph, sddmm, spmm
 from micro_fast.backends.numba.topk import topk_similarity
 
-__all__ = ["bipartite_graph", "contrastive_backward", "contrastive_forward", "csr_transpose",
-           "is_available", "sddmm", "spmm", "supports", "topk_similarity"]
+__all__ = ["bipartite_graph", "contrastive_backward", "contrastive_forward", "is_available",
+           "sddmm", "spmm", "supports", "topk_similarity"]
 
 
 def is_available() -> tuple[bool, str]:

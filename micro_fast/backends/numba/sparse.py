@@ -1,4 +1,4 @@
-"""CSR products, the CSR transpose and the bipartite user-item graph, JIT-compiled with numba
+"""CSR products and the bipartite user-item graph, JIT-compiled with numba
 for the CPU (the contracts are those of ``micro_fast.backends``)."""
 
 from __future__ import annotations
@@ -34,22 +34,6 @@ def _sddmm_kernel(indptr, indices, a, b, out):
             out[e] = s
 
 
-@njit(cache=True, nogil=True)
-def _transpose_kernel(indptr, indices, n_cols, t_indptr, t_indices, perm):
-    m = indptr.shape[0] - 1
-    for e in range(indices.shape[0]):
-        t_indptr[indices[e] + 1] += 1
-    for c in range(n_cols):
-        t_indptr[c + 1] += t_indptr[c]
-    nxt = t_indptr[:-1].copy()
-    for r in range(m):
-        for e in range(indptr[r], indptr[r + 1]):
-            pos = nxt[indices[e]]
-            nxt[indices[e]] += 1
-            t_indices[pos] = r
-            perm[pos] = e
-
-
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
          x: torch.Tensor) -> torch.Tensor:
     workers()
@@ -67,16 +51,6 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     _sddmm_kernel(indptr.numpy(), indices.numpy(), a.detach().numpy(), b.detach().numpy(),
                   out.numpy())
     return out
-
-
-def csr_transpose(indptr: torch.Tensor, indices: torch.Tensor,
-                  n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    nnz = indices.numel()
-    t_indptr = np.zeros(n_cols + 1, dtype=np.int64)
-    t_indices = np.empty(nnz, dtype=np.int64)
-    perm = np.empty(nnz, dtype=np.int64)
-    _transpose_kernel(indptr.numpy(), indices.numpy(), n_cols, t_indptr, t_indices, perm)
-    return torch.from_numpy(t_indptr), torch.from_numpy(t_indices), torch.from_numpy(perm)
 
 
 @njit(cache=True, nogil=True)
