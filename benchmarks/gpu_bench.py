@@ -1,0 +1,621 @@
+"""GPU benchmarks of micro_fast's CUDA kernels against the paths users run, on the same GPU.
+
+    python benchmarks/gpu_bench.py --out bench.json --md bench.md     # on a CUDA GPU
+    python benchmarks/gpu_bench.py --only knn,spmm                    # some of the cases
+    python benchmarks/gpu_bench.py --device cpu --quick               # tiny problems on the CPU
+
+Cases, in the order they run (``--quick``: the same code on tiny problems):
+
+* ``knn``: the kNN item graph, N = 23,033, d = 64 and d = 4,096, k = 10:
+  ``knn_graph(x, 10, backend="cuda")`` against the published dense path
+  (``peers.official_knn_graph``: dense cosine matrix, ``torch.topk``, a Python loop over the
+  index list) and a blocked torch search (``peers.blocked_torch_topk``: row blocks of mm +
+  ``torch.topk``); checked by the rows whose 10 neighbours equal the blocked search's;
+* ``spmm``: the product with the symmetric-normalized Clothing-size bipartite graph
+  (``peers.clothing_like_interactions``: 62,420 nodes, 557k nonzeros), d = 64, forward and
+  forward + backward, against ``torch.sparse.mm`` on COO and ``@`` on CSR (cuSPARSE);
+* ``eval``: full-ranking evaluation at Clothing size (``synthetic("clothing")`` interactions,
+  random 64-d embeddings), ``metrics.full_ranking`` against a dense users x items score matrix
+  with the training items masked and ``torch.topk`` (as bench_train.py's dense baseline);
+* ``knn_1m``: N = 1,000,000, d = 64, micro_fast alone (the dense path would hold an N x N
+  float32 matrix, 4 TB), one call, with its peak memory;
+* ``contrastive``: MICRO's all-pairs contrastive loss, forward + backward, N = 23,033, d = 64,
+  against the published 4096-row chunked loss (``peers.published_contrastive``) and the same
+  under ``torch.compile`` (its first call compiles); checked by the loss and gradient
+  differences;
+* ``contrastive_1m``: N = 1,000,000, d = 64, micro_fast alone, one call, with its peak memory
+  against the size of one [N, d] view.
+
+A 1M case is skipped when micro_fast's time at N = 23,033 scaled by N^2 would overrun what is
+left of ``--budget``; any case is skipped once the budget is spent.
+
+Timing: CUDA events around each call (``time.perf_counter`` on the CPU) after one warm-up
+call, whose wall time is reported as the first call (compilation included); the median of up
+to ``--rounds`` calls, fewer when the case's ``--case-budget`` seconds run out, at least one.
+Peak memory: ``torch.cuda.max_memory_allocated`` over the warm-up call after
+``reset_peak_memory_stats``, and its extra over what was allocated before the call (not
+measured on the CPU). A failing implementation (out of memory, a compile error) is recorded
+with its error and the others still run. On the CPU the compiled backend is ``cpp``.
+``MICRO_FAST_TUNE`` defaults to 0 here: the built-in defaults, nothing calibrated mid-run.
+
+Output: ``--out`` (JSON: the machine, every measurement, the checks and the targets) and
+``--md`` (a table per case and the targets table), both rewritten after every case, so that a
+stopped run keeps what it measured. The targets: kNN at least 2x the published path and 1.5x
+the blocked torch search, N = 1M in at most 10 s; the contrastive loss at least 3x the
+published loss and 2x its ``torch.compile`` form; spmm at least as fast as cuSPARSE CSR;
+evaluation faster than the dense path, without a users x items buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import peers  # noqa: E402
+import torch  # noqa: E402
+
+import micro_fast as mf  # noqa: E402
+from micro_fast import data as mf_data  # noqa: E402
+from micro_fast.metrics import evaluated_users, full_ranking  # noqa: E402
+
+K = 10
+#: run order: the torch.compile peer (whose first call compiles) after the quick cases
+CASES = ("knn", "spmm", "eval", "knn_1m", "contrastive", "contrastive_1m")
+#: problem sizes: full (the GPU run) and quick (the CPU rehearsal)
+SIZES = {
+    False: {"knn": [(23_033, 64), (23_033, 4096)], "knn_1m": (1_000_000, 64),
+            "contrastive": (23_033, 64), "contrastive_1m": (1_000_000, 64),
+            "spmm": (39_387, 23_033, 278_677), "spmm_d": 64, "eval": "clothing"},
+    True: {"knn": [(600, 16), (600, 64)], "knn_1m": (3000, 16),
+           "contrastive": (400, 16), "contrastive_1m": (1500, 16),
+           "spmm": (2000, 1500, 10_000), "spmm_d": 16, "eval": "small"},
+}
+KNN_1M_TARGET_S = 10.0
+
+
+class Bench:
+    """Device, clock, budgets and the results collected so far."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        self.backend = args.backend or ("cuda" if self.cuda else "cpp")
+        if self.backend not in mf.backends.available():
+            raise SystemExit(f"backend {self.backend} is not available: "
+                             f"{mf.backends.status().get(self.backend)}")
+        self.quick = args.quick
+        self.sizes = SIZES[args.quick]
+        self.rounds = args.rounds
+        self.case_budget = args.case_budget
+        self.budget = args.budget
+        self.compile_backend = args.compile_backend
+        self.t0 = time.perf_counter()
+        self.out, self.md = args.out, args.md
+        self.results: dict = {"device": str(self.device), "backend": self.backend,
+                              "quick": self.quick, "machine": machine(self.device),
+                              "settings": {"rounds": self.rounds, "case_budget_s":
+                                           self.case_budget, "budget_s": self.budget,
+                                           "compile_backend": self.compile_backend},
+                              "cases": [], "targets": []}
+
+    # --- clock and memory ------------------------------------------------------------
+    def remaining(self) -> float:
+        return self.budget - (time.perf_counter() - self.t0)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def time_ms(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def measure(self, fn: Callable[[], object], *, rounds: int | None = None,
+                warmup: bool = True) -> dict:
+        """Median of timed calls after a warm-up call (whose wall time and peak memory are
+        recorded); ``warmup=False``: the first call is the one measurement."""
+        rounds = rounds or self.rounds
+        self.free()
+        self.sync()
+        base = peak = None
+        if self.cuda:
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t = time.perf_counter()
+        first_ms = self.time_ms(fn)
+        self.sync()
+        first_s = time.perf_counter() - t
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(self.device)
+        times = [] if warmup else [first_ms]
+        deadline = t + self.case_budget
+        while len(times) < rounds and (not times or time.perf_counter() < deadline):
+            times.append(self.time_ms(fn))
+        out = {"median_ms": statistics.median(times), "min_ms": min(times),
+               "rounds": len(times), "first_call_s": first_s,
+               "times_ms": [round(x, 4) for x in times]}
+        if peak is not None:
+            out["peak_mb"] = peak / 2**20
+            out["extra_mb"] = (peak - base) / 2**20
+        return out
+
+    def run(self, impls: dict, name: str, fn: Callable[[], object], **kw) -> None:
+        """Measures ``fn`` into ``impls[name]``; an exception is recorded, not raised."""
+        try:
+            impls[name] = self.measure(fn, **kw)
+        except Exception as exc:  # noqa: BLE001 - OOM or a compile error is a result
+            impls[name] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+            traceback.print_exc()
+        self.free()
+        r = impls[name]
+        shown = r.get("error") or (f"{r['median_ms']:.3f} ms median of {r['rounds']}, first "
+                                   f"call {r['first_call_s']:.2f} s" + (
+                                       f", peak {r['peak_mb']:.0f} MB" if "peak_mb" in r
+                                       else ""))
+        print(f"  {name:<24} {shown}", flush=True)
+
+    # --- results -------------------------------------------------------------------------
+    def add_case(self, case: dict) -> None:
+        speedups(case)
+        self.results["cases"].append(case)
+        self.write()
+
+    def target(self, name: str, measured: float | None, required: str, met: bool | None,
+               unit: str = "x") -> None:
+        if self.quick:  # tiny problems on whatever device: the targets are for the GPU run
+            met = None
+        self.results["targets"].append({"name": name, "measured": measured, "unit": unit,
+                                        "required": required, "met": met})
+
+    def write(self) -> None:
+        self.results["elapsed_s"] = time.perf_counter() - self.t0
+        if self.out:
+            Path(self.out).write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+        if self.md:
+            Path(self.md).write_text(markdown(self.results))
+
+
+def speedups(case: dict) -> None:
+    """``case["speedups"][peer]``: the peer's median time over micro_fast's."""
+    impls = case.get("impls", {})
+    ours = impls.get("micro_fast", {})
+    case["speedups"] = {name: r["median_ms"] / ours["median_ms"] for name, r in impls.items()
+                        if name != "micro_fast" and "median_ms" in r and "median_ms" in ours}
+
+
+def machine(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "micro_fast": mf.__version__,
+            "backends": mf.backends.status(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(gpu=p.name, capability=f"{p.major}.{p.minor}",
+                    gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                    multiprocessors=p.multi_processor_count,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
+# --- the cases ---------------------------------------------------------------------------------
+
+@functools.cache
+def _features(n: int, d: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(n, d, generator=gen) - 0.3  # correlated, like CNN features (bench_knn)
+
+
+def _same_neighbours(graph: mf.CSRGraph, idx: torch.Tensor, n: int) -> float | None:
+    """Share of rows whose k neighbours (as a set) equal the peer's."""
+    if graph.nnz != n * K:
+        return None
+    ours = graph.indices.view(n, K).sort(dim=1).values
+    theirs = idx.sort(dim=1).values.to(ours.device)
+    return float((ours == theirs).all(dim=1).float().mean())
+
+
+def case_knn(b: Bench) -> None:
+    for n, d in b.sizes["knn"]:
+        print(f"kNN graph N={n} d={d} k={K}", flush=True)
+        x = _features(n, d).to(b.device)
+        impls: dict = {}
+        b.run(impls, "micro_fast", lambda x=x: mf.knn_graph(x, K, backend=b.backend))
+        b.run(impls, "published", lambda x=x: peers.official_knn_graph(x, K))
+        b.run(impls, "blocked_torch", lambda x=x: peers.blocked_torch_topk(x, K))
+        checks = {}
+        try:
+            g = mf.knn_graph(x, K, backend=b.backend)
+            _, idx = peers.blocked_torch_topk(x, K)
+            checks["rows_with_same_neighbours_as_blocked_torch"] = _same_neighbours(g, idx, n)
+            del g, idx
+        except Exception as exc:  # noqa: BLE001
+            checks["error"] = f"{type(exc).__name__}: {exc}"
+        case = {"case": "knn", "label": f"kNN graph, N = {n:,}, d = {d:,}, k = {K}", "n": n,
+                "d": d, "impls": impls, "checks": checks}
+        b.add_case(case)
+        for peer, need in (("published", 2.0), ("blocked_torch", 1.5)):
+            s = case["speedups"].get(peer)
+            b.target(f"kNN N={n:,} d={d} vs {peer}", s, f">= {need:g}x",
+                     None if s is None else s >= need)
+        b.write()
+        del x
+        b.free()
+
+
+def _large_skip(b: Bench, base_case: str, n: int, d: int) -> tuple[str | None, float | None]:
+    """A reason to skip a large case: its time predicted from ``base_case`` at the same ``d``
+    (x N^2) would overrun the budget; and the prediction (None without a base)."""
+    base = [c for c in b.results["cases"] if c["case"] == base_case and c.get("d") == d
+            and "median_ms" in c["impls"].get("micro_fast", {})]
+    if not base:
+        return None, None
+    c = base[0]
+    predicted = c["impls"]["micro_fast"]["median_ms"] / 1e3 * (n / c["n"]) ** 2
+    if predicted > b.remaining():
+        return (f"skipped: {predicted:.0f} s predicted from N = {c['n']:,} (x N^2), "
+                f"{b.remaining():.0f} s of the budget left"), predicted
+    return None, predicted
+
+
+def _dense_size(n: int, copies: int = 1) -> str:
+    """Size of ``copies`` float32 N x N matrices, in GB or TB."""
+    nbytes = copies * 4.0 * n * n
+    return f"{nbytes / 1e12:.3g} TB" if nbytes >= 1e12 else f"{nbytes / 1e9:.3g} GB"
+
+
+def case_knn_1m(b: Bench) -> None:
+    n, d = b.sizes["knn_1m"]
+    print(f"kNN graph N={n} d={d} k={K} (micro_fast only)", flush=True)
+    skip, predicted = _large_skip(b, "knn", n, d)
+    case = {"case": "knn_1m", "label": f"kNN graph, N = {n:,}, d = {d}, k = {K}", "n": n,
+            "d": d, "impls": {}, "predicted_s": predicted,
+            "notes": [f"published dense path: not run, its N x N float32 similarity matrix "
+                      f"alone takes {_dense_size(n)}"]}
+    if skip:
+        case["skipped"] = skip
+        print(f"  {skip}")
+    else:
+        if not any(c["case"] == "knn" for c in b.results["cases"]):
+            mf.knn_graph(_features(2048, d).to(b.device), K, backend=b.backend)  # warm up
+        x = _features(n, d).to(b.device)
+        b.run(case["impls"], "micro_fast", lambda: mf.knn_graph(x, K, backend=b.backend),
+              rounds=1, warmup=False)
+        del x
+    b.add_case(case)
+    r = case["impls"].get("micro_fast", {})
+    secs = r["median_ms"] / 1e3 if "median_ms" in r else None
+    b.target(f"kNN N={n:,} d={d} time", secs, f"<= {KNN_1M_TARGET_S:g} s",
+             None if secs is None else secs <= KNN_1M_TARGET_S, unit="s")
+    b.write()
+    b.free()
+
+
+def _views(n: int, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    a, c = torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen)
+    return (a.to(device).requires_grad_(), c.to(device).requires_grad_())
+
+
+def _fwd_bwd(loss_fn, z1: torch.Tensor, z2: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def run():
+        z1.grad = z2.grad = None
+        loss = loss_fn(z1, z2)
+        loss.backward()
+        return loss
+
+    return run
+
+
+def case_contrastive(b: Bench) -> None:
+    n, d = b.sizes["contrastive"]
+    print(f"contrastive loss N={n} d={d} forward+backward", flush=True)
+    z1, z2 = _views(n, d, b.device)
+    ours = functools.partial(mf.contrastive_loss, tau=0.5, backend=b.backend)
+    impls: dict = {}
+    b.run(impls, "micro_fast", _fwd_bwd(ours, z1, z2))
+    b.run(impls, "published", _fwd_bwd(peers.published_contrastive, z1, z2))
+    checks = {"compile_backend": b.compile_backend}
+    try:
+        values, grads = [], []
+        for fn in (ours, peers.published_contrastive):
+            z1.grad = z2.grad = None
+            loss = fn(z1, z2)
+            loss.backward()
+            values.append(float(loss))
+            grads.append(z1.grad.detach().clone())
+        checks["loss_rel_diff_vs_published"] = abs(values[0] - values[1]) / abs(values[1])
+        checks["grad_rel_diff_vs_published"] = float(
+            (grads[0] - grads[1]).norm() / grads[1].norm())
+        z1.grad = z2.grad = None
+        del grads
+    except Exception as exc:  # noqa: BLE001
+        checks["error"] = f"{type(exc).__name__}: {exc}"
+    case = {"case": "contrastive", "label": f"contrastive loss forward + backward, "
+            f"N = {n:,}, d = {d}", "n": n, "d": d, "impls": impls, "checks": checks}
+    b.add_case(case)  # written before the compiled peer, whose first call compiles
+    s = case["speedups"].get("published")
+    b.target(f"contrastive N={n:,} vs published", s, ">= 3x", None if s is None else s >= 3.0)
+    b.write()
+    torch._dynamo.reset()
+    compiled = torch.compile(peers.published_contrastive, backend=b.compile_backend)
+    b.run(impls, "published_compiled", _fwd_bwd(compiled, z1, z2))
+    speedups(case)
+    s = case["speedups"].get("published_compiled")
+    b.target(f"contrastive N={n:,} vs published_compiled", s, ">= 2x",
+             None if s is None else s >= 2.0)
+    b.write()
+    del z1, z2, compiled
+    torch._dynamo.reset()
+    b.free()
+
+
+def case_contrastive_1m(b: Bench) -> None:
+    n, d = b.sizes["contrastive_1m"]
+    print(f"contrastive loss N={n} d={d} forward+backward (micro_fast only)", flush=True)
+    skip, predicted = _large_skip(b, "contrastive", n, d)
+    view_mb = n * d * 4 / 2**20
+    case = {"case": "contrastive_1m", "label": f"contrastive loss forward + backward, "
+            f"N = {n:,}, d = {d}", "n": n, "d": d, "impls": {}, "predicted_s": predicted,
+            "view_mb": view_mb,
+            "notes": [f"published path: not run, it keeps [4096, N] exp-matrices of every "
+                      f"chunk for autograd, 2 N^2 float32 = {_dense_size(n, 2)}"]}
+    if skip:
+        case["skipped"] = skip
+        print(f"  {skip}")
+    else:
+        z1, z2 = _views(n, d, b.device)
+        if not any(c["case"] == "contrastive" for c in b.results["cases"]):
+            w1, w2 = _views(2048, d, b.device)  # warm up
+            _fwd_bwd(functools.partial(mf.contrastive_loss, backend=b.backend), w1, w2)()
+        fn = _fwd_bwd(functools.partial(mf.contrastive_loss, tau=0.5, backend=b.backend),
+                      z1, z2)
+        b.run(case["impls"], "micro_fast", fn, rounds=1, warmup=False)
+        r = case["impls"]["micro_fast"]
+        if "extra_mb" in r:
+            case["notes"].append(f"extra memory {r['extra_mb']:.0f} MB = "
+                                 f"{r['extra_mb'] / view_mb:.2f} x one [N, d] view "
+                                 f"({view_mb:.0f} MB)")
+        del z1, z2
+    b.add_case(case)
+    b.free()
+
+
+def case_spmm(b: Bench) -> None:
+    n_users, n_items, nnz = b.sizes["spmm"]
+    d = b.sizes["spmm_d"]
+    users, items = peers.clothing_like_interactions(n_users, n_items, nnz)
+    g = mf.bipartite_graph(users, items, n_users, n_items, normalization="sym").to(b.device)
+    coo, csr = g.to_torch_coo(), g.to_torch_csr()
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(g.shape[1], d, generator=gen).to(b.device)
+    for mode in ("fwd", "fwd+bwd"):
+        print(f"spmm bipartite N={g.shape[0]} nnz={g.nnz} d={d} {mode}", flush=True)
+        backward = mode == "fwd+bwd"
+        x = x0.clone().requires_grad_(backward)
+        products = {"micro_fast": lambda x: mf.spmm(g, x, backend=b.backend),
+                    "torch_coo": lambda x: torch.sparse.mm(coo, x),
+                    "torch_csr": lambda x: csr @ x}
+        impls: dict = {}
+        for name, prod in products.items():
+            if backward:
+                def fn(prod=prod, x=x):
+                    x.grad = None
+                    y = prod(x)
+                    y.backward(torch.ones_like(y))
+            else:
+                def fn(prod=prod, x=x):
+                    return prod(x)
+            b.run(impls, name, fn, rounds=max(b.rounds, 30))
+        checks = {}
+        try:
+            with torch.no_grad():
+                y, ref = mf.spmm(g, x0, backend=b.backend), csr @ x0
+            checks["max_abs_diff_vs_torch_csr"] = float((y - ref).abs().max())
+        except Exception as exc:  # noqa: BLE001
+            checks["error"] = f"{type(exc).__name__}: {exc}"
+        size = "" if b.quick else "Clothing-size "
+        case = {"case": "spmm", "mode": mode, "label": f"spmm {mode}, {size}symmetric-"
+                f"normalized bipartite graph (N = {g.shape[0]:,}, {g.nnz:,} nonzeros), d = {d}",
+                "n": g.shape[0], "nnz": g.nnz, "d": d, "impls": impls, "checks": checks}
+        b.add_case(case)
+        s = case["speedups"].get("torch_csr")
+        b.target(f"spmm {mode} vs torch_csr", s, ">= 1x", None if s is None else s >= 1.0)
+        b.write()
+    b.free()
+
+
+def case_eval(b: Bench) -> None:
+    size = b.sizes["eval"]
+    ds = mf_data.synthetic(size, dims={"image": 8}, seed=0)  # interactions only matter here
+    gen = torch.Generator().manual_seed(2)
+    users = (0.1 * torch.randn(ds.n_users, 64, generator=gen)).to(b.device)
+    items = (0.1 * torch.randn(ds.n_items, 64, generator=gen)).to(b.device)
+    train, valid = ds.train.to(b.device), ds.valid.to(b.device)
+    ks = (10, 20, 50)
+    target_users = evaluated_users(valid)
+    train_rows, train_cols = train.row_indices(), train.indices
+    print(f"evaluation {size}: {target_users.numel()} users x {ds.n_items} items", flush=True)
+
+    def dense_eval():
+        scores = users[target_users] @ items.T
+        pos = torch.full((ds.n_users,), -1, dtype=torch.int64, device=b.device)
+        pos[target_users] = torch.arange(target_users.numel(), device=b.device)
+        r = pos[train_rows]
+        keep = r >= 0
+        scores[r[keep], train_cols[keep]] = -float("inf")
+        return torch.topk(scores, max(ks), dim=1)
+
+    impls: dict = {}
+    b.run(impls, "micro_fast",
+          lambda: full_ranking(users, items, train, valid, ks, backend=b.backend), rounds=5)
+    b.run(impls, "dense_torch", dense_eval, rounds=5)
+    dense_mb = target_users.numel() * ds.n_items * 4 / 2**20
+    checks: dict = {"dense_score_matrix_mb": dense_mb}
+    try:
+        ours = full_ranking(users, items, train, valid, ks, backend=b.backend)
+        _, top = dense_eval()
+        n_items = ds.n_items
+        tgt = valid.row_indices() * n_items + valid.indices
+        keys = (target_users[:, None] * n_items + top[:, :20]).reshape(-1)
+        pos = torch.searchsorted(tgt, keys).clamp_max(tgt.numel() - 1)
+        hits = (tgt[pos] == keys).reshape(-1, 20).sum(1).double()
+        n_target = (valid.indptr[target_users + 1] - valid.indptr[target_users]).double()
+        dense_recall = float((hits / n_target).mean())
+        checks["recall@20"] = ours["recall@20"]
+        checks["recall@20_dense"] = dense_recall
+        checks["users"] = ours["users"]
+        del top
+    except Exception as exc:  # noqa: BLE001
+        checks["error"] = f"{type(exc).__name__}: {exc}"
+    case = {"case": "eval", "label": f"full-ranking evaluation, {size} "
+            f"({target_users.numel():,} users x {ds.n_items:,} items, ks {ks})",
+            "n": ds.n_items, "impls": impls, "checks": checks}
+    b.add_case(case)
+    s = case["speedups"].get("dense_torch")
+    b.target("evaluation vs dense", s, "> 1x", None if s is None else s > 1.0)
+    extra = impls.get("micro_fast", {}).get("extra_mb")
+    if extra is not None:
+        b.target("evaluation extra memory / users x items buffer", extra / dense_mb,
+                 "< 0.25 (no users x items buffer)", extra / dense_mb < 0.25, unit="")
+    b.write()
+    b.free()
+
+
+RUNNERS = {"knn": case_knn, "knn_1m": case_knn_1m, "contrastive": case_contrastive,
+           "contrastive_1m": case_contrastive_1m, "spmm": case_spmm, "eval": case_eval}
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+def _num(v, fmt: str = ".3g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, fmt)
+
+
+def markdown(res: dict) -> str:
+    m = res.get("machine", {})
+    where = m.get("gpu") or f"CPU ({m.get('cpus')} logical CPUs)"
+    lines = [f"Device: {where}, backend `{res['backend']}`, torch {m.get('torch')}"
+             + (f", CUDA {m.get('cuda')}" if m.get("gpu") else "")
+             + (" -- quick problems (a rehearsal of the script, not a benchmark)"
+                if res.get("quick") else ""), ""]
+    if res["targets"]:
+        lines += ["| target | measured | required | met |", "| --- | --- | --- | --- |"]
+        for t in res["targets"]:
+            met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
+            shown = "-" if t["measured"] is None else f"{t['measured']:.3g}{t['unit']}"
+            lines.append(f"| {t['name']} | {shown} | {t['required']} | {met} |")
+        lines.append("")
+    for case in res["cases"]:
+        lines += [f"### {case['label']}", ""]
+        if case.get("skipped"):
+            lines += [case["skipped"], ""]
+        if case["impls"]:
+            lines += ["| implementation | median ms | min ms | rounds | first call s | "
+                      "peak MB | extra MB | micro_fast speedup |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for name, r in case["impls"].items():
+                if "error" in r:
+                    lines.append(f"| {name} | error: {r['error'][:120]} | | | | | | |")
+                    continue
+                speed = "1" if name == "micro_fast" else _num(case["speedups"].get(name))
+                lines.append(f"| {name} | {_num(r['median_ms'], '.4g')} | "
+                             f"{_num(r['min_ms'], '.4g')} | {r['rounds']} | "
+                             f"{_num(r['first_call_s'], '.3g')} | "
+                             f"{_num(r.get('peak_mb'), '.0f')} | "
+                             f"{_num(r.get('extra_mb'), '.0f')} | {speed} |")
+            lines.append("")
+        for key, v in case.get("checks", {}).items():
+            lines.append(f"- {key}: {_num(v, '.4g') if isinstance(v, float) else v}")
+        for note in case.get("notes", []):
+            lines.append(f"- {note}")
+        lines.append("")
+    lines.append(f"elapsed {res.get('elapsed_s', 0):.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--backend", default=None, help="micro_fast backend (default: cuda on a "
+                   "CUDA device, cpp on the CPU)")
+    p.add_argument("--quick", action="store_true", help="tiny problems (a rehearsal)")
+    p.add_argument("--only", default=",".join(CASES), help=f"comma list of {CASES}")
+    p.add_argument("--rounds", type=int, default=10, help="timed calls per implementation")
+    p.add_argument("--case-budget", type=float, default=None,
+                   help="seconds of timed calls per implementation (default 6, quick 1)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run: later cases are skipped past it "
+                        "(default 120, quick 60)")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend of the compiled peer (default inductor; "
+                        "quick: eager, to keep the rehearsal short)")
+    p.add_argument("--out", default=None, help="JSON file")
+    p.add_argument("--md", default=None, help="markdown file")
+    args = p.parse_args(argv)
+    args.case_budget = args.case_budget or (1.0 if args.quick else 6.0)
+    args.budget = args.budget or (60.0 if args.quick else 120.0)
+    args.compile_backend = args.compile_backend or ("eager" if args.quick else "inductor")
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = [c for c in only if c not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; cases: {', '.join(CASES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no CUDA device (use --device cpu)")
+    os.environ.setdefault("MICRO_FAST_TUNE", "0")
+    b = Bench(args)
+    print(f"gpu_bench: device {b.device}, backend {b.backend}, cases {only}, budget "
+          f"{b.budget:.0f} s", flush=True)
+    failed = []
+    for name in CASES:
+        if name not in only:
+            continue
+        if b.remaining() <= 0:
+            b.results["cases"].append({"case": name, "label": name, "impls": {},
+                                       "skipped": "skipped: the run's budget is spent"})
+            b.write()
+            continue
+        try:
+            RUNNERS[name](b)
+        except Exception as exc:  # noqa: BLE001 - the next case still runs
+            traceback.print_exc()
+            failed.append(name)
+            b.results["cases"].append({"case": name, "label": name, "impls": {},
+                                       "skipped": f"failed: {type(exc).__name__}: {exc}"})
+            b.write()
+            b.free()
+    b.write()
+    print(markdown(b.results))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
