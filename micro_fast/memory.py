@@ -72,14 +72,11 @@ def _fmt(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def reference_blocks(impl: object, rows: int, cols: int, elem: int, copies: int) -> int:
-    """Bytes of the torch_ref backend's dense [block, cols] working blocks (0 for the compiled
-    backends, whose tiles are small and fixed)."""
-    if getattr(impl, "__name__", "").rsplit(".", 1)[-1] != "torch_ref":
-        return 0
-    from micro_fast.backends.torch_ref import DEFAULT_BLOCK
-
-    return min(rows, DEFAULT_BLOCK) * cols * elem * copies
+def workspace(impl: object, op: str, **sizes: int) -> int:
+    """Bytes the backend module ``impl`` says ``op`` needs beyond its outputs, for the problem
+    ``sizes`` (its ``workspace_bytes``; 0 for a backend that does not say)."""
+    report = getattr(impl, "workspace_bytes", None)
+    return int(report(op, **sizes)) if report is not None else 0
 
 
 def check(op: str, nbytes: int, detail: str = "") -> None:

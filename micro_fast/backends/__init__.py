@@ -43,6 +43,11 @@ row's log-sum-exp over those tasks alone (``-inf`` for a row none touches) and t
 the gradients, so that ``count`` processes' partial results combine into the whole
 (``micro_fast.distributed``).
 
+``workspace_bytes(op, **sizes) -> int`` (optional)
+    the memory the backend's kernel for ``op`` allocates beyond the op's outputs, for the sizes
+    the op passes (``m``, ``n``, ``d``, ``k``, ``nnz``, ``views``, ``elem`` = bytes per value),
+    which the ops add to their budget check (``micro_fast.memory``).
+
 A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next.
 ``torch_ref`` is the ground truth every other backend is tested against.
 """

@@ -113,6 +113,24 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
 
 #: The contrastive kernels take ``shard=(index, count)`` (see the package docstring).
 CONTRASTIVE_SHARDS = True
+# as in csrc/cpu: blocks of the top-k and contrastive drivers, the fused kernel's, and the cap
+# on the private per-thread top-k lists
+_BLOCK, _FUSION_BLOCK, _PRIVATE_LISTS = 256, 128, 256 << 20
+
+
+def workspace_bytes(op: str, *, m: int = 0, n: int = 0, d: int = 0, k: int = 0,
+                    views: int = 1, elem: int = 4, **_: int) -> int:
+    """The compiled kernels' working memory (see the package docstring)."""
+    threads = torch.get_num_threads()
+    if op == "topk_similarity":  # private lists, the packed keys, per-thread tiles
+        lists = min((threads - 1) * m * k * (elem + 8), _PRIVATE_LISTS)
+        return lists + n * d * elem + threads * _BLOCK * (_BLOCK + d) * elem
+    if op == "contrastive_loss":  # packed panels of both views, per-thread gradients and tiles
+        return (4 + 2 * (threads - 1)) * n * d * elem + threads * 2 * _BLOCK * _BLOCK * elem
+    if op == "contrastive_fusion_loss":  # packed panels, per-thread gradients, m^2 + 2m tiles
+        tiles = (views * views + 2 * views) * _FUSION_BLOCK * _FUSION_BLOCK
+        return (2 + threads - 1) * views * n * d * elem + threads * tiles * elem
+    return 0
 
 
 def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,

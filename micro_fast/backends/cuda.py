@@ -49,6 +49,16 @@ MAX_SPLITS = 65535
 _DTYPE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
+def workspace_bytes(op: str, *, m: int = 0, n: int = 0, d: int = 0, elem: int = 4,
+                    **_: int) -> int:
+    """The scratch buffers the kernels are launched with (see ``micro_fast.backends``)."""
+    if op == "topk_similarity":
+        return min(m, DEFAULT_BLOCK) * min(n, DEFAULT_CHUNK) * elem + min(m, DEFAULT_BLOCK) * 4
+    if op == "contrastive_loss":  # the backward's [rows, chunk] weights, the gradients
+        return SCRATCH_ELEMS * elem + 2 * n * d * elem
+    return 0
+
+
 def _version(v: int) -> str:
     return f"{v // 1000}.{v % 1000 // 10}"
 

@@ -7,6 +7,16 @@ import torch
 DEFAULT_BLOCK = 1024
 
 
+def workspace_bytes(op: str, *, m: int = 0, n: int = 0, elem: int = 4, **_: int) -> int:
+    """The dense [block, N] score blocks this backend computes in (see
+    ``micro_fast.backends``)."""
+    if op == "topk_similarity":
+        return 3 * min(m, DEFAULT_BLOCK) * n * elem
+    if op == "contrastive_loss":
+        return 4 * min(n, DEFAULT_BLOCK) * n * elem
+    return 0
+
+
 def is_available() -> tuple[bool, str]:
     return True, ""
 

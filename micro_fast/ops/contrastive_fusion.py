@@ -134,9 +134,11 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
                                   and not tuning.fused_fusion_loss()):
         impl = None
     d, elem = views[0].shape[1], views[0].element_size()
-    # stacked views, packed panels, gradients and per-thread copies
+    # stacked normalized views and their gradients, and the backend's working memory
     memory.check("contrastive_fusion_loss",
-                 (5 + torch.get_num_threads()) * nviews * n * d * elem, f"{nviews} x [{n}, {d}]")
+                 3 * nviews * n * d * elem
+                 + memory.workspace(impl, "contrastive_fusion_loss", n=n, d=d, views=nviews,
+                                    elem=elem), f"{nviews} x [{n}, {d}]")
     fused = fuse_views(views, weights)
     if impl is None or symmetric or tau < FUSED_MIN_TAU:
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,

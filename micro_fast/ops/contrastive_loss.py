@@ -147,10 +147,10 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     if shard is None:
         block_size = block_size or tuning.block_size("contrastive", impl)
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
-    # normalized views, their packed panels, gradients and per-thread gradient copies,
-    # torch_ref's [block, N] blocks
-    memory.check("contrastive_loss", (8 + 2 * torch.get_num_threads()) * n * d * elem
-                 + memory.reference_blocks(impl, n, n, elem, 4), f"N = {n}, d = {d}")
+    # normalized views and their gradients, and the backend's working memory
+    memory.check("contrastive_loss", 4 * n * d * elem
+                 + memory.workspace(impl, "contrastive_loss", n=n, d=d, elem=elem),
+                 f"N = {n}, d = {d}")
     # zero rows are an error: their cosine is undefined, and normalizing them with a clamped
     # norm (F.normalize) would scale rounding noise in the gradient by 1 / eps
     n1, n2 = l2_normalize("z1", z1), l2_normalize("z2", z2)

@@ -155,11 +155,10 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     impl = backends.get(backend, queries.device)
     block_size = block_size or tuning.block_size("topk_similarity", impl)
     m, elem = queries.shape[0], queries.element_size()
-    # the [M, k] outputs, up to as much again in per-thread lists, a packed copy of the keys,
-    # and the torch_ref backend's [block, N] score blocks
+    # the [M, k] outputs and the backend's working memory
     memory.check("topk_similarity",
-                 2 * m * k * (elem + 8) + n * queries.shape[1] * elem
-                 + memory.reference_blocks(impl, m, n, elem, 3),
+                 m * k * (elem + 8) + memory.workspace(impl, "topk_similarity", m=m, n=n,
+                                                       d=queries.shape[1], k=k, elem=elem),
                  f"{m} x {k} results over {n} keys")
     if normalize:
         queries = l2_normalize("queries", queries)

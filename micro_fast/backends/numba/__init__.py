@@ -10,7 +10,11 @@ from __future__ import annotations
 import torch
 
 from micro_fast.backends.numba._jit import import_error, numba
-from micro_fast.backends.numba.contrastive import contrastive_backward, contrastive_forward
+from micro_fast.backends.numba.contrastive import (
+    CONTRASTIVE_BLOCK,
+    contrastive_backward,
+    contrastive_forward,
+)
 from micro_fast.backends.numba.sparse import bipartite_graph, sddmm, spmm
 from micro_fast.backends.numba.topk import topk_similarity
 
@@ -26,3 +30,14 @@ def is_available() -> tuple[bool, str]:
 
 def supports(device: torch.device) -> bool:
     return device.type == "cpu"
+
+
+def workspace_bytes(op: str, *, m: int = 0, n: int = 0, d: int = 0, k: int = 0,
+                    elem: int = 4, **_: int) -> int:
+    """The numba kernels' working memory (see ``micro_fast.backends``)."""
+    if op == "topk_similarity":  # private lists of the other workers, panel tiles
+        return min((torch.get_num_threads() - 1) * m * k * (elem + 8), 256 << 20) \
+            + torch.get_num_threads() * 16 * 512 * elem
+    if op == "contrastive_loss":  # the dense [block, N] score blocks of both views
+        return 2 * min(n, CONTRASTIVE_BLOCK) * n * elem + 2 * n * d * elem
+    return 0

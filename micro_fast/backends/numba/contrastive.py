@@ -8,6 +8,9 @@ import torch
 
 from micro_fast.backends.numba._jit import njit
 
+#: Rows of a dense score block.
+CONTRASTIVE_BLOCK = 1024
+
 
 @njit(cache=True, nogil=True)
 def _lse_rows(x, y, r0, inv_tau, skip_diag):
@@ -63,7 +66,7 @@ def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetri
     a, b = n1.detach().numpy(), n2.detach().numpy()
     lse1 = np.empty(a.shape[0], dtype=a.dtype)
     lse2 = np.empty(a.shape[0] if symmetric else 0, dtype=a.dtype)
-    _contrastive_forward_kernel(a, b, a.dtype.type(1.0 / tau), int(block_size or 1024),
+    _contrastive_forward_kernel(a, b, a.dtype.type(1.0 / tau), int(block_size or CONTRASTIVE_BLOCK),
                                 bool(symmetric), lse1, lse2)
     return torch.from_numpy(lse1), torch.from_numpy(lse2) if symmetric else None
 
@@ -74,7 +77,7 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
     a, b = n1.detach().numpy(), n2.detach().numpy()
     grad1, grad2 = np.zeros_like(a), np.zeros_like(b)
     inv_tau = a.dtype.type(1.0 / tau)
-    block = int(block_size or 1024)
+    block = int(block_size or CONTRASTIVE_BLOCK)
     _contrastive_direction(a, b, lse1.numpy(), g1.numpy(), inv_tau, block, grad1, grad2)
     if lse2 is not None:
         _contrastive_direction(b, a, lse2.numpy(), g2.numpy(), inv_tau, block, grad2, grad1)
