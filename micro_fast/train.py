@@ -88,7 +88,10 @@ def interaction_graph(dataset: mf_data.Dataset, normalization: str,
     return g.to(device)
 
 
-def build_model(config: TrainConfig, dataset: mf_data.Dataset) -> MICRO:
+def build_model(config: TrainConfig, dataset: mf_data.Dataset, *,
+                distributed_graphs: bool = False) -> MICRO:
+    """The model ``config`` describes; ``distributed_graphs`` splits its kNN searches over the
+    ranks of the process group (``micro_fast.distributed.knn_graph``)."""
     names = list(dataset.features) if config.modalities is None else list(config.modalities)
     missing = [m for m in names if m not in dataset.features]
     if missing:
@@ -98,7 +101,8 @@ def build_model(config: TrainConfig, dataset: mf_data.Dataset) -> MICRO:
                  lambda_coeff=config.lambda_coeff, knn_normalization=config.knn_normalization,
                  item_layers=config.item_layers, ui_layers=config.ui_layers,
                  contrastive_weight=config.contrastive_weight, tau=config.tau,
-                 reg_weight=config.reg_weight, backend=config.backend)
+                 reg_weight=config.reg_weight, backend=config.backend,
+                 **({"knn": distributed.knn_graph} if distributed_graphs else {}))
 
 
 def evaluate(model: MICRO, ui_graph: CSRGraph, dataset: mf_data.Dataset, split: str,
@@ -165,7 +169,7 @@ class _Run:
             self.files.create()
         torch.manual_seed(config.seed)
         self.dataset = dataset if dataset is not None else load_dataset(config)
-        self.model = build_model(config, self.dataset).to(device)
+        self.model = build_model(config, self.dataset, distributed_graphs=world > 1).to(device)
         self.ui_graph = interaction_graph(self.dataset, config.ui_normalization, device)
         if world > 1:
             distributed.broadcast_parameters(self.model)

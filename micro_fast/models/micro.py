@@ -27,9 +27,10 @@ from torch import nn
 
 from micro_fast.graph import CSRGraph
 from micro_fast.nn.fusion import ContrastiveFusion, fuse_views
-from micro_fast.nn.graph_learner import KNNGraphLearner
+from micro_fast.nn.graph_learner import KNNBuilder, KNNGraphLearner
 from micro_fast.nn.propagation import LightGCN
 from micro_fast.ops.contrastive_loss import RankShard
+from micro_fast.ops.knn_graph import knn_graph
 
 
 class MICROOutput(NamedTuple):
@@ -56,6 +57,8 @@ class MICRO(nn.Module):
         reg_weight: embedding regularization (1e-5).
         trainable_features: update the raw features with the optimizer (published: yes).
         backend: kernel backend for every op.
+        knn: the kNN graph builder of the item graphs (``ops.knn_graph``; pass
+            ``micro_fast.distributed.knn_graph`` to split the searches over ranks).
     """
 
     def __init__(self, n_users: int, n_items: int,
@@ -64,7 +67,8 @@ class MICRO(nn.Module):
                  knn_normalization: str = "sym", item_layers: int = 1, ui_layers: int = 2,
                  contrastive_weight: float = 0.03, tau: float = 0.5,
                  symmetric_contrastive: bool = False, reg_weight: float = 1e-5,
-                 trainable_features: bool = True, backend: str = "auto") -> None:
+                 trainable_features: bool = True, backend: str = "auto",
+                 knn: KNNBuilder = knn_graph) -> None:
         super().__init__()
         if n_users < 1 or n_items < 1:
             raise ValueError(f"n_users and n_items must be >= 1, got {n_users}, {n_items}")
@@ -84,7 +88,8 @@ class MICRO(nn.Module):
         self.learners = nn.ModuleDict({
             name: KNNGraphLearner(f, feat_dim, k=min(k, n_items), normalization=knn_normalization,
                                   lambda_coeff=lambda_coeff,
-                                  trainable_features=trainable_features, backend=backend)
+                                  trainable_features=trainable_features, backend=backend,
+                                  knn=knn)
             for name, f in features.items()})
         self.fusion = (ContrastiveFusion(dim, tau=tau, symmetric=symmetric_contrastive,
                                          backend=backend) if features else None)

@@ -11,19 +11,25 @@ normalized as a Laplacian:
 is saved in checkpoints and moves with ``.to()``); :math:`A^{learn}` carries gradient into
 :math:`W`, :math:`b` and :math:`F` through its kept similarities. The mixture is never stored:
 each propagation layer computes :math:`A h = (1-\lambda) A^{learn} h + \lambda A^{orig} h`,
-which equals the product with the summed matrix for any number of layers. Under an initialized
-``torch.distributed`` process group the top-k searches are split over the ranks
-(``micro_fast.distributed.knn_graph``; same graph on every rank).
+which equals the product with the summed matrix for any number of layers. The graphs are
+built by the ``knn`` function the module is given: ``ops.knn_graph`` by default, or e.g.
+``micro_fast.distributed.knn_graph`` to split the searches over the ranks of a process group
+(the same graph on every rank).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from micro_fast.distributed import knn_graph
 from micro_fast.graph import CSRGraph
+from micro_fast.ops.knn_graph import knn_graph
 from micro_fast.ops.spmm import spmm
+
+#: ``knn(features [N, d], k, *, normalization, backend) -> CSRGraph``
+KNNBuilder = Callable[..., CSRGraph]
 
 
 class KNNGraphLearner(nn.Module):
@@ -36,25 +42,27 @@ class KNNGraphLearner(nn.Module):
         k: neighbours per item, self included (10).
         normalization: ``"sym"``, ``"rw"`` or ``"none"`` (see ``knn_graph``).
         lambda_coeff: weight of the original graph in the mixture (0.9).
+        knn: the graph builder (``ops.knn_graph`` by default).
     """
 
     def __init__(self, features: torch.Tensor, dim: int = 64, *, k: int = 10,
                  normalization: str = "sym", lambda_coeff: float = 0.9,
-                 trainable_features: bool = True, backend: str = "auto") -> None:
+                 trainable_features: bool = True, backend: str = "auto",
+                 knn: KNNBuilder = knn_graph) -> None:
         super().__init__()
         if not isinstance(features, torch.Tensor) or features.dim() != 2:
             raise ValueError("features must be a 2-D tensor [items, feature_dim]")
         if not 0.0 <= lambda_coeff <= 1.0:
             raise ValueError(f"lambda_coeff must be in [0, 1], got {lambda_coeff}")
         self.k, self.normalization, self.lambda_coeff = k, normalization, float(lambda_coeff)
-        self.backend = backend
+        self.backend, self.knn = backend, knn
         feats = features.detach().clone()
         if trainable_features:
             self.features = nn.Parameter(feats)
         else:
             self.register_buffer("features", feats)
         self.projection = nn.Linear(feats.shape[1], dim, dtype=feats.dtype)
-        orig = knn_graph(feats, k, normalization=normalization, backend=backend)
+        orig = knn(feats, k, normalization=normalization, backend=backend)
         self.register_buffer("orig_indptr", orig.indptr)
         self.register_buffer("orig_indices", orig.indices)
         self.register_buffer("orig_values", orig.values.detach())
@@ -71,8 +79,8 @@ class KNNGraphLearner(nn.Module):
 
     def learn(self) -> CSRGraph:
         """:math:`A^{learn}` from the current features, differentiable through its values."""
-        return knn_graph(self.projection(self.features), self.k,
-                         normalization=self.normalization, backend=self.backend)
+        return self.knn(self.projection(self.features), self.k,
+                        normalization=self.normalization, backend=self.backend)
 
     def propagate(self, learned: CSRGraph, x: torch.Tensor, layers: int = 1) -> torch.Tensor:
         """:math:`A^L x` for the mixture :math:`A` of ``learned`` and the original graph."""
