@@ -42,7 +42,6 @@ import re
 import torch
 import torch.distributed as dist
 
-from micro_fast import backends
 from micro_fast.graph import CSRGraph
 from micro_fast.metrics import (
     check_ranking_inputs,
@@ -51,20 +50,14 @@ from micro_fast.metrics import (
     reduce_metrics,
 )
 from micro_fast.metrics import full_ranking as _full_ranking
-from micro_fast.ops._checks import (
-    check_block_size,
-    check_k,
-    check_matrix,
-    check_no_overflow,
-    l2_normalize,
-)
 from micro_fast.ops.contrastive_fusion import (
     contrastive_fusion_loss as _contrastive_fusion_loss,
 )
 from micro_fast.ops.contrastive_loss import contrastive_loss as _contrastive_loss
-from micro_fast.ops.knn_graph import NORMALIZATIONS, graph_from_topk
-from micro_fast.ops.topk_similarity import check_exclude, with_similarity_grad
+from micro_fast.ops.knn_graph import knn_graph as _knn_graph
+from micro_fast.ops.topk_similarity import prepare as prepare_topk
 from micro_fast.ops.topk_similarity import topk_similarity as _topk_similarity
+from micro_fast.ops.topk_similarity import with_similarity_grad
 
 #: Seconds a collective may wait for the other ranks before failing (``init_from_env``).
 DEFAULT_TIMEOUT_S = 600.0
@@ -161,25 +154,13 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     if not is_active():
         return _topk_similarity(queries, keys, k, exclude=exclude, normalize=normalize,
                                 block_size=block_size, backend=backend)
-    check_matrix("queries", queries)
-    symmetric = keys is None or keys is queries
-    if not symmetric:
-        check_matrix("keys", keys)
-    m = queries.shape[0]
-    check_k(k, m if symmetric else keys.shape[0])
-    q = l2_normalize("queries", queries) if normalize else queries
-    if symmetric:
-        kk = q
-    else:
-        kk = l2_normalize("keys", keys) if normalize else keys
-    check_block_size(block_size)
-    check_no_overflow(q, kk)
+    t = prepare_topk(queries, keys, k, exclude, normalize, block_size, backend)
+    q, kk, symmetric, m, impl = t.queries, t.keys, t.symmetric, t.queries.shape[0], t.impl
     rank, world = rank_and_world()
-    impl = backends.get(backend, q.device)
     if symmetric and hasattr(impl, "topk_similarity_shard"):
-        ex = check_exclude(exclude, m, m, q.device)
+        # the caller's block size, never a tuned one: every rank must split the pairs alike
         with torch.no_grad():
-            values, indices = impl.topk_similarity_shard(q.detach().contiguous(), k, ex,
+            values, indices = impl.topk_similarity_shard(q.detach().contiguous(), k, t.exclude,
                                                          block_size, rank, world)
         values, indices = values.to(q.device), indices.to(q.device)
         parts_v = [torch.empty_like(values) for _ in range(world)]
@@ -210,13 +191,8 @@ def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
               block_size: int | None = None, backend: str = "auto") -> CSRGraph:
     """``ops.knn_graph`` with the top-k search split over the ranks; every rank gets the same
     ``CSRGraph``, with values differentiable w.r.t. its ``features``."""
-    check_matrix("features", features)
-    check_k(k, features.shape[0], "items (rows of features)")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    values, indices = topk_similarity(features, None, k, normalize=True, block_size=block_size,
-                                      backend=backend)
-    return graph_from_topk(values, indices, normalization)
+    return _knn_graph(features, k, normalization=normalization, block_size=block_size,
+                      backend=backend, search=topk_similarity)
 
 
 def full_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRGraph | None,

@@ -16,6 +16,8 @@ are differentiable w.r.t. ``features`` through the kept similarities; :math:`S` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from micro_fast.graph import CSRGraph
@@ -52,7 +54,9 @@ def normalize_knn(values: torch.Tensor, indices: torch.Tensor, normalization: st
 
 
 def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
-              block_size: int | None = None, backend: str = "auto") -> CSRGraph:
+              block_size: int | None = None, backend: str = "auto",
+              search: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+              ) -> CSRGraph:
     """Cosine kNN graph of the rows of ``features`` [N, d], Laplacian-normalized.
 
     Args:
@@ -61,6 +65,8 @@ def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
         normalization: ``"sym"`` (D^-1/2 A D^-1/2, the default), ``"rw"`` (D^-1 A) or
             ``"none"``; degrees are row sums of the kept similarities.
         block_size, backend: as in ``topk_similarity``.
+        search: the symmetric top-k search (``topk_similarity`` by default;
+            ``micro_fast.distributed`` passes its sharded one).
 
     Returns:
         ``CSRGraph`` of shape (N, N) with exactly k entries per row, columns sorted.
@@ -69,8 +75,8 @@ def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
     check_k(k, features.shape[0], "items (rows of features)")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    values, indices = topk_similarity(features, None, k, normalize=True,
-                                      block_size=block_size, backend=backend)
+    values, indices = (search or topk_similarity)(features, None, k, normalize=True,
+                                                  block_size=block_size, backend=backend)
     return graph_from_topk(values, indices, normalization)
 
 

@@ -19,6 +19,8 @@ M x k index list only (a sparse backward; no M x N gradient is formed).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -115,6 +117,56 @@ def check_exclude(exclude: object, m: int, n: int, device: torch.device):
     return exclude.indptr, exclude.indices
 
 
+class TopkInputs(NamedTuple):
+    """Validated inputs of a top-k search (``prepare``)."""
+
+    queries: torch.Tensor        # normalized when asked
+    keys: torch.Tensor           # ``queries`` itself for the symmetric search
+    symmetric: bool
+    k: int
+    exclude: tuple[torch.Tensor, torch.Tensor] | None
+    block_size: int | None
+    impl: object                 # the backend module
+
+
+def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
+            exclude: CSRGraph | None, normalize: bool, block_size: int | None,
+            backend: str) -> TopkInputs:
+    """The checks (the memory budget's among them) and preparation of ``topk_similarity``'s
+    arguments, shared with the sharded search of ``micro_fast.distributed``."""
+    check_matrix("queries", queries)
+    symmetric = keys is None or keys is queries
+    if not symmetric:
+        check_matrix("keys", keys)
+        if keys.dtype != queries.dtype:
+            raise TypeError(f"keys dtype {keys.dtype} differs from queries dtype {queries.dtype}")
+        if keys.device != queries.device:
+            raise ValueError(f"keys are on {keys.device} but queries are on {queries.device}")
+        if keys.shape[1] != queries.shape[1]:
+            raise ValueError(f"keys have {keys.shape[1]} columns but queries have "
+                             f"{queries.shape[1]}")
+    n = queries.shape[0] if symmetric else keys.shape[0]
+    check_k(k, n)
+    block_size = check_block_size(block_size)
+    excl = check_exclude(exclude, queries.shape[0], n, queries.device)
+    impl = backends.get(backend, queries.device)
+    block_size = block_size or tuning.block_size("topk_similarity", impl)
+    m, elem = queries.shape[0], queries.element_size()
+    # the [M, k] outputs and the backend's working memory, before anything is allocated
+    memory.check("topk_similarity",
+                 m * k * (elem + 8) + memory.workspace(impl, "topk_similarity", m=m, n=n,
+                                                       d=queries.shape[1], k=k, elem=elem),
+                 f"{m} x {k} results over {n} keys")
+    if normalize:
+        queries = l2_normalize("queries", queries)
+        if not symmetric:
+            keys = l2_normalize("keys", keys)
+    if symmetric:
+        keys = queries
+    check_no_overflow(queries, keys)
+    return TopkInputs(queries, keys, symmetric, k, excl, block_size, impl)
+
+
 def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 10, *,
                     exclude: CSRGraph | None = None, normalize: bool = False,
                     block_size: int | None = None,
@@ -137,34 +189,6 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     Returns:
         ``(values [M, k] in the input dtype, indices [M, k] int64)``, best first.
     """
-    check_matrix("queries", queries)
-    symmetric = keys is None or keys is queries
-    if not symmetric:
-        check_matrix("keys", keys)
-        if keys.dtype != queries.dtype:
-            raise TypeError(f"keys dtype {keys.dtype} differs from queries dtype {queries.dtype}")
-        if keys.device != queries.device:
-            raise ValueError(f"keys are on {keys.device} but queries are on {queries.device}")
-        if keys.shape[1] != queries.shape[1]:
-            raise ValueError(f"keys have {keys.shape[1]} columns but queries have "
-                             f"{queries.shape[1]}")
-    n = queries.shape[0] if symmetric else keys.shape[0]
-    check_k(k, n)
-    block_size = check_block_size(block_size)
-    excl = check_exclude(exclude, queries.shape[0], n, queries.device)
-    impl = backends.get(backend, queries.device)
-    block_size = block_size or tuning.block_size("topk_similarity", impl)
-    m, elem = queries.shape[0], queries.element_size()
-    # the [M, k] outputs and the backend's working memory
-    memory.check("topk_similarity",
-                 m * k * (elem + 8) + memory.workspace(impl, "topk_similarity", m=m, n=n,
-                                                       d=queries.shape[1], k=k, elem=elem),
-                 f"{m} x {k} results over {n} keys")
-    if normalize:
-        queries = l2_normalize("queries", queries)
-        if not symmetric:
-            keys = l2_normalize("keys", keys)
-    if symmetric:
-        keys = queries
-    check_no_overflow(queries, keys)
-    return _TopkSimilarity.apply(queries, keys, k, excl, block_size, impl, symmetric)
+    t = prepare(queries, keys, k, exclude, normalize, block_size, backend)
+    return _TopkSimilarity.apply(t.queries, t.keys, k, t.exclude, t.block_size, t.impl,
+                                 t.symmetric)
