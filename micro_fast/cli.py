@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from micro_fast.errors import MicroFastError, MissingFileError
+
 
 def _info(_args: argparse.Namespace) -> int:
     import torch
@@ -127,7 +129,7 @@ def bench_suite_dir() -> Path:
     for c in candidates:
         if (Path(c) / "bench_knn.py").exists():
             return Path(c)
-    raise FileNotFoundError("the benchmark suite was not found (install micro-fast from a "
+    raise MissingFileError("the benchmark suite was not found (install micro-fast from a "
                             "wheel or source checkout that includes benchmarks/)")
 
 
@@ -283,18 +285,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        # bad data, options or paths: one line naming the problem, not a traceback
-        print(f"micro-fast {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
+    except MicroFastError as exc:
         from micro_fast.distributed import CollectiveError
 
-        if not isinstance(exc, CollectiveError):
-            raise
-        # under torchrun: another rank died or stalled; say so instead of hanging
+        if isinstance(exc, CollectiveError):
+            # under torchrun: another rank died or stalled; say so instead of hanging
+            print(f"micro-fast {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        # bad data, options or paths: one line naming the problem, not a traceback (any other
+        # exception is a bug and keeps its traceback)
         print(f"micro-fast {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from micro_fast.errors import InputError
+
 UI_NORMALIZATIONS = ("published", "sym")
 
 
@@ -61,7 +63,7 @@ class TrainConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"{msg} (got {dataclasses.asdict(self)})")
+                raise InputError(f"{msg} (got {dataclasses.asdict(self)})")
         return self
 
     @classmethod
@@ -69,7 +71,7 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+            raise InputError(f"unknown config keys: {sorted(unknown)}")
         d = dict(d)
         for key in ("ks", "modalities"):
             if d.get(key) is not None:

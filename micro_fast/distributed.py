@@ -42,6 +42,7 @@ import re
 import torch
 import torch.distributed as dist
 
+from micro_fast.errors import MicroFastError
 from micro_fast.graph import CSRGraph
 from micro_fast.metrics import (
     check_ranking_inputs,
@@ -63,7 +64,7 @@ from micro_fast.ops.topk_similarity import with_similarity_grad
 DEFAULT_TIMEOUT_S = 600.0
 
 
-class CollectiveError(RuntimeError):
+class CollectiveError(MicroFastError, RuntimeError):
     """A collective failed: another rank died, timed out or took a different path."""
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from micro_fast.errors import InputError, InputTypeError
+
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -26,11 +28,11 @@ def _as_index(name: str, t: Any, device: torch.device | None = None) -> torch.Te
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(np.asarray(t))
     if t.dtype not in _INT_DTYPES:
-        raise TypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
+        raise InputTypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
     if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     if device is not None and t.device != device:
-        raise ValueError(f"{name} is on {t.device} but indptr is on {device}")
+        raise InputError(f"{name} is on {t.device} but indptr is on {device}")
     return t.to(torch.int64).contiguous()
 
 
@@ -106,7 +108,7 @@ class CSRGraph:
         if shape is None:
             shape = (n_rows, n_rows)
         if len(shape) != 2 or any(int(s) != s or s < 0 for s in shape):
-            raise ValueError(f"shape must be two non-negative integers, got {shape}")
+            raise InputError(f"shape must be two non-negative integers, got {shape}")
         shape = (int(shape[0]), int(shape[1]))
         if values is None:
             values = torch.ones(indices.numel(), dtype=torch.float32, device=indptr.device)
@@ -133,7 +135,7 @@ class CSRGraph:
     def with_values(self, values: torch.Tensor) -> CSRGraph:
         """Same structure (and cached transpose), new weights [nnz]."""
         if values.shape != (self.nnz,):
-            raise ValueError(f"values must have shape ({self.nnz},), got {tuple(values.shape)}")
+            raise InputError(f"values must have shape ({self.nnz},), got {tuple(values.shape)}")
         return CSRGraph._from_structure(self._s, values, None)
 
     @classmethod
@@ -144,31 +146,31 @@ class CSRGraph:
         rows = _as_index("rows", rows)
         cols = _as_index("cols", cols, rows.device)
         if rows.numel() != cols.numel():
-            raise ValueError(f"rows and cols differ in length ({rows.numel()} vs {cols.numel()})")
+            raise InputError(f"rows and cols differ in length ({rows.numel()} vs {cols.numel()})")
         if values is None:
             values = torch.ones(rows.numel(), dtype=torch.float32, device=rows.device)
         elif not isinstance(values, torch.Tensor):
             values = torch.as_tensor(np.asarray(values))
         if values.shape != rows.shape:
-            raise ValueError(f"values must have shape ({rows.numel()},), got {tuple(values.shape)}")
+            raise InputError(f"values must have shape ({rows.numel()},), got {tuple(values.shape)}")
         if shape is None:
             n = int(max(rows.max(), cols.max())) + 1 if rows.numel() else 0
             shape = (n, n)
         n_rows, n_cols = int(shape[0]), int(shape[1])
         if rows.numel():
             if int(rows.min()) < 0 or int(rows.max()) >= n_rows:
-                raise ValueError(f"rows: index out of range for {n_rows} rows")
+                raise InputError(f"rows: index out of range for {n_rows} rows")
             if int(cols.min()) < 0 or int(cols.max()) >= n_cols:
-                raise ValueError(f"cols: index out of range for {n_cols} columns")
+                raise InputError(f"cols: index out of range for {n_cols} columns")
         key = rows * max(n_cols, 1) + cols
         key, order = torch.sort(key, stable=True)
         values = values[order]
         uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
         if uniq.numel() != key.numel():
             if duplicates == "error":
-                raise ValueError("rows/cols: duplicate (row, col) entries")
+                raise InputError("rows/cols: duplicate (row, col) entries")
             if duplicates != "sum":
-                raise ValueError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
+                raise InputError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
             summed = torch.zeros(uniq.numel(), dtype=values.dtype, device=values.device)
             values = summed.index_add(0, inverse, values)
         r = torch.div(uniq, max(n_cols, 1), rounding_mode="floor")
@@ -184,7 +186,7 @@ class CSRGraph:
         """From a PyG-style ``edge_index`` [2, nnz] (row 0: sources = rows, row 1: targets)."""
         ei = edge_index if isinstance(edge_index, torch.Tensor) else torch.as_tensor(edge_index)
         if ei.dim() != 2 or ei.shape[0] != 2:
-            raise ValueError(f"edge_index must have shape [2, nnz], got {tuple(ei.shape)}")
+            raise InputError(f"edge_index must have shape [2, nnz], got {tuple(ei.shape)}")
         return cls.from_coo(ei[0], ei[1], values, shape, duplicates=duplicates)
 
     @classmethod
@@ -196,7 +198,7 @@ class CSRGraph:
             t = t.coalesce()
             i = t.indices()
             return cls.from_coo(i[0], i[1], t.values(), tuple(t.shape))
-        raise TypeError(f"t must be a sparse COO or CSR tensor, got layout {t.layout}")
+        raise InputTypeError(f"t must be a sparse COO or CSR tensor, got layout {t.layout}")
 
     @classmethod
     def from_scipy(cls, m: Any) -> CSRGraph:
@@ -204,7 +206,7 @@ class CSRGraph:
         import scipy.sparse as sp
 
         if not sp.issparse(m):
-            raise TypeError(f"m must be a scipy.sparse matrix, got {type(m).__name__}")
+            raise InputTypeError(f"m must be a scipy.sparse matrix, got {type(m).__name__}")
         csr = sp.csr_matrix(m)
         csr.sum_duplicates()
         csr.sort_indices()
@@ -216,7 +218,7 @@ class CSRGraph:
     def from_dense(cls, dense: torch.Tensor) -> CSRGraph:
         """The nonzeros of a dense 2-D tensor."""
         if dense.dim() != 2:
-            raise ValueError(f"dense must be 2-D, got shape {tuple(dense.shape)}")
+            raise InputError(f"dense must be 2-D, got shape {tuple(dense.shape)}")
         r, c = torch.nonzero(dense, as_tuple=True)
         return cls.from_coo(r, c, dense[r, c], tuple(dense.shape))
 
@@ -315,40 +317,80 @@ class CSRGraph:
         n_rows, n_cols = self.shape
         nnz = indices.numel()
         if indptr.numel() != n_rows + 1:
-            raise ValueError(f"indptr must have n_rows + 1 = {n_rows + 1} entries, "
+            raise InputError(f"indptr must have n_rows + 1 = {n_rows + 1} entries, "
                              f"got {indptr.numel()}")
         if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
-            raise ValueError(f"indptr must start at 0 and end at nnz = {nnz}, got "
+            raise InputError(f"indptr must start at 0 and end at nnz = {nnz}, got "
                              f"{int(indptr[0])} and {int(indptr[-1])}")
         if n_rows and bool((indptr[1:] < indptr[:-1]).any()):
-            raise ValueError("indptr must be non-decreasing")
+            raise InputError("indptr must be non-decreasing")
         if nnz:
             if int(indices.min()) < 0 or int(indices.max()) >= n_cols:
-                raise ValueError(f"indices: column index out of range [0, {n_cols})")
+                raise InputError(f"indices: column index out of range [0, {n_cols})")
             same_row = self.row_indices()[1:] == self.row_indices()[:-1]
             if bool((same_row & (indices[1:] <= indices[:-1])).any()):
-                raise ValueError("indices must be strictly increasing within each row "
+                raise InputError("indices must be strictly increasing within each row "
                                  "(sorted, no duplicates); build with CSRGraph.from_coo to sort")
         if not isinstance(values, torch.Tensor) or not values.is_floating_point():
-            raise TypeError(f"values must be a floating-point tensor, got "
+            raise InputTypeError(f"values must be a floating-point tensor, got "
                             f"{getattr(values, 'dtype', type(values).__name__)}")
         if values.shape != (nnz,):
-            raise ValueError(f"values must have shape ({nnz},), got {tuple(values.shape)}")
+            raise InputError(f"values must have shape ({nnz},), got {tuple(values.shape)}")
         if values.device != indptr.device:
-            raise ValueError(f"values is on {values.device} but indptr is on {indptr.device}")
+            raise InputError(f"values is on {values.device} but indptr is on {indptr.device}")
         if nnz and not bool(torch.isfinite(values.detach()).all()):
-            raise ValueError("values must be finite (found NaN or inf)")
+            raise InputError("values must be finite (found NaN or inf)")
         return self
 
     # --- conversions ---------------------------------------------------------------------
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> CSRGraph:
+    def to(self, *args: Any, **kwargs: Any) -> CSRGraph:
+        """The graph on another device and/or with values of another dtype, with the
+        signatures of ``torch.Tensor.to``: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``,
+        ``to(tensor)`` (its device and dtype), ``to(device=..., dtype=...)``; ``non_blocking``
+        is passed on. The structure (and its cached transpose) is shared when the device stays.
+        """
+        device, dtype = None, None
+        non_blocking = bool(kwargs.pop("non_blocking", False))
+        kwargs.pop("copy", None)
+        if "device" in kwargs:
+            device = kwargs.pop("device")
+        if "dtype" in kwargs:
+            dtype = kwargs.pop("dtype")
+        if kwargs:
+            raise InputTypeError(f"CSRGraph.to() got unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if isinstance(a, torch.dtype):
+                dtype = a
+            elif isinstance(a, torch.Tensor):
+                device, dtype = a.device, a.dtype
+            elif isinstance(a, torch.device | str | int):
+                device = a
+            elif a is not None:
+                raise InputTypeError(f"CSRGraph.to() takes a device, a dtype or a tensor, "
+                                     f"got {a!r}")
         device = torch.device(device) if device is not None else self.device
-        values = self.values.to(device=device, dtype=dtype or self.values.dtype)
+        dtype = dtype if dtype is not None else self.values.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise InputTypeError(f"CSRGraph values must be float32 or float64, got {dtype}")
+        values = self.values.to(device=device, dtype=dtype, non_blocking=non_blocking)
         if device == self.device:
             return CSRGraph._from_structure(self._s, values, self.symmetric)
-        s = _Structure(self.indptr.to(device), self.indices.to(device), self.shape)
+        s = _Structure(self.indptr.to(device, non_blocking=non_blocking),
+                       self.indices.to(device, non_blocking=non_blocking), self.shape)
         return CSRGraph._from_structure(s, values, self.symmetric)
+
+    def float(self) -> CSRGraph:
+        return self.to(torch.float32)
+
+    def double(self) -> CSRGraph:
+        return self.to(torch.float64)
+
+    def cpu(self) -> CSRGraph:
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> CSRGraph:
+        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device)
+                       if isinstance(device, int) else device)
 
     def detach(self) -> CSRGraph:
         return CSRGraph._from_structure(self._s, self.values.detach(), self.symmetric)

@@ -16,28 +16,30 @@ from __future__ import annotations
 import os
 import re
 
+from micro_fast.errors import InputError, InputTypeError, MicroFastError
+
 _UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 _budget: int | None = None
 
 
-class MemoryBudgetError(MemoryError):
+class MemoryBudgetError(MicroFastError, MemoryError):
     """An op would need more memory than ``max_memory`` allows."""
 
 
 def parse_bytes(value: int | str) -> int:
     """``123``, ``"123"``, ``"512MB"``, ``"8 GB"`` (binary units) -> bytes."""
     if isinstance(value, bool):
-        raise TypeError("max_memory must be a byte count or a string such as '8GB'")
+        raise InputTypeError("max_memory must be a byte count or a string such as '8GB'")
     if isinstance(value, int):
         n = value
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B?)\s*", str(value).upper())
         if m is None:
-            raise ValueError(f"max_memory: cannot read {value!r} as a size (e.g. 8GB)")
+            raise InputError(f"max_memory: cannot read {value!r} as a size (e.g. 8GB)")
         unit = m.group(2) if m.group(2).endswith("B") or not m.group(2) else m.group(2) + "B"
         n = int(float(m.group(1)) * _UNITS[unit])
     if n <= 0:
-        raise ValueError(f"max_memory must be positive, got {value!r}")
+        raise InputError(f"max_memory must be positive, got {value!r}")
     return n
 
 

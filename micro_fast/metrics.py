@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops.topk_similarity import topk_similarity
 
@@ -31,22 +32,22 @@ NDCG_VARIANTS = ("standard", "published")
 
 def _check(name: str, graph: object, shape: tuple[int, int]) -> None:
     if not isinstance(graph, CSRGraph):
-        raise TypeError(f"{name} must be a CSRGraph, got {type(graph).__name__}")
+        raise InputTypeError(f"{name} must be a CSRGraph, got {type(graph).__name__}")
     if graph.shape != shape:
-        raise ValueError(f"{name} has shape {graph.shape}, expected {shape} (users, items)")
+        raise InputError(f"{name} has shape {graph.shape}, expected {shape} (users, items)")
 
 
 def check_ranking_inputs(user_emb: object, item_emb: object, train: CSRGraph | None,
                   target: CSRGraph, ks: object, ndcg: str, user_block: int) -> tuple[int, ...]:
     if not isinstance(user_emb, torch.Tensor) or user_emb.dim() != 2:
-        raise ValueError("user_emb must be a 2-D tensor [users, dim]")
+        raise InputError("user_emb must be a 2-D tensor [users, dim]")
     if not isinstance(item_emb, torch.Tensor) or item_emb.dim() != 2:
-        raise ValueError("item_emb must be a 2-D tensor [items, dim]")
+        raise InputError("item_emb must be a 2-D tensor [items, dim]")
     if item_emb.shape[1] != user_emb.shape[1]:
-        raise ValueError(f"item_emb has {item_emb.shape[1]} columns but user_emb has "
+        raise InputError(f"item_emb has {item_emb.shape[1]} columns but user_emb has "
                          f"{user_emb.shape[1]}")
     if item_emb.dtype != user_emb.dtype:
-        raise TypeError(f"item_emb dtype {item_emb.dtype} differs from user_emb dtype "
+        raise InputTypeError(f"item_emb dtype {item_emb.dtype} differs from user_emb dtype "
                         f"{user_emb.dtype}")
     n_users, n_items = user_emb.shape[0], item_emb.shape[0]
     _check("target", target, (n_users, n_items))
@@ -54,11 +55,11 @@ def check_ranking_inputs(user_emb: object, item_emb: object, train: CSRGraph | N
         _check("train", train, (n_users, n_items))
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be non-empty cut-offs >= 1, got {ks}")
+        raise InputError(f"ks must be non-empty cut-offs >= 1, got {ks}")
     if ndcg not in NDCG_VARIANTS:
-        raise ValueError(f"ndcg must be one of {NDCG_VARIANTS}, got {ndcg!r}")
+        raise InputError(f"ndcg must be one of {NDCG_VARIANTS}, got {ndcg!r}")
     if user_block < 1:
-        raise ValueError(f"user_block must be >= 1, got {user_block}")
+        raise InputError(f"user_block must be >= 1, got {user_block}")
     return ks
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from micro_fast.errors import InputError
+
 
 class RunDir:
     """The paths of one run directory and its readers and writers."""
@@ -98,7 +100,7 @@ def read_metrics(path: Path, before_epoch: int) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({exc})") from None
+            raise InputError(f"{path}: line {i + 1} is not a JSON record ({exc})") from None
     return [r for r in rows if r["epoch"] < before_epoch]
 
 

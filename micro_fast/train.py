@@ -34,6 +34,7 @@ import torch
 from micro_fast import data as mf_data
 from micro_fast import distributed
 from micro_fast.config import UI_NORMALIZATIONS, TrainConfig
+from micro_fast.errors import InputError, MissingFileError
 from micro_fast.graph import CSRGraph
 from micro_fast.models import MICRO
 from micro_fast.ops.bipartite_graph import bipartite_graph
@@ -66,7 +67,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+        raise InputError("device 'cuda' requested but torch sees no CUDA device")
     return dev
 
 
@@ -95,7 +96,7 @@ def build_model(config: TrainConfig, dataset: mf_data.Dataset, *,
     names = list(dataset.features) if config.modalities is None else list(config.modalities)
     missing = [m for m in names if m not in dataset.features]
     if missing:
-        raise ValueError(f"modalities {missing} not in the data (has {list(dataset.features)})")
+        raise InputError(f"modalities {missing} not in the data (has {list(dataset.features)})")
     return MICRO(dataset.n_users, dataset.n_items, {m: dataset.features[m] for m in names},
                  dim=config.dim, feat_dim=config.feat_dim, k=config.k,
                  lambda_coeff=config.lambda_coeff, knn_normalization=config.knn_normalization,
@@ -185,7 +186,7 @@ class _Run:
     # --- checkpoints ---------------------------------------------------------------------
     def restore(self) -> None:
         if not self.files.last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint {self.files.last}")
+            raise MissingFileError(f"--resume: no checkpoint {self.files.last}")
         ckpt = torch.load(self.files.last, map_location=self.device, weights_only=False)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -350,13 +351,13 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best",
     """Re-evaluates a run's ``best`` or ``last`` checkpoint on validation and test."""
     files = RunDir(run_dir)
     if not files.config.exists():
-        raise FileNotFoundError(f"{files.config} not found: not a run directory")
+        raise MissingFileError(f"{files.config} not found: not a run directory")
     config = TrainConfig.from_dict(json.loads(files.config.read_text()))
     if device is not None:
         config.device = device
     path = files.path / f"{checkpoint}.pt"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
+        raise MissingFileError(f"{path} not found")
     dev = resolve_device(config.device)
     torch.manual_seed(config.seed)
     dataset = load_dataset(config)

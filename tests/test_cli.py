@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from micro_fast.cli import main
 
 
@@ -20,3 +22,24 @@ def test_console_entry_point_runs(tmp_path):
                           text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "micro_fast" in proc.stdout
+
+
+def test_only_the_library_input_errors_become_exit_2(monkeypatch, capsys):
+    """Bad input: one line and exit 2. Anything else is a bug and keeps its traceback."""
+    import micro_fast.train as train_module
+    from micro_fast.errors import InputError
+
+    def bad_input(*_a, **_k):
+        raise InputError("epochs must be >= 1")
+
+    def bug(*_a, **_k):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(train_module, "train", bad_input)
+    assert main(["train", "--quiet"]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+    monkeypatch.setattr(train_module, "train", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["train", "--quiet"])
+    # the library's errors still are the built-in ones callers catch
+    assert issubclass(InputError, ValueError)

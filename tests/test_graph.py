@@ -98,3 +98,21 @@ def test_scipy_input_with_unsorted_indices_is_canonicalized():
     m = sp.csr_matrix((np.array([1.0, 2.0]), np.array([2, 0]), np.array([0, 2])), shape=(1, 3))
     g = CSRGraph.from_scipy(m)
     assert g.indices.tolist() == [0, 2] and g.values.tolist() == [2.0, 1.0]
+
+
+def test_to_has_tensor_semantics():
+    g = CSRGraph.from_dense(torch.tensor([[0.0, 2.0], [3.0, 0.0]]))
+    g.transposed_structure()  # cached transpose: shared by graphs on the same device
+    for h in (g.to(torch.float64), g.to("cpu", torch.float64), g.to(dtype=torch.float64),
+              g.double(), g.to(torch.zeros(1, dtype=torch.float64))):
+        assert h.dtype == torch.float64 and h.device == g.device
+        assert torch.equal(h.to_dense(), g.to_dense().double())
+        assert h._s is g._s
+    assert g.double().float().dtype == torch.float32
+    assert g.to("cpu").values.dtype == torch.float32 and g.cpu().device.type == "cpu"
+    with pytest.raises(TypeError, match="float32 or float64"):
+        g.to(torch.int64)
+    with pytest.raises(TypeError, match="unexpected"):
+        g.to(memory_format=torch.contiguous_format)
+    with pytest.raises(TypeError, match="takes a device"):
+        g.to(3.5)

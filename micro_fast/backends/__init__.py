@@ -59,6 +59,8 @@ from types import ModuleType
 
 import torch
 
+from micro_fast.errors import InputError, UnavailableError
+
 #: Preference order of ``backend="auto"``.
 BACKENDS: tuple[str, ...] = ("cuda", "numba_cuda", "cpp", "numba", "torch_ref")
 
@@ -68,7 +70,7 @@ _modules: dict[str, ModuleType] = {}
 def _load(name: str) -> ModuleType:
     if name not in _modules:
         if name not in BACKENDS:
-            raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {name!r}")
+            raise InputError(f"backend must be one of {('auto', *BACKENDS)}, got {name!r}")
         _modules[name] = importlib.import_module(f"{__name__}.{name}")
     return _modules[name]
 
@@ -113,9 +115,9 @@ def get(backend: str, device: torch.device, op: str = "topk_similarity") -> Modu
     mod = _load(backend)
     ok, why = mod.is_available()
     if not ok:
-        raise RuntimeError(f"backend {backend!r} is not available: {why}")
+        raise UnavailableError(f"backend {backend!r} is not available: {why}")
     if not mod.supports(device):
-        raise ValueError(f"backend {backend!r} does not run on {device.type} tensors")
+        raise InputError(f"backend {backend!r} does not run on {device.type} tensors")
     if not hasattr(mod, op):
-        raise ValueError(f"backend {backend!r} has no {op} kernel")
+        raise InputError(f"backend {backend!r} has no {op} kernel")
     return mod

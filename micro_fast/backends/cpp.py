@@ -7,6 +7,7 @@ import os
 import torch
 
 from micro_fast.backends._build import build_status
+from micro_fast.errors import UnavailableError
 
 try:
     from micro_fast import _C
@@ -36,7 +37,7 @@ def set_simd_isa(name: str) -> None:
     """Forces "avx512", "avx2" or "generic" (the portable build); "auto" picks the best this
     CPU runs. Raises ValueError for one the CPU or build lacks."""
     if _C is None:
-        raise RuntimeError("micro_fast._C is not available")
+        raise UnavailableError("micro_fast._C is not available")
     _C.set_simd_isa(name)
 
 

@@ -13,6 +13,7 @@ from functools import cache
 import torch
 
 from micro_fast.backends._build import build_status
+from micro_fast.errors import InputError, UnavailableError
 
 try:
     from micro_fast import _cuda
@@ -94,13 +95,13 @@ def supports(device: torch.device) -> bool:
 
 def _launcher(dtype: torch.dtype, op: str = "topk_similarity"):
     if _cuda is None:
-        raise RuntimeError(f"the cuda backend is not available: {is_available()[1]}")
+        raise UnavailableError(f"the cuda backend is not available: {is_available()[1]}")
     suffix = _DTYPE_SUFFIX.get(dtype)
     if suffix is None:
-        raise ValueError(f"cuda backend supports float32 and float64, got {dtype}")
+        raise InputError(f"cuda backend supports float32 and float64, got {dtype}")
     launch = getattr(_cuda, f"{op}_{suffix}", None)
     if launch is None:
-        raise RuntimeError(f"this build of micro_fast._cuda has no {op} kernel: rebuild it")
+        raise UnavailableError(f"this build of micro_fast._cuda has no {op} kernel: rebuild it")
     return launch
 
 
@@ -113,16 +114,16 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     launch = _launcher(queries.dtype)
     device = queries.device
     if device.type != "cuda":
-        raise ValueError(f"cuda backend needs CUDA tensors, got {device}")
+        raise InputError(f"cuda backend needs CUDA tensors, got {device}")
     if keys is not None and (keys.device != device or keys.dtype != queries.dtype):
-        raise ValueError("queries and keys must share device and dtype")
+        raise InputError("queries and keys must share device and dtype")
     queries = queries.detach().contiguous()
     keys = None if keys is None else keys.detach().contiguous()
     m, d = queries.shape
     n = m if keys is None else keys.shape[0]
     k = int(k)
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
+        raise InputError(f"k must be in [1, {n}], got {k}")
     values = torch.empty((m, k), dtype=queries.dtype, device=device)
     indices = torch.empty((m, k), dtype=torch.int64, device=device)
     if m == 0:
@@ -159,18 +160,18 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
 def _check_pair(n1: torch.Tensor, n2: torch.Tensor) -> torch.device:
     device = n1.device
     if device.type != "cuda":
-        raise ValueError(f"cuda backend needs CUDA tensors, got {device}")
+        raise InputError(f"cuda backend needs CUDA tensors, got {device}")
     if n2.device != device or n2.dtype != n1.dtype:
-        raise ValueError("n1 and n2 must share device and dtype")
+        raise InputError("n1 and n2 must share device and dtype")
     if n1.dim() != 2 or n1.shape != n2.shape:
-        raise ValueError(f"n1 and n2 must both be [N, d], got {tuple(n1.shape)} and "
+        raise InputError(f"n1 and n2 must both be [N, d], got {tuple(n1.shape)} and "
                          f"{tuple(n2.shape)}")
     return device
 
 
 def _check_rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if t.shape != (like.shape[0],) or t.dtype != like.dtype or t.device != like.device:
-        raise ValueError(f"{name} must be a [{like.shape[0]}] {like.dtype} tensor on "
+        raise InputError(f"{name} must be a [{like.shape[0]}] {like.dtype} tensor on "
                          f"{like.device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
     return t.detach().contiguous()
 
@@ -178,7 +179,7 @@ def _check_rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _tau(tau: float) -> float:
     tau = float(tau)
     if not (tau > 0 and tau != float("inf")):
-        raise ValueError(f"tau must be positive and finite, got {tau}")
+        raise InputError(f"tau must be positive and finite, got {tau}")
     return tau
 
 
@@ -236,7 +237,7 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
     device = _check_pair(n1, n2)
     tau = _tau(tau)
     if (lse2 is None) != (g2 is None):
-        raise ValueError("lse2 and g2 must be given together (symmetric) or both be None")
+        raise InputError("lse2 and g2 must be given together (symmetric) or both be None")
     n1 = n1.detach().contiguous()
     n2 = n2.detach().contiguous()
     lse1 = _check_rows("lse1", lse1, n1)
@@ -268,10 +269,10 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
 def _entry(name: str):
     """The compiled function ``name`` of ``micro_fast._cuda`` (a clear error when missing)."""
     if _cuda is None:
-        raise RuntimeError(f"the cuda backend is not available: {is_available()[1]}")
+        raise UnavailableError(f"the cuda backend is not available: {is_available()[1]}")
     fn = getattr(_cuda, name, None)
     if fn is None:
-        raise RuntimeError(f"this build of micro_fast._cuda has no {name} kernel: rebuild it")
+        raise UnavailableError(f"this build of micro_fast._cuda has no {name} kernel: rebuild it")
     return fn
 
 
@@ -280,13 +281,13 @@ def _csr_structure(indptr: torch.Tensor, indices: torch.Tensor,
     """``indptr``/``indices`` as contiguous int64 CUDA tensors on ``device`` (the structure
     itself is trusted: ``CSRGraph`` validates it)."""
     if device.type != "cuda":
-        raise ValueError(f"cuda backend needs CUDA tensors, got {device}")
+        raise InputError(f"cuda backend needs CUDA tensors, got {device}")
     for name, t in (("indptr", indptr), ("indices", indices)):
         if t.device != device or t.dtype != torch.int64 or t.dim() != 1:
-            raise ValueError(f"{name} must be a 1-D int64 tensor on {device}, got "
+            raise InputError(f"{name} must be a 1-D int64 tensor on {device}, got "
                              f"{tuple(t.shape)} {t.dtype} on {t.device}")
     if indptr.numel() < 1:
-        raise ValueError("indptr must have at least one element")
+        raise InputError("indptr must have at least one element")
     return indptr.contiguous(), indices.contiguous()
 
 
@@ -302,10 +303,10 @@ def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
     device = x.device
     indptr, indices = _csr_structure(indptr, indices, device)
     if x.dim() != 2:
-        raise ValueError(f"x must be 2-D [N, d], got shape {tuple(x.shape)}")
+        raise InputError(f"x must be 2-D [N, d], got shape {tuple(x.shape)}")
     nnz = indices.numel()
     if values.shape != (nnz,) or values.dtype != x.dtype or values.device != device:
-        raise ValueError(f"values must be a [{nnz}] {x.dtype} tensor on {device}, got "
+        raise InputError(f"values must be a [{nnz}] {x.dtype} tensor on {device}, got "
                          f"{tuple(values.shape)} {values.dtype} on {values.device}")
     x = x.detach().contiguous()
     values = values.detach().contiguous()
@@ -328,10 +329,10 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     device = a.device
     indptr, indices = _csr_structure(indptr, indices, device)
     if b.device != device or b.dtype != a.dtype:
-        raise ValueError("a and b must share device and dtype")
+        raise InputError("a and b must share device and dtype")
     m = indptr.numel() - 1
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != m or a.shape[1] != b.shape[1]:
-        raise ValueError(f"a must be [{m}, d] and b [N, d], got {tuple(a.shape)} and "
+        raise InputError(f"a must be [{m}, d] and b [N, d], got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
     a = a.detach().contiguous()
     b = b.detach().contiguous()

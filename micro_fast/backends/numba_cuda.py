@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from micro_fast.backends.numba import order
+from micro_fast.errors import InputError
 
 #: ``numba.cuda``, imported by ``_cuda()`` on first use. The kernels name it as this module
 #: global: the simulator swaps a kernel's global ``cuda`` for its fake module while it runs.
@@ -290,7 +291,7 @@ def _csr_threads(d: int, threads: tuple[int, int] | None, max_tx: int) -> tuple[
         return tx, max(1, CSR_THREADS // tx)
     tx, ty = (int(t) for t in threads)
     if tx < 1 or ty < 1 or tx * ty > MAX_THREADS:
-        raise ValueError(f"threads must be (tx, ty) >= 1 with tx * ty <= {MAX_THREADS}, "
+        raise InputError(f"threads must be (tx, ty) >= 1 with tx * ty <= {MAX_THREADS}, "
                          f"got {threads}")
     return tx, ty
 
@@ -338,7 +339,7 @@ def launch_sddmm(indptr, indices, a, b, out, *, threads: tuple[int, int] | None 
         return out
     tx, ty = _csr_threads(a.shape[1], threads, SDDMM_MAX_TX)
     if tx & (tx - 1):
-        raise ValueError(f"sddmm lanes per entry (tx) must be a power of two, got {tx}")
+        raise InputError(f"sddmm lanes per entry (tx) must be a power of two, got {tx}")
     kernel = _kernels(np.dtype(out.dtype)).sddmm
     with _quiet():
         kernel[(nnz + ty - 1) // ty, (tx, ty), stream](indptr, indices, a, b, out,
@@ -363,7 +364,7 @@ def launch_topk(queries, keys, k: int, out_values, out_indices, *, exclude=None,
     n = keys.shape[0]
     nthreads = int(threads) if threads else min(TOPK_THREADS, max(32, -(-n // 32) * 32))
     if not 1 <= nthreads <= MAX_THREADS:
-        raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {threads}")
+        raise InputError(f"threads must be in [1, {MAX_THREADS}], got {threads}")
     dtype = np.dtype(out_values.dtype)
     if scratch is None:
         rows = min(m, int(block_rows) if block_rows else max(1, SCRATCH_ELEMS // k))

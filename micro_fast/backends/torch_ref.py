@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from micro_fast.errors import InputError
+
 DEFAULT_BLOCK = 1024
 
 
@@ -82,7 +84,7 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     key = torch.unique(users * max(n_items, 1) + items, return_counts=True)
     pairs, counts = key
     if duplicates == "error" and bool((counts > 1).any()):
-        raise ValueError("users/items: duplicate interaction")
+        raise InputError("users/items: duplicate interaction")
     u = torch.div(pairs, max(n_items, 1), rounding_mode="floor")
     i = pairs - u * max(n_items, 1)
     w = counts.to(dtype)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 
 #: modalities that come first, in this order, when present; other names follow sorted
@@ -88,7 +89,7 @@ class Dataset:
         """The split called ``"train"``, ``"valid"`` (alias ``"val"``) or ``"test"``."""
         name = "valid" if name == "val" else name
         if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+            raise InputError(f"split must be one of {SPLITS}, got {name!r}")
         return getattr(self, name)
 
     def summary(self) -> dict[str, Any]:
@@ -127,27 +128,27 @@ class Dataset:
             never sampled for training, as in the published code).
         """
         if self.n_users < 0 or self.n_items < 0:
-            raise ValueError(f"n_users and n_items must be >= 0, got {self.n_users}, "
+            raise InputError(f"n_users and n_items must be >= 0, got {self.n_users}, "
                              f"{self.n_items}")
         for name in SPLITS:
             g = getattr(self, name)
             if not isinstance(g, CSRGraph):
-                raise ValueError(f"{name} must be a CSRGraph, got {type(g).__name__}")
+                raise InputError(f"{name} must be a CSRGraph, got {type(g).__name__}")
             if g.shape != (self.n_users, self.n_items):
-                raise ValueError(f"{name} has shape {g.shape}, expected "
+                raise InputError(f"{name} has shape {g.shape}, expected "
                                  f"(n_users, n_items) = {(self.n_users, self.n_items)}")
             try:
                 g.validate()
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: {exc}") from None
+                raise InputError(f"{name}: {exc}") from None
             if g.values.dtype != torch.float32 or not bool((g.values == 1).all()):
-                raise ValueError(f"{name}: values must be float32 ones (implicit feedback)")
+                raise InputError(f"{name}: values must be float32 ones (implicit feedback)")
         keys = {name: _pair_keys(getattr(self, name)) for name in SPLITS}
         for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
             both = np.intersect1d(keys[a], keys[b], assume_unique=True)
             if both.size:
                 u, i = divmod(int(both[0]), max(self.n_items, 1))
-                raise ValueError(f"{both.size} (user, item) pairs are in both {a} and {b}, "
+                raise InputError(f"{both.size} (user, item) pairs are in both {a} and {b}, "
                                  f"e.g. user {u} item {i}")
         check_features(self.features, self.n_items)
         cold = int((self.train.degrees() == 0).sum())
@@ -162,7 +163,7 @@ def _as_feature(name: str, f: Any) -> torch.Tensor:
     if not isinstance(f, torch.Tensor):
         f = torch.as_tensor(np.asarray(f))
     if not f.is_floating_point():
-        raise ValueError(f"features[{name!r}] must be floating point, got {f.dtype}")
+        raise InputError(f"features[{name!r}] must be floating point, got {f.dtype}")
     return f.to(torch.float32)
 
 
@@ -170,13 +171,13 @@ def check_features(features: Mapping[str, torch.Tensor], n_items: int) -> None:
     """Each feature is a finite float32 [n_items, d] tensor; raises ValueError otherwise."""
     for m, f in features.items():
         if not isinstance(f, torch.Tensor) or f.dtype != torch.float32:
-            raise ValueError(f"features[{m!r}] must be a float32 tensor, got "
+            raise InputError(f"features[{m!r}] must be a float32 tensor, got "
                              f"{getattr(f, 'dtype', type(f).__name__)}")
         if f.dim() != 2:
-            raise ValueError(f"features[{m!r}] must be 2-D [n_items, d], got shape "
+            raise InputError(f"features[{m!r}] must be 2-D [n_items, d], got shape "
                              f"{tuple(f.shape)}")
         if f.shape[0] != n_items:
-            raise ValueError(f"features[{m!r}] has {f.shape[0]} rows, expected n_items = "
+            raise InputError(f"features[{m!r}] has {f.shape[0]} rows, expected n_items = "
                              f"{n_items}")
         if not bool(torch.isfinite(f).all()):
-            raise ValueError(f"features[{m!r}] has NaN or inf entries")
+            raise InputError(f"features[{m!r}] has NaN or inf entries")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from micro_fast.data.dataset import SPLITS, Dataset, interactions, order_features
+from micro_fast.errors import InputError, MissingFileError
 
 MICRO_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
 INTER_COLUMNS = ("userID", "itemID", "x_label")
@@ -36,7 +37,7 @@ _MAX_ID_DIGITS = 18  # stays inside int64
 def _feature_files(root: Path) -> dict[str, Path]:
     files = {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(root.glob("*" + FEATURE_SUFFIX))}
     if "" in files:
-        raise ValueError(f"{files['']}: a feature file needs a modality name before "
+        raise InputError(f"{files['']}: a feature file needs a modality name before "
                          f"'{FEATURE_SUFFIX}'")
     return order_features(files)
 
@@ -45,19 +46,19 @@ def _load_feature(path: Path) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     if not isinstance(a, np.ndarray):
-        raise ValueError(f"{path}: expected one array, got {type(a).__name__}")
+        raise InputError(f"{path}: expected one array, got {type(a).__name__}")
     if a.ndim != 2:
-        raise ValueError(f"{path}: features must be 2-D [n_items, d], got ndim {a.ndim} "
+        raise InputError(f"{path}: features must be 2-D [n_items, d], got ndim {a.ndim} "
                          f"(shape {a.shape})")
     if a.dtype.kind not in "fiu":
-        raise ValueError(f"{path}: features must be numeric, got dtype {a.dtype}")
+        raise InputError(f"{path}: features must be numeric, got dtype {a.dtype}")
     # float16 files (TikTok) are widened once here; the models compute in float32
     a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).any(axis=1).sum())
-        raise ValueError(f"{path}: features contain NaN or inf ({bad} rows affected)")
+        raise InputError(f"{path}: features contain NaN or inf ({bad} rows affected)")
     return a
 
 
@@ -71,11 +72,11 @@ def _load_features(root: Path, max_item: int) -> tuple[dict[str, torch.Tensor], 
     n_items = max(rows.values())
     for m, r in rows.items():
         if r != n_items:
-            raise ValueError(f"{files[m]}: has {r} rows but {files[max(rows, key=rows.get)]} "
+            raise InputError(f"{files[m]}: has {r} rows but {files[max(rows, key=rows.get)]} "
                              f"has {n_items}; feature rows must equal n_items in every modality")
     if max_item >= n_items:
         first = next(iter(files.values()))
-        raise ValueError(f"{first}: has {n_items} rows but the interactions use item id "
+        raise InputError(f"{first}: has {n_items} rows but the interactions use item id "
                          f"{max_item} (ids out of range vs features; rows must be n_items)")
     return {m: torch.from_numpy(f) for m, f in feats.items()}, n_items
 
@@ -97,36 +98,36 @@ def _read_json_split(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """``(users, items)`` int64 arrays, one entry per listed (user, item), and the largest
     user key (-1 for none): a key with an empty list still counts as a user."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing file (MICRO layout needs "
+        raise MissingFileError(f"{path}: missing file (MICRO layout needs "
                                 f"{', '.join(MICRO_FILES.values())})")
     try:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh, object_pairs_hook=_Pairs)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: bad JSON ({exc})") from None
+        raise InputError(f"{path}: bad JSON ({exc})") from None
     if not isinstance(obj, _Pairs):
-        raise ValueError(f"{path}: expected a JSON object mapping user id -> list of item ids, "
+        raise InputError(f"{path}: expected a JSON object mapping user id -> list of item ids, "
                          f"got {type(obj).__name__}")
     keys = [k for k, _ in obj]
     lists = [v for _, v in obj]
     if set(map(type, lists)) - {list}:
         bad = next(k for k, v in obj if type(v) is not list)
-        raise ValueError(f"{path}: user {bad!r}: value must be a list of item ids")
+        raise InputError(f"{path}: user {bad!r}: value must be a list of item ids")
     joined = "".join(keys)
     lengths = list(map(len, keys))
     if keys and not (joined.isascii() and joined.isdigit() and min(lengths) > 0
                      and max(lengths) <= _MAX_ID_DIGITS):
         bad = next(k for k in keys if not (k.isascii() and k.isdigit())
                    or not 0 < len(k) <= _MAX_ID_DIGITS)
-        raise ValueError(f"{path}: user id {bad!r} is not a non-negative integer")
+        raise InputError(f"{path}: user id {bad!r} is not a non-negative integer")
     flat = list(chain.from_iterable(lists))
     # bool is an int subclass and floats would truncate silently: insist on exact ints
     if set(map(type, flat)) - {int}:
         bad = next(x for x in flat if type(x) is not int)
-        raise ValueError(f"{path}: item id {bad!r} is not an integer")
+        raise InputError(f"{path}: item id {bad!r} is not an integer")
     items = np.array(flat, dtype=np.int64) if flat else np.empty(0, np.int64)
     if items.size and items.min() < 0:
-        raise ValueError(f"{path}: negative item id {int(items.min())}")
+        raise InputError(f"{path}: negative item id {int(items.min())}")
     counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     user_ids = np.array(keys, dtype=np.int64) if keys else np.empty(0, np.int64)
     users = np.repeat(user_ids, counts)
@@ -148,7 +149,7 @@ def load_micro(root: str | Path, name: str | None = None) -> Dataset:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: missing dataset folder")
+        raise MissingFileError(f"{root}: missing dataset folder")
     jdir = _micro_json_dir(root)
     parts = {s: _read_json_split(jdir / f) for s, f in MICRO_FILES.items()}
     n_users = max([p[2] for p in parts.values()] +
@@ -193,7 +194,7 @@ def _inter_file(root: Path, name: str | None) -> Path:
         return found[0]
     want = f"{name or root.name}.inter"
     extra = f" (found {', '.join(p.name for p in found)})" if found else ""
-    raise FileNotFoundError(f"{root / want}: missing file{extra}")
+    raise MissingFileError(f"{root / want}: missing file{extra}")
 
 
 def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,7 +203,7 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # the data itself goes through numpy's C parser, column by column
         missing = [c for c in INTER_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing columns {missing} in the header line "
+            raise InputError(f"{path}: missing columns {missing} in the header line "
                              f"(got {header}); need {list(INTER_COLUMNS)}, tab-separated")
         cols = [header.index(c) for c in INTER_COLUMNS]
         try:
@@ -211,15 +212,15 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 data = np.loadtxt(fh, delimiter="\t", usecols=cols, dtype=np.int64,
                                   comments=None, ndmin=2)
         except ValueError as exc:
-            raise ValueError(f"{path}: bad data line ({exc}; rows are counted after the "
+            raise InputError(f"{path}: bad data line ({exc}; rows are counted after the "
                              "header; ids and x_label must be integers)") from None
     users, items, label = data[:, 0], data[:, 1], data[:, 2]
     for col, a in (("userID", users), ("itemID", items)):
         if a.size and a.min() < 0:
-            raise ValueError(f"{path}: negative {col} {int(a.min())}")
+            raise InputError(f"{path}: negative {col} {int(a.min())}")
     bad = ~np.isin(label, (0, 1, 2))
     if bad.any():
-        raise ValueError(f"{path}: bad x_label value {int(label[bad][0])} on data row "
+        raise InputError(f"{path}: bad x_label value {int(label[bad][0])} on data row "
                          f"{int(np.argmax(bad)) + 1}; x_label must be 0 (train), 1 (valid) or "
                          "2 (test)")
     return users, items, label
@@ -234,7 +235,7 @@ def load_mmrec(root: str | Path, name: str | None = None) -> Dataset:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: missing dataset folder")
+        raise MissingFileError(f"{root}: missing dataset folder")
     path = _inter_file(root, name)
     users, items, label = _read_inter(path)
     n_users = int(users.max()) + 1 if users.size else 0
@@ -281,7 +282,7 @@ def _check_disjoint(splits: dict, paths: dict[str, Path], n_items: int) -> None:
             u, i = divmod(int(both[0]), max(n_items, 1))
             where = (f"{paths[a]} and {paths[b]}" if paths[a] != paths[b]
                      else f"{paths[a]} (x_label {SPLITS.index(a)} and {SPLITS.index(b)})")
-            raise ValueError(f"{where}: {both.size} (user, item) pairs are in both {a} and "
+            raise InputError(f"{where}: {both.size} (user, item) pairs are in both {a} and "
                              f"{b}, e.g. user {u} item {i}")
 
 
@@ -296,7 +297,7 @@ def detect_format(path: str | Path) -> str:
         return "micro"
     if any(root.glob("*.inter")):
         return "mmrec"
-    raise FileNotFoundError(f"{root}: no dataset found (expected train.json/val.json/test.json "
+    raise MissingFileError(f"{root}: no dataset found (expected train.json/val.json/test.json "
                             "for the MICRO layout or a <name>.inter file for MMRec)")
 
 
@@ -306,7 +307,7 @@ def load(path: str | Path, format: str = "auto") -> Dataset:
     ``format``: ``"micro"``, ``"mmrec"`` or ``"auto"`` (from the files present).
     """
     if format not in ("auto", "micro", "mmrec"):
-        raise ValueError(f"format must be 'auto', 'micro' or 'mmrec', got {format!r}")
+        raise InputError(f"format must be 'auto', 'micro' or 'mmrec', got {format!r}")
     p = Path(path)
     fmt = detect_format(p) if format == "auto" else format
     name = None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 
 try:
@@ -151,11 +152,11 @@ class BPRSampler:
     def __init__(self, train: CSRGraph, batch_size: int = 1024, seed: int = 0,
                  backend: str = "auto") -> None:
         if backend not in ("auto", "numba", "numpy"):
-            raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+            raise InputError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
         if backend == "numba" and _kernel is None:
-            raise ValueError("backend='numba' needs numba, which is not installed")
+            raise InputError("backend='numba' needs numba, which is not installed")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.backend = "numpy" if backend == "numpy" or _kernel is None else "numba"
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -168,11 +169,11 @@ class BPRSampler:
         self._missing_key = self._indices - (np.arange(self._indices.size) - starts)
         self.users = np.flatnonzero(deg > 0)
         if self.users.size == 0:
-            raise ValueError("train has no interactions: nothing to sample")
+            raise InputError("train has no interactions: nothing to sample")
         full = np.flatnonzero(deg >= self.n_items)
         if full.size:
             shown = ", ".join(map(str, full[:10])) + (" ..." if full.size > 10 else "")
-            raise ValueError(f"{full.size} users have every item in train, so no negative "
+            raise InputError(f"{full.size} users have every item in train, so no negative "
                              f"exists for them: users {shown}")
         self.n_train = int(self._indices.size)
         self._rng = np.random.default_rng(self.seed)
@@ -219,7 +220,7 @@ class BPRSampler:
         """Restores ``state_dict()``; the train matrix must have the same shape and size."""
         if tuple(state["shape"]) != (self.n_users, self.n_items) or \
                 int(state["n_train"]) != self.n_train:
-            raise ValueError(f"sampler state is for a train matrix of shape {state['shape']} "
+            raise InputError(f"sampler state is for a train matrix of shape {state['shape']} "
                              f"with {state['n_train']} entries, this one has shape "
                              f"{(self.n_users, self.n_items)} with {self.n_train}")
         self.seed = int(state["seed"])

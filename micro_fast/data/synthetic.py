@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from micro_fast.data.dataset import Dataset, interactions
+from micro_fast.errors import InputError
 
 #: (n_users, n_items, n_interactions, dims) per size; "baby"/"clothing" match Amazon 5-core
 PRESETS: dict[str, tuple[int, int, int, dict[str, int]]] = {
@@ -64,20 +65,20 @@ def synthetic(size: str = "tiny", *, n_users: int | None = None, n_items: int | 
         ``Dataset`` named ``"synthetic-<size>"``; float32 features [n_items, d_m].
     """
     if size not in PRESETS:
-        raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
+        raise InputError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
     pu, pi, pn, pdims = PRESETS[size]
     n_users = pu if n_users is None else int(n_users)
     n_items = pi if n_items is None else int(n_items)
     n_inter = pn if n_interactions is None else int(n_interactions)
     dims = dict(pdims if dims is None else dims)
     if n_users < 1 or n_items < 1:
-        raise ValueError(f"n_users and n_items must be >= 1, got {n_users}, {n_items}")
+        raise InputError(f"n_users and n_items must be >= 1, got {n_users}, {n_items}")
     if any(int(d) < 1 for d in dims.values()):
-        raise ValueError(f"dims must be positive, got {dims}")
+        raise InputError(f"dims must be positive, got {dims}")
     if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise InputError(f"noise must be >= 0, got {noise}")
     if len(split) != 3 or min(split) < 0 or split[0] <= 0:
-        raise ValueError(f"split must be three shares with a positive train share, got {split}")
+        raise InputError(f"split must be three shares with a positive train share, got {split}")
     if n_clusters is None:
         n_clusters = max(2, round(math.sqrt(n_items) / 1.5))
     n_clusters = max(1, min(int(n_clusters), n_items))
@@ -256,11 +257,11 @@ def parse_spec(spec: str) -> dict[str, Any]:
     """``"synthetic"`` -> ``{"size": "tiny"}``, ``"synthetic:<size>"`` -> ``{"size": size}``."""
     head, _, size = spec.partition(":")
     if head != "synthetic":
-        raise ValueError(f"unknown dataset spec {spec!r}; expected 'synthetic' or "
+        raise InputError(f"unknown dataset spec {spec!r}; expected 'synthetic' or "
                          f"'synthetic:<size>' with size in {sorted(PRESETS)}")
     size = size or "tiny"
     if size not in PRESETS:
-        raise ValueError(f"unknown synthetic size {size!r} in {spec!r}; sizes: "
+        raise InputError(f"unknown synthetic size {size!r} in {spec!r}; sizes: "
                          f"{sorted(PRESETS)}")
     return {"size": size}
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 from micro_fast.nn.fusion import ContrastiveFusion, fuse_views
 from micro_fast.nn.graph_learner import KNNBuilder, KNNGraphLearner
@@ -71,16 +72,16 @@ class MICRO(nn.Module):
                  knn: KNNBuilder = knn_graph) -> None:
         super().__init__()
         if n_users < 1 or n_items < 1:
-            raise ValueError(f"n_users and n_items must be >= 1, got {n_users}, {n_items}")
+            raise InputError(f"n_users and n_items must be >= 1, got {n_users}, {n_items}")
         if contrastive_weight < 0 or reg_weight < 0:
-            raise ValueError("contrastive_weight and reg_weight must be >= 0")
+            raise InputError("contrastive_weight and reg_weight must be >= 0")
         if item_layers < 0 or ui_layers < 0:
-            raise ValueError("item_layers and ui_layers must be >= 0")
+            raise InputError("item_layers and ui_layers must be >= 0")
         features = dict(features or {})
         for name, f in features.items():
             if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != n_items:
                 shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise ValueError(f"features[{name!r}] must be [n_items={n_items}, d], got {shape}")
+                raise InputError(f"features[{name!r}] must be [n_items={n_items}, d], got {shape}")
         self.n_users, self.n_items = n_users, n_items
         self.item_layers, self.contrastive_weight = item_layers, float(contrastive_weight)
         self.reg_weight, self.backend = float(reg_weight), backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from micro_fast.errors import InputError
 from micro_fast.ops.contrastive_fusion import contrastive_fusion_loss, fuse_views
 from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss
 
@@ -29,7 +30,7 @@ class ContrastiveFusion(nn.Module):
     def attention(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The fusion weights [N, M]: a softmax over the views of q(H_m)."""
         if len(views) == 0:
-            raise ValueError("views must hold at least one [N, d] tensor")
+            raise InputError("views must hold at least one [N, d] tensor")
         return torch.softmax(torch.cat([self.query(v) for v in views], dim=-1), dim=-1)
 
     def fuse(self, views: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:

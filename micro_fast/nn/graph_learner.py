@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops.knn_graph import knn_graph
 from micro_fast.ops.spmm import spmm
@@ -51,9 +52,9 @@ class KNNGraphLearner(nn.Module):
                  knn: KNNBuilder = knn_graph) -> None:
         super().__init__()
         if not isinstance(features, torch.Tensor) or features.dim() != 2:
-            raise ValueError("features must be a 2-D tensor [items, feature_dim]")
+            raise InputError("features must be a 2-D tensor [items, feature_dim]")
         if not 0.0 <= lambda_coeff <= 1.0:
-            raise ValueError(f"lambda_coeff must be in [0, 1], got {lambda_coeff}")
+            raise InputError(f"lambda_coeff must be in [0, 1], got {lambda_coeff}")
         self.k, self.normalization, self.lambda_coeff = k, normalization, float(lambda_coeff)
         self.backend, self.knn = backend, knn
         feats = features.detach().clone()

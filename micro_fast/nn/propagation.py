@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops.propagate import COMBINES, propagate
 
@@ -20,7 +21,7 @@ class GraphPropagation(nn.Module):
     def __init__(self, layers: int = 1, combine: str = "last", backend: str = "auto") -> None:
         super().__init__()
         if combine not in COMBINES:
-            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+            raise InputError(f"combine must be one of {COMBINES}, got {combine!r}")
         self.layers, self.combine, self.backend = layers, combine, backend
 
     def forward(self, graph: CSRGraph, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ class LightGCN(nn.Module):
         """graph: (U+I, U+I) ``CSRGraph`` -> (users [U, dim], items [I, dim])."""
         n = self.n_users + self.n_items
         if graph.shape != (n, n):
-            raise ValueError(f"graph must have shape ({n}, {n}) (users + items), "
+            raise InputError(f"graph must have shape ({n}, {n}) (users + items), "
                              f"got {graph.shape}")
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = propagate(graph, ego, self.layers, combine="mean", backend=self.backend)

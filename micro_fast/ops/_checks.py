@@ -6,17 +6,19 @@ import math
 
 import torch
 
+from micro_fast.errors import InputError, InputTypeError
+
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def check_float_2d(name: str, t: object) -> torch.Tensor:
     """A 2-D float32/float64 tensor (no value checks)."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [rows, dim], got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be 2-D [rows, dim], got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+        raise InputTypeError(f"{name} must be float32 or float64, got {t.dtype}")
     return t
 
 
@@ -24,26 +26,26 @@ def check_matrix(name: str, t: object) -> torch.Tensor:
     """A finite, non-empty, 2-D float32/float64 tensor."""
     check_float_2d(name, t)
     if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
     # one pass without a temporary as large as t: NaN and inf both surface in the extremes
     lo, hi = torch.aminmax(t.detach())
     if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InputError(f"{name} contains NaN or inf")
     return t
 
 
 def check_k(k: object, n: int, what: str = "keys") -> int:
     if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+        raise InputTypeError(f"k must be an int, got {type(k).__name__}")
     if k < 1 or k > n:
-        raise ValueError(f"k must be in [1, {n}] (the number of {what}), got {k}")
+        raise InputError(f"k must be in [1, {n}] (the number of {what}), got {k}")
     return k
 
 
 def check_tau(tau: object) -> float:
     if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) \
             or tau <= 0:
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+        raise InputError(f"tau must be a positive finite number, got {tau!r}")
     return float(tau)
 
 
@@ -51,7 +53,7 @@ def check_block_size(block_size: object) -> int | None:
     if block_size is None:
         return None
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+        raise InputError(f"block_size must be a positive int or None, got {block_size!r}")
     return block_size
 
 
@@ -61,7 +63,7 @@ def l2_normalize(name: str, t: torch.Tensor) -> torch.Tensor:
     zero = (norms.detach() == 0).squeeze(1)
     if bool(zero.any()):
         rows = torch.nonzero(zero).flatten()[:5].tolist()
-        raise ValueError(f"{name} has zero-norm rows (e.g. {rows}); cosine similarity is "
+        raise InputError(f"{name} has zero-norm rows (e.g. {rows}); cosine similarity is "
                          "undefined for them")
     return t / norms
 
@@ -92,5 +94,5 @@ def check_no_overflow(queries: torch.Tensor, keys: torch.Tensor) -> None:
     qn = max_norm(queries)
     kn = qn if keys is queries else max_norm(keys)
     if qn * kn > limit:
-        raise ValueError(f"queries/keys magnitudes (max norms {float(qn):.3g}, {float(kn):.3g}) "
+        raise InputError(f"queries/keys magnitudes (max norms {float(qn):.3g}, {float(kn):.3g}) "
                          f"would overflow {queries.dtype} inner products; rescale the inputs")

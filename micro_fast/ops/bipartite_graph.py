@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from micro_fast import backends, memory
+from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import FLOAT_DTYPES
 
@@ -31,9 +32,9 @@ def _as_ids(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(np.asarray(t))
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+        raise InputTypeError(f"{name} must be an integer tensor, got {t.dtype}")
     if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     return t.to(torch.int64).contiguous()
 
 
@@ -56,21 +57,21 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     """
     users, items = _as_ids("users", users), _as_ids("items", items)
     if users.numel() != items.numel():
-        raise ValueError(f"users and items differ in length ({users.numel()} vs {items.numel()})")
+        raise InputError(f"users and items differ in length ({users.numel()} vs {items.numel()})")
     if users.device != items.device:
-        raise ValueError(f"items are on {items.device} but users are on {users.device}")
+        raise InputError(f"items are on {items.device} but users are on {users.device}")
     for name, n in (("n_users", n_users), ("n_items", n_items)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+            raise InputError(f"{name} must be a non-negative int, got {n!r}")
     for name, ids, hi in (("users", users, n_users), ("items", items, n_items)):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= hi):
-            raise ValueError(f"{name}: index out of range [0, {hi})")
+            raise InputError(f"{name}: index out of range [0, {hi})")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if duplicates not in ("sum", "error"):
-        raise ValueError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
+        raise InputError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        raise InputTypeError(f"dtype must be float32 or float64, got {dtype}")
     nnz = 2 * users.numel() + (n_users + n_items if self_loops else 0)
     memory.check("bipartite_graph", nnz * 40 + (n_users + n_items) * 16,
                  f"about {nnz} nonzeros")

@@ -31,6 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
+from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss, lse_shift, shard_args
 
@@ -107,28 +108,28 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     """
     views = list(views) if not isinstance(views, torch.Tensor) else [views]
     if len(views) == 0:
-        raise ValueError("views must hold at least one [N, d] tensor")
+        raise InputError("views must hold at least one [N, d] tensor")
     for m, v in enumerate(views):
         check_matrix(f"views[{m}]", v)
         if v.shape != views[0].shape:
-            raise ValueError(f"views[{m}] has shape {tuple(v.shape)}, views[0] has "
+            raise InputError(f"views[{m}] has shape {tuple(v.shape)}, views[0] has "
                              f"{tuple(views[0].shape)}")
         if v.dtype != views[0].dtype:
-            raise TypeError(f"views[{m}] dtype {v.dtype} differs from views[0] dtype "
+            raise InputTypeError(f"views[{m}] dtype {v.dtype} differs from views[0] dtype "
                             f"{views[0].dtype}")
         if v.device != views[0].device:
-            raise ValueError(f"views[{m}] is on {v.device} but views[0] is on {views[0].device}")
+            raise InputError(f"views[{m}] is on {v.device} but views[0] is on {views[0].device}")
     n, nviews = views[0].shape[0], len(views)
     check_matrix("weights", weights)
     if tuple(weights.shape) != (n, nviews):
-        raise ValueError(f"weights must be [N, M] = [{n}, {nviews}], got {tuple(weights.shape)}")
+        raise InputError(f"weights must be [N, M] = [{n}, {nviews}], got {tuple(weights.shape)}")
     if weights.dtype != views[0].dtype or weights.device != views[0].device:
-        raise TypeError(f"weights must have the views' dtype and device ({views[0].dtype}, "
+        raise InputTypeError(f"weights must have the views' dtype and device ({views[0].dtype}, "
                         f"{views[0].device}), got {weights.dtype} on {weights.device}")
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     impl = _fused_backend(backend, views[0].device)
     if strategy == "separate" or (strategy == "auto" and impl is not None and shard is None
                                   and not tuning.fused_fusion_loss()):
@@ -151,7 +152,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True)
     if bool((fused_norm.detach() == 0).any()):
         rows = torch.nonzero(fused_norm.detach().flatten() == 0).flatten()[:5].tolist()
-        raise ValueError(f"the fused view (weights x views) has zero-norm rows (e.g. {rows}); "
+        raise InputError(f"the fused view (weights x views) has zero-norm rows (e.g. {rows}); "
                          "cosine similarity is undefined for them")
     # sum_k coef[:, k] u_k is exactly fused / |fused|
     coef = weights * norms / fused_norm

@@ -38,6 +38,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
+from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
 
 
@@ -135,12 +136,12 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     check_matrix("z1", z1)
     check_matrix("z2", z2)
     if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
+        raise InputError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
                          f"{tuple(z2.shape)}")
     if z1.dtype != z2.dtype:
-        raise TypeError(f"z2 dtype {z2.dtype} differs from z1 dtype {z1.dtype}")
+        raise InputTypeError(f"z2 dtype {z2.dtype} differs from z1 dtype {z1.dtype}")
     if z1.device != z2.device:
-        raise ValueError(f"z2 is on {z2.device} but z1 is on {z1.device}")
+        raise InputError(f"z2 is on {z2.device} but z1 is on {z1.device}")
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
     impl = backends.get(backend, z1.device, op="contrastive_forward")

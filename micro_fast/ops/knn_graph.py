@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import check_k, check_matrix
 from micro_fast.ops.topk_similarity import topk_similarity
@@ -36,14 +37,14 @@ def _inverse_power(deg: torch.Tensor, power: float) -> torch.Tensor:
 def normalize_knn(values: torch.Tensor, indices: torch.Tensor, normalization: str) -> torch.Tensor:
     """Laplacian-normalizes per-row kNN weights ``values`` [N, k] with columns ``indices``."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if normalization == "none":
         return values
     deg = values.sum(dim=1)
     if normalization == "sym":
         if bool((deg.detach() < 0).any()):
             rows = torch.nonzero(deg.detach() < 0).flatten()[:5].tolist()
-            raise ValueError(f"features: rows {rows} have a negative degree (sum of kept "
+            raise InputError(f"features: rows {rows} have a negative degree (sum of kept "
                              "similarities); 'sym' normalization is undefined for them")
         dinv = _inverse_power(deg, 0.5)
         # index_select, not dinv[indices]: the backward of advanced indexing accumulates
@@ -74,7 +75,7 @@ def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
     check_matrix("features", features)
     check_k(k, features.shape[0], "items (rows of features)")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     values, indices = (search or topk_similarity)(features, None, k, normalize=True,
                                                   block_size=block_size, backend=backend)
     return graph_from_topk(values, indices, normalization)
@@ -85,7 +86,7 @@ def graph_from_topk(values: torch.Tensor, indices: torch.Tensor,
     """The normalized kNN ``CSRGraph`` (N, N) of per-row top-k ``values``/``indices`` [N, k]
     (columns sorted per row; values keep their autograd history)."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     n, k = indices.shape
     order = torch.argsort(indices, dim=1)
     indices = torch.gather(indices, 1, order)

@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
+from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops.spmm import check_operands, transpose_product
 
@@ -81,11 +82,11 @@ def propagate(graph: CSRGraph, x: torch.Tensor, layers: int, *, combine: str = "
     """
     check_operands(graph, x)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-        raise ValueError(f"layers must be a non-negative int, got {layers!r}")
+        raise InputError(f"layers must be a non-negative int, got {layers!r}")
     if combine not in COMBINES:
-        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        raise InputError(f"combine must be one of {COMBINES}, got {combine!r}")
     if layers and graph.shape[0] != graph.shape[1]:
-        raise ValueError(f"graph must be square to propagate, got shape {graph.shape}")
+        raise InputError(f"graph must be square to propagate, got shape {graph.shape}")
     if layers == 0:
         return x
     memory.check("propagate", (layers + 2) * graph.shape[0] * x.shape[1] * x.element_size()

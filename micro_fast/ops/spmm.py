@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
+from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import check_float_2d
 
@@ -56,14 +57,14 @@ class _SpMM(torch.autograd.Function):
 
 def check_operands(graph: object, x: object) -> None:
     if not isinstance(graph, CSRGraph):
-        raise TypeError(f"graph must be a CSRGraph, got {type(graph).__name__}")
+        raise InputTypeError(f"graph must be a CSRGraph, got {type(graph).__name__}")
     check_float_2d("x", x)
     if x.dtype != graph.dtype:
-        raise TypeError(f"x dtype {x.dtype} differs from graph values dtype {graph.dtype}")
+        raise InputTypeError(f"x dtype {x.dtype} differs from graph values dtype {graph.dtype}")
     if x.device != graph.device:
-        raise ValueError(f"x is on {x.device} but graph is on {graph.device}")
+        raise InputError(f"x is on {x.device} but graph is on {graph.device}")
     if x.shape[0] != graph.shape[1]:
-        raise ValueError(f"x has {x.shape[0]} rows but graph has {graph.shape[1]} columns")
+        raise InputError(f"x has {x.shape[0]} rows but graph has {graph.shape[1]} columns")
 
 
 def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

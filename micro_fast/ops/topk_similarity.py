@@ -25,6 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
+from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import (
     check_block_size,
@@ -108,12 +109,12 @@ def check_exclude(exclude: object, m: int, n: int, device: torch.device):
     if exclude is None:
         return None
     if not isinstance(exclude, CSRGraph):
-        raise TypeError(f"exclude must be a CSRGraph or None, got {type(exclude).__name__}")
+        raise InputTypeError(f"exclude must be a CSRGraph or None, got {type(exclude).__name__}")
     if exclude.shape != (m, n):
-        raise ValueError(f"exclude must have shape (queries, keys) = ({m}, {n}), "
+        raise InputError(f"exclude must have shape (queries, keys) = ({m}, {n}), "
                          f"got {exclude.shape}")
     if exclude.device != device:
-        raise ValueError(f"exclude is on {exclude.device} but queries are on {device}")
+        raise InputError(f"exclude is on {exclude.device} but queries are on {device}")
     return exclude.indptr, exclude.indices
 
 
@@ -139,11 +140,12 @@ def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     if not symmetric:
         check_matrix("keys", keys)
         if keys.dtype != queries.dtype:
-            raise TypeError(f"keys dtype {keys.dtype} differs from queries dtype {queries.dtype}")
+            raise InputTypeError(f"keys dtype {keys.dtype} differs from queries dtype "
+                                 f"{queries.dtype}")
         if keys.device != queries.device:
-            raise ValueError(f"keys are on {keys.device} but queries are on {queries.device}")
+            raise InputError(f"keys are on {keys.device} but queries are on {queries.device}")
         if keys.shape[1] != queries.shape[1]:
-            raise ValueError(f"keys have {keys.shape[1]} columns but queries have "
+            raise InputError(f"keys have {keys.shape[1]} columns but queries have "
                              f"{queries.shape[1]}")
     n = queries.shape[0] if symmetric else keys.shape[0]
     check_k(k, n)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from micro_fast.backends.numba._jit import njit, prange, workers
+from micro_fast.errors import InputError
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -79,7 +80,7 @@ def _bipartite_kernel(users, items, n_users, n_items, self_loops, sum_duplicates
         for t in range(row.shape[0]):
             if t > 0 and row[t] == row[t - 1]:
                 if not sum_duplicates:
-                    raise ValueError("users/items: duplicate interaction")
+                    raise InputError("users/items: duplicate interaction")
                 cnt[w - 1] += 1
             else:
                 uitems[w] = row[t]
