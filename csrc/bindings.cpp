@@ -215,7 +215,6 @@ py::tuple contrastive_forward(const CArray<T>& n1, const CArray<T>& n2, double t
                               bool symmetric, int64_t block_size, int num_threads, int64_t shard,
                               int64_t num_shards) {
   check_pair(n1, n2);
-  MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
   const int64_t n = n1.shape(0), d = n1.shape(1);
   CArray<T> lse1({n});
   CArray<T> lse2({symmetric ? n : 0});
@@ -239,7 +238,6 @@ py::tuple contrastive_backward(const CArray<T>& n1, const CArray<T>& n2, double 
                                const std::optional<CArray<T>>& out2, int64_t shard,
                                int64_t num_shards) {
   check_pair(n1, n2);
-  MF_CHECK(tau > 0 && std::isfinite(tau), "tau must be positive and finite");
   const int64_t n = n1.shape(0), d = n1.shape(1);
   check_vector(lse1, n, "lse1");
   check_vector(g1, n, "g1");

@@ -176,13 +176,6 @@ def _check_rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous()
 
 
-def _tau(tau: float) -> float:
-    tau = float(tau)
-    if not (tau > 0 and tau != float("inf")):
-        raise InputError(f"tau must be positive and finite, got {tau}")
-    return tau
-
-
 def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetric: bool,
                         block_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row log-sum-exps of the all-pairs contrastive loss, fused (no N x N matrix).
@@ -195,7 +188,7 @@ def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetri
     """
     launch = _launcher(n1.dtype, "contrastive_forward")
     device = _check_pair(n1, n2)
-    tau = _tau(tau)
+    tau = float(tau)
     n1 = n1.detach().contiguous()
     n2 = n2.detach().contiguous()
     n, d = n1.shape
@@ -235,7 +228,7 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
     """
     launch = _launcher(n1.dtype, "contrastive_backward")
     device = _check_pair(n1, n2)
-    tau = _tau(tau)
+    tau = float(tau)
     if (lse2 is None) != (g2 is None):
         raise InputError("lse2 and g2 must be given together (symmetric) or both be None")
     n1 = n1.detach().contiguous()

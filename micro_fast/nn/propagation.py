@@ -11,11 +11,16 @@ from micro_fast.ops.propagate import COMBINES, propagate
 
 
 class GraphPropagation(nn.Module):
-    """``layers`` rounds of ``graph @ h`` combined as ``"last"`` or ``"mean"``.
+    r"""``layers`` rounds of ``graph @ h`` combined as ``"last"`` or ``"mean"``.
+
+    With :math:`H_0 = X` and :math:`H_{l+1} = A H_l`:
+
+    .. math:: \mathrm{last}: H_L, \qquad \mathrm{mean}: \frac{1}{L+1} \sum_{l=0}^{L} H_l
 
     Replaces the published ``for i in range(layers): h = torch.sparse.mm(adj, h)`` loops
     (``combine="last"``, MICRO's item graph convolution) and LightGCN's layer average
-    (``combine="mean"``); differentiable w.r.t. ``x`` and the graph's values.
+    (``combine="mean"``); differentiable w.r.t. ``x`` and the graph's values
+    (``ops.propagate``).
     """
 
     def __init__(self, layers: int = 1, combine: str = "last", backend: str = "auto") -> None:
@@ -33,12 +38,16 @@ class GraphPropagation(nn.Module):
 
 
 class LightGCN(nn.Module):
-    """User and item ID embeddings propagated over the user-item graph, layers averaged.
+    r"""User and item ID embeddings propagated over the user-item graph, layers averaged.
 
-    ``forward(graph)`` computes ``mean(E, A E, ..., A^L E)`` for ``E = [users; items]`` and
-    splits it back, as the published MICRO / LATTICE / LightGCN code does with
-    ``torch.sparse.mm``. Build ``graph`` with ``micro_fast.bipartite_graph`` (``"sym"`` for
-    LightGCN, ``"rw"`` with self loops for the published MICRO code).
+    For the (U+I) x (U+I) graph :math:`A` and :math:`E = [E_{users}; E_{items}]`:
+
+    .. math:: [e_u; e_i] = \frac{1}{L+1} \sum_{l=0}^{L} A^l E
+
+    as the published MICRO / LATTICE / LightGCN code computes it with ``torch.sparse.mm``.
+    Build ``graph`` with ``micro_fast.bipartite_graph``: ``"sym"``, :math:`A = D^{-1/2} R_b
+    D^{-1/2}` for LightGCN, or ``"rw"`` with self loops, :math:`A = D^{-1} (R_b + I)` for the
+    published MICRO code (:math:`R_b = [[0, R], [R^T, 0]]`).
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, layers: int = 2,
