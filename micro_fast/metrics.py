@@ -25,6 +25,7 @@ import torch
 
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
+from micro_fast.ops._checks import check_matrix
 from micro_fast.ops.topk_similarity import topk_similarity
 
 NDCG_VARIANTS = ("standard", "published")
@@ -49,6 +50,8 @@ def check_ranking_inputs(user_emb: object, item_emb: object, train: CSRGraph | N
     if item_emb.dtype != user_emb.dtype:
         raise InputTypeError(f"item_emb dtype {item_emb.dtype} differs from user_emb dtype "
                         f"{user_emb.dtype}")
+    check_matrix("user_emb", user_emb)
+    check_matrix("item_emb", item_emb)
     n_users, n_items = user_emb.shape[0], item_emb.shape[0]
     _check("target", target, (n_users, n_items))
     if train is not None:
