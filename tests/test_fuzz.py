@@ -77,22 +77,25 @@ def matrices(draw, max_rows=40, max_cols=9, min_rows=0, dtype=None, kinds=KINDS)
 
 
 def validity(data) -> bool:
-    """Whether this case draws valid inputs (about three times in four; hypothesis favours
-    small integers, so the largest value is the invalid one)."""
-    return data.draw(st.integers(0, 3), label="valid") < 3
+    """Whether this case draws valid inputs (three times in four). The choice is a hash of a
+    drawn integer, not a small drawn integer: hypothesis favours the ends of a range, and how
+    often it lands on the invalid end depends on what ran before in the session."""
+    seed = data.draw(st.integers(0, 2**32 - 1), label="validity")
+    return (seed * 2654435761 >> 13) % 4 != 3
 
 
 def _run_cases(body, backend) -> None:
     """``body(data, backend) -> outcome`` under hypothesis, counting the outcomes; at least half
     of the cases must have compared values."""
     tally: Counter = Counter()
+    _RAISED.clear()
 
     @given(data=st.data())
     def case(data):
         tally[body(data, backend)] += 1
 
     case()
-    assert 2 * tally["compared values"] >= sum(tally.values()), dict(tally)
+    assert 2 * tally["compared values"] >= sum(tally.values()), (dict(tally), dict(_RAISED))
 
 
 def fuzz(body):
@@ -143,7 +146,7 @@ def _outcome(fn):
     try:
         return "ok", fn()
     except DOCUMENTED as exc:
-        return "error", next(c for c in DOCUMENTED if isinstance(exc, c))
+        return "error", next(c for c in DOCUMENTED if isinstance(exc, c)), str(exc)
 
 
 def _against_reference(run, backend: str, valid: bool | None = None):
@@ -152,14 +155,16 @@ def _against_reference(run, backend: str, valid: bool | None = None):
     an invalid case (``valid=False``) does not raise."""
     got, ref = _outcome(lambda: run(backend)), _outcome(lambda: run("torch_ref"))
     if got[0] == "error" or ref[0] == "error":
-        assert got == ref, (got, ref)
+        assert got[:2] == ref[:2], (got, ref)
         event(f"raised {got[1].__name__}")
+        _RAISED[f"{got[1].__name__}: {got[2]}"[:160]] += 1
         return None
     assert valid is not False, "an invalid case was accepted"
     return got[1], ref[1]
 
 
 COMPARED, RAISED = "compared values", "raised"
+_RAISED: Counter = Counter()  # the errors of the current test, shown when too few compared
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -165,18 +165,20 @@ def test_margin_keeps_the_default_on_a_near_tie(cache, monkeypatch):
 
 
 def test_tune_and_info_commands(cache):
+    # cwd outside the source tree: `python -m` puts the cwd first on sys.path, and a clean
+    # checkout's micro_fast/ has no compiled extension
     env = dict(os.environ, MICRO_FAST_CACHE_DIR=str(cache), MICRO_FAST_TUNE="1")
     proc = subprocess.run([sys.executable, "-m", "micro_fast.cli", "tune", "--threads", "1"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, cwd=cache, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for d in tuning.DECISIONS:
         assert d.name in proc.stdout
     assert " ms" in proc.stdout
     assert (cache / "tuning.json").exists()
-    info = subprocess.run([sys.executable, "-m", "micro_fast.cli", "info"], env=env,
+    info = subprocess.run([sys.executable, "-m", "micro_fast.cli", "info"], env=env, cwd=cache,
                           capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "cpu: " in info.stdout and "tuning" in info.stdout
     off = subprocess.run([sys.executable, "-m", "micro_fast.cli", "tune"],
-                         env=dict(env, MICRO_FAST_TUNE="0"), capture_output=True, text=True,
-                         timeout=120)
+                         env=dict(env, MICRO_FAST_TUNE="0"), cwd=cache, capture_output=True,
+                         text=True, timeout=120)
     assert off.returncode == 2 and "MICRO_FAST_TUNE" in off.stderr
