@@ -7,10 +7,17 @@
 
 Neither part links libtorch. A failure of an optional part never fails the install: the
 reason is written to ``micro_fast/_build_info.json`` and shown by ``micro-fast info``.
+
+A second install from the same tree (``pip install .`` after ``pip install .``, the README's
+test command after its main command) reuses the extensions in ``build/`` when nothing that
+goes into them changed: their sources and every header under ``csrc/``, the compile and link
+flags, the build options from the environment, the compilers and the pybind11 and Python
+versions. ``build_ext --force`` (or deleting ``build/``) rebuilds regardless.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -58,8 +65,21 @@ def _find_nvcc() -> str | None:
     return path if os.path.exists(path) else None
 
 
+# the environment that changes what gets built
+BUILD_ENV = ("MICRO_FAST_CUDA", "MICRO_FAST_CUDA_ARCHS", "MICRO_FAST_SANITIZE", "NVCC",
+             "CUDA_HOME", "CUDA_PATH", "CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS")
+
+
+def _tool_version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unavailable"
+
+
 class OptionalBuildExt(build_ext):
-    """Builds each extension on its own, records failures instead of raising them."""
+    """Builds each extension on its own, records failures instead of raising them, and reuses
+    an earlier build whose inputs are unchanged (``_fingerprint``)."""
 
     def run(self) -> None:
         self._status: dict[str, str] = {}
@@ -70,10 +90,28 @@ class OptionalBuildExt(build_ext):
         for ext in self.extensions:
             name = ext.name.rsplit(".", 1)[-1]
             try:
+                stamp = os.path.join(self.build_temp, f"{name}.fingerprint")
+                fingerprint = self._fingerprint(ext)
+                output = self.get_ext_fullpath(ext.name)
+                if not self.force and os.path.exists(output) and os.path.exists(stamp) \
+                        and open(stamp).read() == fingerprint:
+                    print(f"micro_fast: {ext.name} is up to date in {self.build_temp} "
+                          "(same sources, headers, flags and compilers); reusing it")
+                    self._status[name] = "ok"
+                    continue
+                if os.path.exists(stamp):
+                    os.remove(stamp)
                 if isinstance(ext, CUDAExtension):
                     self._build_cuda(ext)
                 else:
-                    self.build_extension(ext)
+                    self.force = True  # setuptools' own check ignores headers: this one decides
+                    try:
+                        self.build_extension(ext)
+                    finally:
+                        self.force = False
+                os.makedirs(self.build_temp, exist_ok=True)
+                with open(stamp, "w") as fh:
+                    fh.write(fingerprint)
                 self._status[name] = "ok"
             except Exception as exc:  # noqa: BLE001 - any failure falls back, with its reason
                 reason = f"{type(exc).__name__}: {exc}".strip()
@@ -83,6 +121,34 @@ class OptionalBuildExt(build_ext):
                 traceback.print_exc()
                 if required:
                     raise
+
+    def _fingerprint(self, ext: Extension) -> str:
+        """A digest of everything that goes into ``ext``'s binary."""
+        import pybind11
+
+        h = hashlib.sha256()
+        headers = [p for pattern in ("csrc/**/*.h", "csrc/**/*.cuh", "csrc/*.h")
+                   for p in glob(os.path.join(HERE, pattern), recursive=True)]
+        for path in sorted({os.path.join(HERE, s) for s in ext.sources} | set(headers)):
+            h.update(os.path.relpath(path, HERE).encode() + b"\0")
+            with open(path, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+        command = list(getattr(self.compiler, "compiler_so", None) or [str(self.compiler)])
+        if isinstance(ext, CUDAExtension):
+            compiler = _tool_version([_find_nvcc() or "nvcc", "--version"])
+        else:
+            compiler = _tool_version([command[0], "--version"])
+        with open(os.path.abspath(__file__), "rb") as fh:
+            script = hashlib.sha256(fh.read()).hexdigest()
+        h.update(json.dumps({
+            "name": ext.name, "compile": getattr(ext, "extra_compile_args", []),
+            "link": getattr(ext, "extra_link_args", []),
+            "macros": getattr(ext, "define_macros", []),
+            "env": {k: os.environ.get(k) for k in BUILD_ENV}, "compiler": compiler,
+            "command": command, "python": sys.version, "pybind11": pybind11.__version__,
+            "setup.py": script,
+        }, sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def copy_extensions_to_source(self) -> None:
         # Only what was built is copied into an in-place (editable) tree.

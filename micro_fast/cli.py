@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from micro_fast.errors import MicroFastError, MissingFileError
+from micro_fast.errors import InputError, MicroFastError, MissingFileError
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -77,25 +77,41 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_options(args: argparse.Namespace, allowed: tuple[str, ...] | None = None) -> dict:
+    """The options of ``--config FILE`` (none without one), checked."""
+    from micro_fast.config import canonical_options, read_config_file
+
+    if args.config is None:
+        return {}
+    return canonical_options(read_config_file(args.config), f"--config {args.config}", allowed)
+
+
 def _train(args: argparse.Namespace) -> int:
     from micro_fast.train import TrainConfig, train
 
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
+    # precedence: TrainConfig's defaults < the config file < the options on the command line
+    options = _file_options(args)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    options.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if args.quiet:
-        overrides["progress"] = False
-    config = TrainConfig(**overrides)
-    summary = train(config, resume=args.resume)
-    best = summary["test_at_best"]
-    if best is None and os.environ.get("RANK", "0") == "0":
-        print("no evaluation ran (fewer epochs than --eval-every)")
+        options["progress"] = False
+    train(TrainConfig(**options), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from micro_fast.config import EVAL_KEYS
     from micro_fast.train import evaluate_run
 
-    result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    options = _file_options(args, EVAL_KEYS)
+    if args.device is not None:
+        options["device"] = args.device
+    if args.checkpoint is not None:
+        options["checkpoint"] = args.checkpoint
+    checkpoint = options.pop("checkpoint", "best")
+    if checkpoint not in ("best", "last"):
+        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    result = evaluate_run(args.run_dir, checkpoint=checkpoint, overrides=options)
     for split in ("valid", "test"):
         m = result[split]
         print(f"{split}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "users")
@@ -203,12 +219,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                      "(tiny, small, medium, baby, clothing); default synthetic (tiny)")
     a("--format", choices=["auto", "micro", "mmrec"], help="layout of a dataset folder")
     a("--out", help="run directory (default runs/micro)")
-    a("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    a("--config", metavar="FILE", help="YAML or JSON file of options (keys are the option "
+      "names, e.g. a run's config.json); options given here override it")
+    a("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    a("--overwrite", action="store_true", help="delete the run files in a non-empty --out "
+      "first (without --resume or --overwrite, a non-empty --out is refused)")
     a("--epochs", type=int)
     a("--batch-size", dest="batch_size", type=int)
     a("--lr", type=float)
     a("--seed", type=int)
-    a("--eval-every", dest="eval_every", type=int, help="evaluate every N epochs (5)")
+    a("--eval-every", dest="eval_every", type=int, help="evaluate every N epochs and after "
+      "the last one (5); 0: never")
     a("--patience", type=int, help="evaluations without improvement before stopping (10)")
     a("--ks", type=lambda s: tuple(int(x) for x in s.split(",")), help="e.g. 10,20,50")
     a("--ndcg", choices=["standard", "published"])
@@ -245,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint on validation and test")
     ev.add_argument("run_dir")
-    ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ev.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                    help="which checkpoint (best)")
     ev.add_argument("--device", default=None)
+    ev.add_argument("--config", metavar="FILE", help="YAML or JSON file overriding the run's "
+                    "evaluation options (data, format, ks, ndcg, device, backend, threads, "
+                    "checkpoint); options given here override it")
     ev.set_defaults(func=_eval)
     md = sub.add_parser("make-data", help="write a synthetic dataset to disk")
     md.add_argument("spec", nargs="?", default="synthetic",

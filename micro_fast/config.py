@@ -1,12 +1,23 @@
 """The configuration of a training run: every option of ``micro-fast train``, with MICRO's
-published defaults (MICRO.md)."""
+published defaults (MICRO.md), and config files.
+
+A config file (YAML or JSON) maps option names to values: ``batch_size: 2048`` or
+``batch-size: 2048``, ``lambda: 0.9`` (the command-line spelling) or ``lambda_coeff: 0.9``,
+lists for ``ks`` and ``modalities``. A run directory's ``config.json`` is one. Values are
+checked against the option's type; an unknown key or a value of the wrong type is an
+``InputError`` naming the key. Precedence: the defaults below, then the file, then the options
+given on the command line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from pathlib import Path
 from typing import Any
 
-from micro_fast.errors import InputError
+from micro_fast.errors import InputError, MissingFileError
 
 UI_NORMALIZATIONS = ("published", "sym")
 
@@ -51,7 +62,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
-            (self.eval_every >= 1, "eval_every must be >= 1"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: no evaluation)"),
             (self.patience >= 0, "patience must be >= 0"),
             (len(self.ks) > 0 and min(self.ks) >= 1, "ks must be cut-offs >= 1"),
             (20 in self.ks, "ks must include 20 (early stopping uses Recall@20)"),
@@ -67,13 +78,114 @@ class TrainConfig:
         return self
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise InputError(f"unknown config keys: {sorted(unknown)}")
-        d = dict(d)
-        for key in ("ks", "modalities"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """A config from option names and values (see the module docstring), type-checked;
+        ``source`` names where they came from in error messages."""
+        return cls(**{key: value for key, value in canonical_options(d, source).items()})
+
+
+# the command line spells a few options differently from their field names
+ALIASES = {"lambda": "lambda_coeff"}
+# the options of ``micro-fast eval`` a config file may give: how to evaluate, not what model
+EVAL_KEYS = ("data", "format", "ks", "ndcg", "device", "backend", "threads", "checkpoint")
+_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_TYPES["checkpoint"] = "str"
+
+
+def option_name(key: str) -> str:
+    """The field name of a config key (dashes or underscores, or the command-line alias)."""
+    key = str(key).replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+def canonical_options(d: dict[str, Any], source: str = "config",
+                      allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``d`` with field names as keys and values checked and converted to the fields' types."""
+    if not isinstance(d, dict):
+        raise InputError(f"{source}: expected a mapping of option names to values, "
+                         f"got {type(d).__name__}")
+    names = set(allowed) if allowed is not None else set(_TYPES) - {"checkpoint"}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = option_name(key)
+        if name not in names:
+            known = ", ".join(sorted(names))
+            raise InputError(f"{source}: unknown option {key!r} (known: {known})")
+        if name in out:
+            raise InputError(f"{source}: option {key!r} given twice")
+        out[name] = _convert(name, value, f"{source}: option {key!r}")
+    return out
+
+
+def _convert(name: str, value: Any, where: str) -> Any:
+    kind = _TYPES[name]
+    optional = kind.endswith("| None")
+    kind = kind.removesuffix("| None").strip()
+    if value is None:
+        if optional:
+            return None
+        raise InputError(f"{where}: expected {_describe(kind)}, got null")
+    if kind.startswith("tuple["):
+        item = kind[len("tuple["):].split(",")[0].strip()
+        if isinstance(value, str):  # the command-line form, "10,20,50"
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{where}: expected a list of {_describe(item)}s, got {value!r}")
+        return tuple(_scalar(item, v, where) for v in value)
+    return _scalar(kind, value, where)
+
+
+def _scalar(kind: str, value: Any, where: str) -> Any:
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+    elif kind == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):
+                    return number
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    raise InputError(f"{where}: expected {_describe(kind)}, got {value!r}")
+
+
+def _describe(kind: str) -> str:
+    return {"bool": "true or false", "int": "an integer", "float": "a number",
+            "str": "a string"}.get(kind, kind)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options in a YAML or JSON file (``.json`` is read as JSON, anything else as YAML,
+    of which JSON is a subset), not yet checked (``canonical_options`` does that)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--config: {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - json and yaml raise their own error types
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise InputError(f"--config {path}: not valid {kind} ({exc})") from None
+    if d is None:  # an empty YAML file
+        return {}
+    if not isinstance(d, dict):
+        raise InputError(f"--config {path}: expected a mapping of option names to values, "
+                         f"got {type(d).__name__}")
+    return d

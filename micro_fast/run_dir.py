@@ -1,8 +1,10 @@
 """The files of a run directory, written so that a crash, kill or full disk never leaves a
-broken one: ``config.json``, ``metrics.jsonl`` (one JSON record per epoch), ``last.pt`` (every
-epoch), ``best.pt`` (at the best validation Recall@20), ``summary.json`` and ``curves.png``.
-Every file but the metrics log is written to a temporary file, synced and renamed; the log is
-appended line by line, and a last line cut short by a kill is dropped when it is read back."""
+broken one: ``config.json``, ``metrics.jsonl`` (one JSON record per epoch), ``train.log``,
+``last.pt`` (every epoch), ``best.pt`` (at the best validation Recall@20), ``summary.json`` and
+``curves.png``. Every file but the two logs is written to a temporary file, synced and renamed;
+the logs are appended line by line, and a last metrics line cut short by a kill is dropped when
+it is read back. A directory that holds anything is never reused silently
+(``RunDir.check_writable``)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,36 @@ class RunDir:
         self.best = self.path / "best.pt"
         self.summary = self.path / "summary.json"
         self.curves = self.path / "curves.png"
+        self.log = self.path / "train.log"
+
+    def run_files(self) -> list[Path]:
+        """The files a run (training, ``micro-fast eval``) writes here, those that exist."""
+        named = [self.config, self.metrics, self.last, self.best, self.summary, self.curves,
+                 self.log]
+        extra = [*self.path.glob("eval_*.json"), *self.path.glob("*.tmp"),
+                 *self.path.glob("*.tmp.png")]
+        return [p for p in named if p.exists()] + sorted(extra)
+
+    def check_writable(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuses a directory that already holds files, unless the run continues it
+        (``resume``) or replaces it (``overwrite``)."""
+        if resume and overwrite:
+            raise InputError("--resume continues the run in --out and --overwrite deletes it: "
+                             "pass one of them")
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"--out {self.path} is a file, not a run directory")
+        if resume or overwrite or not self.path.is_dir():
+            return
+        entries = sorted(p.name for p in self.path.iterdir())
+        if entries:
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise InputError(f"{self.path} is not empty ({shown}): pass --resume to continue "
+                             f"that run, --overwrite to replace it, or --out for a new directory")
+
+    def remove_run_files(self) -> None:
+        """Deletes the run files (``run_files``); anything else in the directory stays."""
+        for p in self.run_files():
+            p.unlink(missing_ok=True)
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

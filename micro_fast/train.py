@@ -1,12 +1,19 @@
 """Training loop for MICRO and its variants: published schedule, early stopping, resumable
 checkpoints and per-epoch metrics files.
 
-A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON line per epoch: losses,
-time, and validation/test metrics on evaluation epochs), ``last.pt`` (written every epoch) and
-``best.pt`` (at the best validation Recall@20), ``summary.json`` and ``curves.png``.
+A run directory holds ``config.json`` (a valid ``--config`` file that reproduces the run),
+``metrics.jsonl`` (one JSON line per epoch: losses, time, and validation/test metrics on
+evaluation epochs), ``train.log`` (the lines the run printed), ``last.pt`` (written every
+epoch) and ``best.pt`` (at the best validation Recall@20), ``summary.json`` and ``curves.png``.
 Checkpoints are written to a temporary file and renamed, so a killed run leaves the previous
 complete checkpoint and ``resume=True`` continues from it, losing at most the epoch in flight.
-With the same seed a CPU run is reproducible, resumed or not.
+With the same seed a CPU run is reproducible, resumed or not. A directory that already holds
+files is never written over: it takes ``resume=True`` (continue that run) or
+``overwrite=True`` (delete its run files first).
+
+Evaluation (validation, and test when validation Recall@20 improved) runs every
+``eval_every`` epochs and after the last epoch when the schedule does not fall on it, so a run
+of at least one epoch always ends with metrics; ``eval_every=0`` turns it off.
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1 in the environment) the same call
 trains data-parallel: every rank starts from rank 0's parameters, draws the same global BPR
@@ -33,12 +40,13 @@ import torch
 
 from micro_fast import data as mf_data
 from micro_fast import distributed
-from micro_fast.config import UI_NORMALIZATIONS, TrainConfig
+from micro_fast.config import EVAL_KEYS, UI_NORMALIZATIONS, TrainConfig, canonical_options
 from micro_fast.errors import InputError, MissingFileError
 from micro_fast.graph import CSRGraph
 from micro_fast.models import MICRO
 from micro_fast.ops.bipartite_graph import bipartite_graph
 from micro_fast.run_dir import RunDir, plot_curves
+from micro_fast.run_log import RunLog, format_metrics
 
 __all__ = ["UI_NORMALIZATIONS", "TrainConfig", "TrainState", "build_model", "evaluate",
            "evaluate_run", "interaction_graph", "load_dataset", "resolve_device", "train"]
@@ -133,20 +141,28 @@ def _setup_device_and_group(config: TrainConfig) -> tuple[int, int, torch.device
     return rank, world, device, created
 
 
-def train(config: TrainConfig, *, resume: bool = False,
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
           dataset: mf_data.Dataset | None = None) -> dict[str, Any]:
     """Trains per ``config`` and returns the summary (also written to ``summary.json``).
 
-    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is on disk.
-    ``dataset`` overrides ``config.data`` (the run then cannot be re-evaluated from its
-    directory alone). Under ``torchrun`` every rank calls this (see the module docstring).
+    ``resume`` continues the run in ``config.out`` from its ``last.pt``; ``overwrite`` deletes
+    the run files there first; without either, a non-empty ``config.out`` is an
+    ``InputError``. ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is
+    on disk. ``dataset`` overrides ``config.data`` (the run then cannot be re-evaluated from
+    its directory alone). Under ``torchrun`` every rank calls this (see the module docstring).
     """
     config.validate()
+    files = RunDir(config.out)
+    files.check_writable(resume=resume, overwrite=overwrite)  # on every rank, before any writes
     if config.threads:
         torch.set_num_threads(config.threads)
     rank, world, device, created_group = _setup_device_and_group(config)
     try:
+        if world > 1 and not created_group:
+            distributed.barrier("run directory check")
+        if overwrite and rank == 0:
+            files.remove_run_files()
         summary = _Run(config, dataset, rank, world, device).fit(resume, on_epoch_end)
         if created_group:
             # every rank done with its collectives before any tears the group down
@@ -168,6 +184,7 @@ class _Run:
         self.files = RunDir(config.out)
         if self.lead:
             self.files.create()
+        self.log = RunLog(None, echo=False, append=True)  # opened by fit()
         torch.manual_seed(config.seed)
         self.dataset = dataset if dataset is not None else load_dataset(config)
         self.model = build_model(config, self.dataset, distributed_graphs=world > 1).to(device)
@@ -216,39 +233,51 @@ class _Run:
         if self.lead:
             self.files.write_json(dataclasses.asdict(config), self.files.config)
             self.files.write_metrics(history)
-        if self.progress:
+            self.log = RunLog(self.files.log, echo=self.progress, append=resume)
+        try:
             ds = self.dataset
-            print(f"data: {ds.name}: {ds.n_users} users, {ds.n_items} items, "
-                  f"{ds.n_train} train interactions; modalities {self.model.modalities}; "
-                  f"device {self.device}" + (f"; {self.world} ranks" if self.world > 1 else ""))
-        self.model.train()
-        while state.epoch < config.epochs and not state.stopped_early:
-            epoch = state.epoch
-            record = self.train_epoch(epoch)
-            improved = False
-            if (epoch + 1) % config.eval_every == 0:
-                improved = self.evaluate_epoch(record)
-            state.epoch = epoch + 1
-            history.append(record)
-            if self.lead:
-                self.files.append_metrics(record)
-                self.checkpoint(record, improved)
-            if self.progress:
-                self.report(record, improved)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
-        return self.finish(history)
+            self.log.line(f"data: {ds.name}: {ds.n_users} users, {ds.n_items} items, "
+                          f"{ds.n_train} train interactions; modalities "
+                          f"{self.model.modalities}; device {self.device}"
+                          + (f"; {self.world} ranks" if self.world > 1 else "")
+                          + (f"; resumed after epoch {state.epoch}" if resume else ""))
+            if config.eval_every == 0:
+                self.log.line("evaluation off (--eval-every 0)")
+            self.model.train()
+            while state.epoch < config.epochs and not state.stopped_early:
+                self.run_epoch(state.epoch, history, on_epoch_end)
+            return self.finish(history)
+        finally:
+            self.log.close()
+
+    def run_epoch(self, epoch: int, history: list[dict[str, Any]],
+                  on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> None:
+        config, state = self.config, self.state
+        record = self.train_epoch(epoch)
+        self.log.line(self.epoch_line(record))
+        improved = False
+        last = epoch + 1 == config.epochs
+        if config.eval_every and ((epoch + 1) % config.eval_every == 0 or last):
+            if (epoch + 1) % config.eval_every:
+                record["final_eval"] = True  # off the schedule: the run's last epoch
+            improved = self.evaluate_epoch(record)
+            for line in self.evaluation_lines(record, improved):
+                self.log.line(line)
+        state.epoch = epoch + 1
+        history.append(record)
+        if self.lead:
+            self.files.append_metrics(record)
+            self.checkpoint(record, improved)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the sampler's batches; the epoch's record (losses, time, lr)."""
-        from tqdm.auto import tqdm
-
         rank, world, device = self.rank, self.world, self.device
         t0 = time.perf_counter()
         acc = None
         n_batches = self.sampler.n_batches
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not self.progress,
-                   leave=False, unit="batch")
+        bar = self.log.bar(range(n_batches), desc=f"epoch {epoch}", total=n_batches)
         for b in bar:
             batch = self.sampler.sample()  # the global batch, the same on every rank
             r0, r1 = distributed.row_range(len(batch[0]), rank, world)
@@ -269,10 +298,10 @@ class _Run:
             step = torch.stack([loss, weight * parts["bpr"], weight * parts["reg"],
                                 parts["contrastive"]])
             acc = step if acc is None else acc + step
-            if self.progress and (b % 10 == 0 or b == n_batches - 1):
+            if bar.drawn and (b % 10 == 0 or b == n_batches - 1):
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{float(step[0]):.4f}",
-                                samples_s=f"{(b + 1) * len(batch[0]) / elapsed:.0f}")
+                bar.postfix(loss=f"{float(step[0]):.4f}",
+                            samples_s=f"{(b + 1) * len(batch[0]) / elapsed:.0f}")
         bar.close()
         self.scheduler.step()
         acc = distributed.all_reduce_mean(acc, f"loss reduction (epoch {epoch})")
@@ -281,7 +310,9 @@ class _Run:
             raise FloatingPointError(f"training loss is NaN at epoch {epoch}")
         train_time = time.perf_counter() - t0
         self.state.train_time += train_time
+        samples = n_batches * self.sampler.batch_size
         return {"epoch": epoch, **sums, "train_s": train_time,
+                "samples_per_s": samples / max(train_time, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
     def step(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, build: bool,
@@ -315,14 +346,24 @@ class _Run:
         return evaluate(self.model, self.ui_graph, self.dataset, split, self.config.ks,
                         self.config.ndcg, self.config.backend)
 
-    def report(self, record: dict[str, Any], improved: bool) -> None:
-        msg = (f"epoch {record['epoch']}: loss {record['loss']:.4f} (bpr {record['bpr']:.4f}, "
-               f"contrastive {record['contrastive']:.4f}) [{record['train_s']:.1f}s]")
-        if "valid" in record:
-            v = record["valid"]
-            msg += (f" valid recall@20 {v['recall@20']:.4f} ndcg@20 {v['ndcg@20']:.4f}"
-                    + (" *" if improved else ""))
-        print(msg, flush=True)
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        return (f"epoch {record['epoch'] + 1}/{self.config.epochs}: loss {record['loss']:.4f} "
+                f"(bpr {record['bpr']:.4f}, reg {record['reg']:.3g}, contrastive "
+                f"{record['contrastive']:.4f}) {record['train_s']:.2f}s "
+                f"{record['samples_per_s']:.0f} samples/s")
+
+    def evaluation_lines(self, record: dict[str, Any], improved: bool) -> list[str]:
+        epoch = record["epoch"] + 1
+        note = " (final evaluation: the last epoch is off the --eval-every schedule)" \
+            if record.get("final_eval") else ""
+        lines = [f"epoch {epoch} valid: {format_metrics(record['valid'])} "
+                 f"[{record['eval_s']:.2f}s]" + (" best so far" if improved else "") + note]
+        if "test" in record:
+            lines.append(f"epoch {epoch} test: {format_metrics(record['test'])}")
+        if self.state.stopped_early:
+            lines.append(f"stopping early: validation recall@20 has not improved for "
+                         f"{self.config.patience + 1} evaluations")
+        return lines
 
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         state = self.state
@@ -337,24 +378,33 @@ class _Run:
         if self.lead:
             self.files.write_json(summary, self.files.summary)
             plot_curves(history, self.files.curves)
-        if self.progress:
-            best = state.best_test
-            if best is not None:
-                print(f"best valid epoch {state.best_epoch}: test "
-                      f"recall@20 {best['recall@20']:.4f} ndcg@20 {best['ndcg@20']:.4f}")
-            print(f"run directory: {self.files.path}")
+        best = state.best_test
+        if best is not None:
+            self.log.line(f"best validation at epoch {state.best_epoch + 1}: test "
+                          f"{format_metrics(best)}")
+        self.log.line(f"run directory: {self.files.path}")
         return summary
 
 
-def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best",
-                 device: str | None = None) -> dict[str, Any]:
-    """Re-evaluates a run's ``best`` or ``last`` checkpoint on validation and test."""
+def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", device: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-evaluates a run's ``best`` or ``last`` checkpoint on validation and test.
+
+    ``overrides`` replaces options of the run's ``config.json`` that change how, not what, is
+    evaluated (``micro_fast.config.EVAL_KEYS``: data, format, ks, ndcg, device, backend,
+    threads); ``device`` is the same as ``overrides={"device": device}``.
+    """
     files = RunDir(run_dir)
     if not files.config.exists():
         raise MissingFileError(f"{files.config} not found: not a run directory")
-    config = TrainConfig.from_dict(json.loads(files.config.read_text()))
+    config = TrainConfig.from_dict(json.loads(files.config.read_text()), source=str(files.config))
+    changes = canonical_options(dict(overrides or {}), "evaluation options",
+                                tuple(k for k in EVAL_KEYS if k != "checkpoint"))
     if device is not None:
-        config.device = device
+        changes["device"] = device
+    config = dataclasses.replace(config, **changes).validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     path = files.path / f"{checkpoint}.pt"
     if not path.exists():
         raise MissingFileError(f"{path} not found")
