@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                              progress=False, out=f"{args.out}/{name}", threads=args.threads,
                              **extra)
         t0 = time.perf_counter()
-        s = train(config, dataset=dataset)
+        s = train(config, dataset=dataset, overwrite=True)  # this script owns --out
         test = s["test_at_best"]
         rows.append({"variant": name, "best_epoch": s["best_epoch"],
                      "epochs_run": s["epochs_run"], "test_recall@20": test["recall@20"],

@@ -38,7 +38,7 @@ LATENCY_S = 50e-6
 def _config(size: str, epochs: int, out: str):
     from micro_fast.train import TrainConfig
 
-    return TrainConfig(data=f"synthetic:{size}", epochs=epochs, eval_every=10_000, out=out,
+    return TrainConfig(data=f"synthetic:{size}", epochs=epochs, eval_every=0, out=out,
                        progress=False, threads=1)
 
 

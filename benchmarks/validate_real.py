@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(data=str(folder), epochs=args.epochs, progress=False,
                              out=f"{args.out}/{data}-{model}", threads=args.threads, **extra)
         t0 = time.perf_counter()
-        summary = train(config, dataset=dataset)
+        summary = train(config, dataset=dataset, overwrite=True)  # this script owns --out
         wall = time.perf_counter() - t0
         test = summary["test_at_best"] or {}
         ended = "early stopping" if summary["stopped_early"] else f"epoch cap {args.epochs}"
