@@ -54,8 +54,10 @@ class _Structure:
     def rows(self) -> torch.Tensor:
         if self._rows is None:
             counts = self.indptr[1:] - self.indptr[:-1]
+            # output_size keeps the shape static (nnz) for torch.compile
             self._rows = torch.repeat_interleave(
-                torch.arange(self.shape[0], device=self.indptr.device), counts)
+                torch.arange(self.shape[0], device=self.indptr.device), counts,
+                output_size=self.indices.shape[0])
         return self._rows
 
     def transpose(self) -> tuple[_Structure, torch.Tensor]:
@@ -67,7 +69,10 @@ class _Structure:
             perm = torch.sort(self.indices, stable=True).indices
             indices = self.rows()[perm]
             indptr = torch.zeros(n_cols + 1, dtype=torch.int64, device=self.indptr.device)
-            torch.cumsum(torch.bincount(self.indices, minlength=n_cols), 0, out=indptr[1:])
+            # entries per column; index_add, unlike bincount, has a shape known before it runs
+            counts = torch.zeros(n_cols, dtype=torch.int64, device=self.indptr.device)
+            counts.index_add_(0, self.indices, torch.ones_like(self.indices))
+            torch.cumsum(counts, 0, out=indptr[1:])
             t = _Structure(indptr, indices, (n_cols, self.shape[0]))
             # the transpose of the transpose is this structure again
             inverse = torch.empty_like(perm)
@@ -287,8 +292,11 @@ class CSRGraph:
 
     def transposed_values(self) -> torch.Tensor:
         """The values in the transpose's entry order, detached; cached until ``values``
-        changes (in-place updates included), so a constant graph gathers them once."""
+        changes (in-place updates included), so a constant graph gathers them once (under
+        ``torch.compile``, where tensor versions are not visible, gathered on every call)."""
         v = self.values
+        if torch.compiler.is_compiling():
+            return v.detach()[self._s.transpose()[1]]
         key = (v.data_ptr(), v._version, v.dtype, v.numel())
         if self._tvalues is None or self._tvalues[0] != key:
             _, perm = self._s.transpose()
@@ -421,3 +429,38 @@ class CSRGraph:
     def __repr__(self) -> str:
         return (f"CSRGraph(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, "
                 f"device={self.device}, requires_grad={self.values.requires_grad})")
+
+
+# --- torch.compile / torch.export -------------------------------------------------------------
+# A CSRGraph is a pytree of its tensors (and those of its transpose once built), so that it
+# passes into and out of compiled and exported functions; shape and symmetry are static.
+
+def _flatten(g: CSRGraph) -> tuple[list[torch.Tensor], tuple]:
+    s = g._s
+    leaves = [s.indptr, s.indices, g.values]
+    if s._transpose is not None:
+        t, perm = s._transpose
+        leaves += [t.indptr, t.indices, perm]
+    return leaves, (s.shape, g.symmetric, s._transpose is not None)
+
+
+def _unflatten(leaves: list[torch.Tensor], context: tuple) -> CSRGraph:
+    shape, symmetric, has_transpose = context
+    s = _Structure(leaves[0], leaves[1], shape)
+    if has_transpose:
+        t_indptr, t_indices, perm = leaves[3:6]
+        t = _Structure(t_indptr, t_indices, (shape[1], shape[0]))
+        s._transpose = (t, perm)
+    return CSRGraph._from_structure(s, leaves[2], symmetric)
+
+
+def _flatten_with_keys(g: CSRGraph):
+    leaves, context = _flatten(g)
+    names = ("indptr", "indices", "values", "t_indptr", "t_indices", "t_perm")
+    keyed = zip(names[:len(leaves)], leaves, strict=True)
+    return [(torch.utils._pytree.GetAttrKey(n), leaf) for n, leaf in keyed], context
+
+
+torch.utils._pytree.register_pytree_node(
+    CSRGraph, _flatten, _unflatten, serialized_type_name="micro_fast.graph.CSRGraph",
+    flatten_with_keys_fn=_flatten_with_keys)

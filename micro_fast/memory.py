@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 
+import torch
+
 from micro_fast.errors import InputError, InputTypeError, MicroFastError
 
 _UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
@@ -57,6 +59,7 @@ def set_max_memory(value: int | str | None) -> None:
     _budget = None if value is None else parse_bytes(value)
 
 
+@torch.compiler.assume_constant_result
 def max_memory() -> int:
     """The budget in bytes: ``set_max_memory``, else ``MICRO_FAST_MAX_MEMORY``, else physical
     memory."""
@@ -74,6 +77,7 @@ def _fmt(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+@torch.compiler.assume_constant_result
 def workspace(impl: object, op: str, **sizes: int) -> int:
     """Bytes the backend module ``impl`` says ``op`` needs beyond its outputs, for the problem
     ``sizes`` (its ``workspace_bytes``; 0 for a backend that does not say)."""

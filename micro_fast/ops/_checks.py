@@ -27,10 +27,21 @@ def check_matrix(name: str, t: object) -> torch.Tensor:
     check_float_2d(name, t)
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise InputError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
+    return check_values(name, t)
+
+
+def check_values(name: str, t: torch.Tensor) -> torch.Tensor:
+    """No NaN or inf in ``t``: an ``InputError`` on the CPU; on a GPU an asynchronous device
+    assertion instead (``torch._assert_async``), which reads nothing back to the host and fails
+    the next synchronizing call."""
     # one pass without a temporary as large as t: NaN and inf both surface in the extremes
     lo, hi = torch.aminmax(t.detach())
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-        raise InputError(f"{name} contains NaN or inf")
+    ok = torch.isfinite(lo) & torch.isfinite(hi)
+    if t.device.type == "cpu":
+        if not bool(ok):
+            raise InputError(f"{name} contains NaN or inf")
+    else:
+        torch._assert_async(ok, f"{name} contains NaN or inf")
     return t
 
 
@@ -57,15 +68,29 @@ def check_block_size(block_size: object) -> int | None:
     return block_size
 
 
-def l2_normalize(name: str, t: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm (differentiable); a zero row is an error, not a NaN."""
-    norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)
-    zero = (norms.detach() == 0).squeeze(1)
-    if bool(zero.any()):
+def normalize_rows(t: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm (differentiable; a zero row gives NaN: check it with
+    ``check_nonzero_rows``)."""
+    return t / torch.linalg.vector_norm(t, dim=1, keepdim=True)
+
+
+def check_nonzero_rows(name: str, t: torch.Tensor) -> torch.Tensor:
+    """No row of zero L2 norm in ``t`` (a cosine with it is undefined); on a GPU an asynchronous
+    device assertion (see ``check_values``)."""
+    zero = torch.linalg.vector_norm(t.detach(), dim=1) == 0  # underflowing rows included
+    if t.device.type != "cpu":
+        torch._assert_async(~zero.any(), f"{name} has zero-norm rows; cosine similarity is "
+                            "undefined for them")
+    elif bool(zero.any()):
         rows = torch.nonzero(zero).flatten()[:5].tolist()
         raise InputError(f"{name} has zero-norm rows (e.g. {rows}); cosine similarity is "
                          "undefined for them")
-    return t / norms
+    return t
+
+
+def l2_normalize(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm (differentiable); a zero row is an error, not a NaN."""
+    return normalize_rows(check_nonzero_rows(name, t))
 
 
 def check_no_overflow(queries: torch.Tensor, keys: torch.Tensor) -> None:

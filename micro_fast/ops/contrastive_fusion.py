@@ -32,7 +32,14 @@ from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
 from micro_fast.errors import InputError, InputTypeError
-from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
+from micro_fast.ops._checks import (
+    check_block_size,
+    check_float_2d,
+    check_nonzero_rows,
+    check_tau,
+    check_values,
+    normalize_rows,
+)
 from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss, lse_shift, shard_args
 
 #: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
@@ -68,6 +75,86 @@ class _FusionLSE(torch.autograd.Function):
         grad_u, grad_coef = ctx.impl.contrastive_fusion_backward(
             u, coef, ctx.tau, lse, g.contiguous(), ctx.block_size, **kwargs)
         return grad_u.to(u.device), grad_coef.to(u.device), None, None, None, None
+
+
+def check_fusion_values(views: list[torch.Tensor], weights: torch.Tensor,
+                        fused_norm: torch.Tensor) -> None:
+    """NaN / inf and zero-norm rows in the views, NaN / inf in the weights, zero-norm rows of
+    the fused view (on a GPU as asynchronous device assertions, see ``_checks``)."""
+    for m, v in enumerate(views):
+        check_values(f"views[{m}]", v)
+        check_nonzero_rows(f"views[{m}]", v)
+    check_values("weights", weights)
+    zero = fused_norm.detach() == 0
+    if fused_norm.device.type != "cpu":
+        torch._assert_async(~zero.any(), "the fused view (weights x views) has zero-norm rows")
+    elif bool(zero.any()):
+        rows = torch.nonzero(zero.flatten()).flatten()[:5].tolist()
+        raise InputError(f"the fused view (weights x views) has zero-norm rows (e.g. {rows}); "
+                         "cosine similarity is undefined for them")
+
+
+@torch.library.custom_op("micro_fast::contrastive_fusion_lse", mutates_args=())
+def fusion_lse_kernel(views: list[torch.Tensor], weights: torch.Tensor, u: torch.Tensor,
+                      coef: torch.Tensor, fused_norm: torch.Tensor, tau: float,
+                      block_size: int | None, backend: str) -> torch.Tensor:
+    """The log-sum-exps [M, N] of every view's rows against the fused view, from the stacked
+    normalized views ``u`` [M, N, d] and the fused view's coefficients ``coef`` [N, M]. The raw
+    ``views``, ``weights`` and the fused view's norms [N, 1] are only checked here (out of the
+    compiler's sight)."""
+    check_fusion_values(views, weights, fused_norm)
+    impl = backends.get(backend, u.device, op="contrastive_fusion_forward")
+    return impl.contrastive_fusion_forward(u.detach().contiguous(), coef.detach().contiguous(),
+                                           tau, block_size).to(u.device)
+
+
+@fusion_lse_kernel.register_fake
+def _(views, weights, u, coef, fused_norm, tau, block_size, backend):
+    return u.new_empty(u.shape[0], u.shape[1])
+
+
+@torch.library.custom_op("micro_fast::contrastive_fusion_lse_backward", mutates_args=())
+def fusion_lse_backward_kernel(u: torch.Tensor, coef: torch.Tensor, lse: torch.Tensor,
+                               grad: torch.Tensor, tau: float, block_size: int | None,
+                               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``sum(grad * lse)`` w.r.t. ``u`` and ``coef`` (recomputing backward)."""
+    impl = backends.get(backend, u.device, op="contrastive_fusion_forward")
+    grad_u, grad_coef = impl.contrastive_fusion_backward(
+        u.contiguous(), coef.contiguous(), tau, lse, grad.to(u.dtype).contiguous(), block_size)
+    return grad_u.to(u.device), grad_coef.to(u.device)
+
+
+@fusion_lse_backward_kernel.register_fake
+def _(u, coef, lse, grad, tau, block_size, backend):
+    return torch.empty_like(u), torch.empty_like(coef)
+
+
+def _setup_fusion(ctx, inputs, output):
+    views, _, u, coef, _, tau, block_size, backend = inputs
+    ctx.save_for_backward(u, coef, output)
+    ctx.args, ctx.n_views = (tau, block_size, backend), len(views)
+
+
+def _fusion_backward(ctx, grad):
+    u, coef, lse = ctx.saved_tensors
+    grad_u, grad_coef = fusion_lse_backward_kernel(u, coef, lse, grad, *ctx.args)
+    return [None] * ctx.n_views, None, grad_u, grad_coef, None, None, None, None
+
+
+fusion_lse_kernel.register_autograd(_fusion_backward, setup_context=_setup_fusion)
+
+
+@torch.compiler.assume_constant_result
+def _plan(backend: str, device: str, strategy: str, sharded: bool) -> tuple[str | None, int | None]:
+    """(the fused kernel's backend name or None for separate losses, its measured block size):
+    constants to the compiler."""
+    impl = _fused_backend(backend, torch.device(device))
+    if strategy == "separate" or (strategy == "auto" and impl is not None and not sharded
+                                  and not tuning.fused_fusion_loss()):
+        impl = None
+    if impl is None:
+        return None, None
+    return impl.__name__.rsplit(".", 1)[-1], tuning.block_size("contrastive_fusion", impl)
 
 
 def fuse_views(views: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
@@ -110,7 +197,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     if len(views) == 0:
         raise InputError("views must hold at least one [N, d] tensor")
     for m, v in enumerate(views):
-        check_matrix(f"views[{m}]", v)
+        check_float_2d(f"views[{m}]", v)
         if v.shape != views[0].shape:
             raise InputError(f"views[{m}] has shape {tuple(v.shape)}, views[0] has "
                              f"{tuple(views[0].shape)}")
@@ -120,7 +207,9 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
         if v.device != views[0].device:
             raise InputError(f"views[{m}] is on {v.device} but views[0] is on {views[0].device}")
     n, nviews = views[0].shape[0], len(views)
-    check_matrix("weights", weights)
+    if n == 0 or views[0].shape[1] == 0:
+        raise InputError(f"views[0] must be non-empty, got shape {tuple(views[0].shape)}")
+    check_float_2d("weights", weights)
     if tuple(weights.shape) != (n, nviews):
         raise InputError(f"weights must be [N, M] = [{n}, {nviews}], got {tuple(weights.shape)}")
     if weights.dtype != views[0].dtype or weights.device != views[0].device:
@@ -130,10 +219,9 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     block_size = check_block_size(block_size)
     if strategy not in STRATEGIES:
         raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    impl = _fused_backend(backend, views[0].device)
-    if strategy == "separate" or (strategy == "auto" and impl is not None and shard is None
-                                  and not tuning.fused_fusion_loss()):
-        impl = None
+    name, measured = _plan(backend, str(views[0].device), strategy, shard is not None)
+    impl = None if name is None else backends.get(name, views[0].device,
+                                                  op="contrastive_fusion_forward")
     d, elem = views[0].shape[1], views[0].element_size()
     # stacked normalized views and their gradients, and the backend's working memory
     memory.check("contrastive_fusion_loss",
@@ -142,21 +230,23 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
                                     elem=elem), f"{nviews} x [{n}, {d}]")
     fused = fuse_views(views, weights)
     if impl is None or symmetric or tau < FUSED_MIN_TAU:
+        # each loss checks its view and the fused one (NaN / inf in weights surface there)
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,
-                                    block_size=block_size, backend=backend, shard=shard)
-                   for v in views)
-    if shard is None:
-        block_size = block_size or tuning.block_size("contrastive_fusion", impl)
-    u = torch.stack([l2_normalize(f"views[{m}]", v) for m, v in enumerate(views)])  # [M, N, d]
+                                    block_size=block_size, backend=backend, shard=shard,
+                                    labels=(f"views[{m}]", "the fused view (weights x views)"))
+                   for m, v in enumerate(views))
+    u = torch.stack([normalize_rows(v) for v in views])  # [M, N, d]
     norms = torch.stack([torch.linalg.vector_norm(v, dim=1) for v in views], dim=1)  # [N, M]
     fused_norm = torch.linalg.vector_norm(fused, dim=1, keepdim=True)
-    if bool((fused_norm.detach() == 0).any()):
-        rows = torch.nonzero(fused_norm.detach().flatten() == 0).flatten()[:5].tolist()
-        raise InputError(f"the fused view (weights x views) has zero-norm rows (e.g. {rows}); "
-                         "cosine similarity is undefined for them")
     # sum_k coef[:, k] u_k is exactly fused / |fused|
     coef = weights * norms / fused_norm
-    lse = _FusionLSE.apply(u, coef, tau, block_size, impl, shard)  # [M, N]
+    if shard is None:
+        lse = fusion_lse_kernel(views, weights, u, coef, fused_norm, tau,
+                                block_size or measured, name)  # [M, N]
+    else:
+        # split over processes: the collectives run between the kernel calls, in eager mode
+        check_fusion_values(views, weights, fused_norm)
+        lse = _FusionLSE.apply(u, coef, tau, block_size, impl, shard)
     diag = (u * (fused / fused_norm)).sum(dim=2) / tau  # <u_m,i, h_i / |h_i|> / tau
     loss = (lse - diag).mean(dim=1).sum()
     return loss if shard is None else loss / shard.count

@@ -39,7 +39,14 @@ from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
 from micro_fast.errors import InputError, InputTypeError
-from micro_fast.ops._checks import check_block_size, check_matrix, check_tau, l2_normalize
+from micro_fast.ops._checks import (
+    check_block_size,
+    check_float_2d,
+    check_nonzero_rows,
+    check_tau,
+    check_values,
+    normalize_rows,
+)
 
 
 class RankShard(Protocol):
@@ -112,9 +119,94 @@ class _ContrastiveLoss(torch.autograd.Function):
         return grad1, grad2, None, None, None, None, None
 
 
+def _rows_loss(n1, n2, lse1, lse2, tau: float, symmetric: bool) -> torch.Tensor:
+    diag = (n1 * n2).sum(dim=1) / tau
+    rows = lse1 - diag
+    if symmetric:
+        rows = (rows + lse2 - diag) / 2
+    return rows.mean()
+
+
+@torch.library.custom_op("micro_fast::contrastive_loss", mutates_args=())
+def contrastive_loss_kernel(z1: torch.Tensor, z2: torch.Tensor, n1: torch.Tensor,
+                            n2: torch.Tensor, tau: float, symmetric: bool,
+                            block_size: int | None, backend: str, label1: str, label2: str,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, lse1, lse2)`` of the normalized views ``n1``, ``n2`` (``lse2`` empty unless
+    ``symmetric``). The raw views ``z1``, ``z2`` are only checked here (NaN / inf, zero-norm
+    rows; ``label1`` and ``label2`` name them in the errors), out of the compiler's sight; the
+    normalization stays in torch."""
+    for label, z in ((label1, z1), (label2, z2)):
+        check_values(label, z)
+        check_nonzero_rows(label, z)
+    impl = backends.get(backend, n1.device, op="contrastive_forward")
+    n1, n2 = n1.detach().contiguous(), n2.detach().contiguous()
+    lse1, lse2 = impl.contrastive_forward(n1, n2, tau, symmetric, block_size)
+    lse1 = lse1.to(n1.device)
+    lse2 = lse2.to(n1.device) if symmetric else n1.new_empty(0)
+    return _rows_loss(n1, n2, lse1, lse2, tau, symmetric), lse1, lse2
+
+
+@contrastive_loss_kernel.register_fake
+def _(z1, z2, n1, n2, tau, symmetric, block_size, backend, label1, label2):
+    n = n1.shape[0]
+    return n1.new_empty(()), n1.new_empty(n), n1.new_empty(n if symmetric else 0)
+
+
+@torch.library.custom_op("micro_fast::contrastive_loss_backward", mutates_args=())
+def contrastive_loss_backward_kernel(n1: torch.Tensor, n2: torch.Tensor, lse1: torch.Tensor,
+                                     lse2: torch.Tensor, grad: torch.Tensor, tau: float,
+                                     symmetric: bool, block_size: int | None, backend: str,
+                                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``grad * loss`` w.r.t. the normalized views (the kernel's recomputing
+    backward and the diagonal terms)."""
+    impl = backends.get(backend, n1.device, op="contrastive_forward")
+    n = n1.shape[0]
+    n1, n2 = n1.contiguous(), n2.contiguous()
+    weight = grad.to(n1.dtype) / (2 * n if symmetric else n)
+    g = weight.expand(n).contiguous()
+    grad1, grad2 = impl.contrastive_backward(n1, n2, tau, lse1, lse2 if symmetric else None, g,
+                                             g if symmetric else None, block_size)
+    # the -s12_ii / tau terms of every row used
+    diag_weight = weight * (2 if symmetric else 1) / tau
+    return grad1.to(n1.device) - diag_weight * n2, grad2.to(n2.device) - diag_weight * n1
+
+
+@contrastive_loss_backward_kernel.register_fake
+def _(n1, n2, lse1, lse2, grad, tau, symmetric, block_size, backend):
+    return torch.empty_like(n1), torch.empty_like(n2)
+
+
+def _setup_contrastive(ctx, inputs, output):
+    _, _, n1, n2, tau, symmetric, block_size, backend, _, _ = inputs
+    _, lse1, lse2 = output
+    ctx.mark_non_differentiable(lse1, lse2)
+    ctx.save_for_backward(n1, n2, lse1, lse2)
+    ctx.args = (tau, symmetric, block_size, backend)
+
+
+def _contrastive_backward(ctx, grad, _grad_lse1, _grad_lse2):
+    n1, n2, lse1, lse2 = ctx.saved_tensors
+    g1, g2 = contrastive_loss_backward_kernel(n1, n2, lse1, lse2, grad, *ctx.args)
+    return None, None, g1, g2, None, None, None, None, None, None
+
+
+contrastive_loss_kernel.register_autograd(_contrastive_backward,
+                                          setup_context=_setup_contrastive)
+
+
+@torch.compiler.assume_constant_result
+def resolve(backend: str, device: str, op: str) -> tuple[str, int | None]:
+    """(backend name, measured block size or None) for ``op`` on ``device`` (constants to the
+    compiler: they depend on the machine, not on the data)."""
+    impl = backends.get(backend, torch.device(device), op="contrastive_forward")
+    return impl.__name__.rsplit(".", 1)[-1], tuning.block_size(op, impl)
+
+
 def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
                      symmetric: bool = False, block_size: int | None = None,
-                     backend: str = "auto", shard: RankShard | None = None) -> torch.Tensor:
+                     backend: str = "auto", shard: RankShard | None = None,
+                     labels: tuple[str, str] = ("z1", "z2")) -> torch.Tensor:
     """MICRO's contrastive loss between views ``z1`` and ``z2`` (see the module docstring).
 
     Args:
@@ -128,13 +220,14 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         backend: ``"auto"`` or a name from ``micro_fast.backends.BACKENDS``.
         shard: this process's part of a loss split over processes (see the module
             docstring); every process must call with the same inputs and arguments.
+        labels: the names of ``z1`` and ``z2`` in error messages.
 
     Returns:
         scalar tensor, differentiable w.r.t. ``z1`` and ``z2`` (``loss / shard.count`` with
         this process's share of the gradients when ``shard`` is given).
     """
-    check_matrix("z1", z1)
-    check_matrix("z2", z2)
+    check_float_2d("z1", z1)
+    check_float_2d("z2", z2)
     if z1.shape != z2.shape:
         raise InputError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
                          f"{tuple(z2.shape)}")
@@ -142,11 +235,12 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         raise InputTypeError(f"z2 dtype {z2.dtype} differs from z1 dtype {z1.dtype}")
     if z1.device != z2.device:
         raise InputError(f"z2 is on {z2.device} but z1 is on {z1.device}")
+    if z1.shape[0] == 0 or z1.shape[1] == 0:
+        raise InputError(f"z1 must be non-empty, got shape {tuple(z1.shape)}")
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
-    impl = backends.get(backend, z1.device, op="contrastive_forward")
-    if shard is None:
-        block_size = block_size or tuning.block_size("contrastive", impl)
+    name, measured = resolve(backend, str(z1.device), "contrastive")
+    impl = backends.get(name, z1.device, op="contrastive_forward")
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
     # normalized views and their gradients, and the backend's working memory
     memory.check("contrastive_loss", 4 * n * d * elem
@@ -154,5 +248,13 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
                  f"N = {n}, d = {d}")
     # zero rows are an error: their cosine is undefined, and normalizing them with a clamped
     # norm (F.normalize) would scale rounding noise in the gradient by 1 / eps
-    n1, n2 = l2_normalize("z1", z1), l2_normalize("z2", z2)
+    n1, n2 = normalize_rows(z1), normalize_rows(z2)
+    if shard is None:
+        loss, _, _ = contrastive_loss_kernel(z1, z2, n1, n2, float(tau), bool(symmetric),
+                                             block_size or measured, name, *labels)
+        return loss
+    # split over processes: the collectives run between the kernel calls, in eager mode
+    for label, z in zip(labels, (z1, z2), strict=True):
+        check_values(label, z)
+        check_nonzero_rows(label, z)
     return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl, shard)

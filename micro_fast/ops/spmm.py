@@ -8,15 +8,18 @@ For :math:`A \in R^{M \times N}` (a ``CSRGraph``) and :math:`X \in R^{N \times d
           {\partial Y}_{i,:}, X_{j,:} \Big\rangle
 
 The backward w.r.t. :math:`X` runs the same kernel on the graph's transpose, built once per
-graph structure by a counting sort and cached (a graph declared ``symmetric`` uses itself); the
+graph structure by a stable sort and cached (a graph declared ``symmetric`` uses itself); the
 backward w.r.t. the values is a sampled dense-dense product at the stored entries only.
 NaN or inf in ``x`` propagate as in dense arithmetic; they are not checked on this hot path.
+
+The kernels are the custom operators ``torch.ops.micro_fast.spmm`` and
+``torch.ops.micro_fast.sddmm`` (with fake implementations and a registered backward), so
+``torch.compile`` traces ``spmm`` without graph breaks and ``torch.library.opcheck`` checks them.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from micro_fast import backends, memory, tuning
 from micro_fast.errors import InputError, InputTypeError
@@ -24,35 +27,78 @@ from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import check_float_2d
 
 
-def transpose_product(impl, graph: CSRGraph, g: torch.Tensor) -> torch.Tensor:
-    """``A^T g`` with the cached transpose (or ``A g`` for a symmetric graph)."""
+@torch.compiler.assume_constant_result
+def resolve_backend(backend: str, device: str) -> str:
+    """The backend name ``backend`` runs spmm with on ``device`` (a constant to the compiler:
+    it depends on the machine, not on the data)."""
+    dev = torch.device(device)
+    name = tuning.backend_for("spmm", backend, dev)
+    return backends.get(name, dev, op="spmm").__name__.rsplit(".", 1)[-1]
+
+
+@torch.library.custom_op("micro_fast::spmm", mutates_args=())
+def spmm_kernel(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                x: torch.Tensor, t_indptr: torch.Tensor, t_indices: torch.Tensor,
+                t_values: torch.Tensor, backend: str) -> torch.Tensor:
+    """``A x`` for the CSR arrays of A; ``t_*`` are the arrays of A^T (the same tensors for a
+    symmetric A), used by the backward only. Operands are checked by ``spmm``."""
+    impl = backends.get(backend, x.device, op="spmm")
+    return impl.spmm(indptr, indices, values.detach().contiguous(), x.detach().contiguous())
+
+
+@spmm_kernel.register_fake
+def _(indptr, indices, values, x, t_indptr, t_indices, t_values, backend):
+    return x.new_empty(indptr.shape[0] - 1, x.shape[1])
+
+
+@torch.library.custom_op("micro_fast::sddmm", mutates_args=())
+def sddmm_kernel(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
+                 b: torch.Tensor, backend: str) -> torch.Tensor:
+    """``<a[r], b[c]>`` at every stored entry (r, c) of the CSR structure: [nnz]."""
+    impl = backends.get(backend, a.device, op="sddmm")
+    return impl.sddmm(indptr, indices, a.contiguous(), b.contiguous())
+
+
+@sddmm_kernel.register_fake
+def _(indptr, indices, a, b, backend):
+    return a.new_empty(indices.shape[0])
+
+
+def _setup_spmm(ctx, inputs, output):
+    indptr, indices, values, x, t_indptr, t_indices, t_values, backend = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(indptr, indices, values.detach(),
+                          x if ctx.needs_input_grad[2] else None, t_indptr, t_indices, t_values)
+
+
+def _spmm_backward(ctx, grad_y):
+    indptr, indices, values, x, t_indptr, t_indices, t_values = ctx.saved_tensors
+    grad_values = grad_x = None
+    if ctx.needs_input_grad[2]:
+        grad_values = sddmm_kernel(indptr, indices, grad_y, x, ctx.backend)
+    if ctx.needs_input_grad[3]:
+        # A^T grad_y; A is the transpose of A^T (for a backward of this backward)
+        grad_x = spmm_kernel(t_indptr, t_indices, t_values.detach(), grad_y, indptr, indices,
+                             values, ctx.backend)
+    return None, None, grad_values, grad_x, None, None, None, None
+
+
+spmm_kernel.register_autograd(_spmm_backward, setup_context=_setup_spmm)
+
+
+def transposed_arrays(graph: CSRGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(indptr, indices, values)`` of the graph's transpose, detached (the graph's own
+    arrays when it is symmetric); built once per structure and cached."""
     if graph.symmetric:
-        return impl.spmm(graph.indptr, graph.indices, graph.values.detach(), g)
+        return graph.indptr, graph.indices, graph.values.detach()
     t_indptr, t_indices = graph.transposed_structure()
-    return impl.spmm(t_indptr, t_indices, graph.transposed_values(), g)
+    return t_indptr, t_indices, graph.transposed_values()
 
 
-class _SpMM(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, x, graph, impl):  # noqa: D102
-        x_c = x.detach().contiguous()
-        y = impl.spmm(graph.indptr, graph.indices, values.detach().contiguous(), x_c)
-        ctx.graph, ctx.impl = graph, impl
-        ctx.save_for_backward(x_c if ctx.needs_input_grad[0] else None)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):  # noqa: D102
-        graph, impl = ctx.graph, ctx.impl
-        grad_y = grad_y.contiguous()
-        grad_values = grad_x = None
-        if ctx.needs_input_grad[0]:
-            (x,) = ctx.saved_tensors
-            grad_values = impl.sddmm(graph.indptr, graph.indices, grad_y, x)
-        if ctx.needs_input_grad[1]:
-            grad_x = transpose_product(impl, graph, grad_y)
-        return grad_values, grad_x, None, None
+def apply_spmm(graph: CSRGraph, x: torch.Tensor, backend: str) -> torch.Tensor:
+    """``graph @ x`` with the resolved backend name, operands already checked."""
+    return spmm_kernel(graph.indptr, graph.indices, graph.values, x, *transposed_arrays(graph),
+                       backend)
 
 
 def check_operands(graph: object, x: object) -> None:
@@ -80,8 +126,8 @@ def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Te
         [M, d] tensor of ``x``'s dtype.
     """
     check_operands(graph, x)
-    impl = backends.get(tuning.backend_for("spmm", backend, x.device), x.device, op="spmm")
+    name = resolve_backend(backend, str(x.device))
     # output, and in backward the gradient of x and the transposed structure
     memory.check("spmm", (graph.shape[0] + x.shape[0]) * x.shape[1] * x.element_size()
                  + graph.nnz * 24, f"[{graph.shape[0]}, {x.shape[1]}] output, {graph.nnz} nonzeros")
-    return _SpMM.apply(graph.values, x, graph, impl)
+    return apply_spmm(graph, x, name)

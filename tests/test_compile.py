@@ -1,0 +1,192 @@
+"""The ops as PyTorch custom operators: torch.library.opcheck, torch.compile without graph
+breaks, CSRGraph through compiled code, no host read-back on the op path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import micro_fast as mf
+from micro_fast import backends
+from micro_fast.graph import CSRGraph
+
+CPU = [b for b in ("cpp", "numba", "torch_ref") if b in backends.available("cpu")]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _graph(n: int, dtype: torch.dtype, symmetric: bool, seed: int = 0) -> CSRGraph:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen, dtype=dtype)
+    g = mf.knn_graph(x, k=4, normalization="sym" if symmetric else "rw")
+    return g
+
+
+def _breaks(fn, *args) -> tuple[int, list[str]]:
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(fn)(*args)
+    return ex.graph_break_count, [str(b.reason) for b in ex.break_reasons]
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_opcheck_spmm_and_sddmm(backend, dtype, grad):
+    g = _graph(30, dtype, symmetric=False)
+    t_indptr, t_indices = g.transposed_structure()
+    values = g.values.detach().clone().requires_grad_(grad)
+    x = torch.randn(30, 5, dtype=dtype, requires_grad=grad)
+    torch.library.opcheck(torch.ops.micro_fast.spmm.default,
+                          (g.indptr, g.indices, values, x, t_indptr, t_indices,
+                           g.transposed_values(), backend))
+    a, b = torch.randn(30, 5, dtype=dtype), torch.randn(30, 5, dtype=dtype)
+    torch.library.opcheck(torch.ops.micro_fast.sddmm.default,
+                          (g.indptr, g.indices, a, b, backend))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_spmm_and_propagate_compile_without_graph_breaks(symmetric):
+    g = _graph(40, torch.float32, symmetric)
+    g.values.requires_grad_(True)
+    x = torch.randn(40, 6, requires_grad=True)
+
+    def step(graph: CSRGraph, x: torch.Tensor) -> torch.Tensor:
+        y = mf.spmm(graph, x).relu()
+        return (mf.propagate(graph, y, 2, combine="mean") ** 2).sum()
+
+    count, reasons = _breaks(step, g, x)
+    assert count == 0, reasons
+    eager = step(g, x)
+    grads = torch.autograd.grad(eager, (g.values, x))
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    out = compiled(g, x)
+    got = torch.autograd.grad(out, (g.values, x))
+    assert torch.allclose(out, eager, rtol=1e-5)
+    for a, b in zip(got, grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_csr_graph_is_a_pytree():
+    g = _graph(20, torch.float64, symmetric=False)
+    leaves, spec = torch.utils._pytree.tree_flatten(g)
+    assert len(leaves) == 3                         # no transpose built yet
+    g.transposed_structure()
+    leaves, spec = torch.utils._pytree.tree_flatten(g)
+    assert len(leaves) == 6                         # the cached transpose travels along
+    back = torch.utils._pytree.tree_unflatten(leaves, spec)
+    assert isinstance(back, CSRGraph) and back.shape == g.shape
+    assert back.symmetric == g.symmetric
+    assert torch.equal(back.to_dense(), g.to_dense())
+    assert torch.equal(back.transposed_structure()[1], g.transposed_structure()[1])
+
+    @torch.compile(fullgraph=True)
+    def reweight(graph: CSRGraph) -> CSRGraph:
+        return graph.with_values(graph.values * 2)
+
+    out = reweight(g)
+    assert isinstance(out, CSRGraph) and torch.equal(out.values, g.values * 2)
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_opcheck_contrastive_loss(backend, dtype, symmetric):
+    gen = torch.Generator().manual_seed(1)
+    z1 = torch.randn(20, 6, generator=gen, dtype=dtype, requires_grad=True)
+    z2 = torch.randn(20, 6, generator=gen, dtype=dtype, requires_grad=True)
+    n1 = (z1 / z1.norm(dim=1, keepdim=True)).detach().requires_grad_()
+    n2 = (z2 / z2.norm(dim=1, keepdim=True)).detach().requires_grad_()
+    args = (z1.detach(), z2.detach(), n1, n2, 0.5, symmetric, None, backend, "z1", "z2")
+    torch.library.opcheck(torch.ops.micro_fast.contrastive_loss.default, args)
+    loss, lse1, lse2 = torch.ops.micro_fast.contrastive_loss(*args)
+    torch.library.opcheck(torch.ops.micro_fast.contrastive_loss_backward.default,
+                          (n1.detach(), n2.detach(), lse1, lse2, torch.ones((), dtype=dtype),
+                           0.5, symmetric, None, backend))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_contrastive_fusion_lse(dtype):
+    if "cpp" not in CPU:
+        pytest.skip("the fused kernel is compiled")
+    gen = torch.Generator().manual_seed(2)
+    views = [torch.randn(16, 5, generator=gen, dtype=dtype) for _ in range(2)]
+    weights = torch.softmax(torch.randn(16, 2, generator=gen, dtype=dtype), dim=1)
+    fused = weights[:, :1] * views[0] + weights[:, 1:] * views[1]
+    u = torch.stack([v / v.norm(dim=1, keepdim=True) for v in views]).requires_grad_()
+    norms = torch.stack([v.norm(dim=1) for v in views], dim=1)
+    fused_norm = fused.norm(dim=1, keepdim=True)
+    coef = (weights * norms / fused_norm).requires_grad_()
+    torch.library.opcheck(torch.ops.micro_fast.contrastive_fusion_lse.default,
+                          (views, weights, u, coef, fused_norm, 0.5, None, "cpp"))
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_contrastive_losses_compile_without_graph_breaks(backend):
+    gen = torch.Generator().manual_seed(3)
+    z1 = torch.randn(30, 8, generator=gen, requires_grad=True)
+    z2 = torch.randn(30, 8, generator=gen, requires_grad=True)
+    w = torch.randn(30, 2, generator=gen, requires_grad=True)
+
+    def loss_fn(z1, z2, w):
+        weights = torch.softmax(w, dim=1)
+        return mf.contrastive_loss(z1, z2, tau=0.5, backend=backend) + \
+            mf.contrastive_fusion_loss([z1, z2], weights, tau=0.5, backend=backend)
+
+    count, reasons = _breaks(loss_fn, z1, z2, w)
+    assert count == 0, reasons
+    eager = loss_fn(z1, z2, w)
+    grads = torch.autograd.grad(eager, (z1, z2, w))
+    torch._dynamo.reset()
+    out = torch.compile(loss_fn, fullgraph=True)(z1, z2, w)
+    got = torch.autograd.grad(out, (z1, z2, w))
+    assert torch.allclose(out, eager, rtol=1e-5)
+    for a, b in zip(got, grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _refuse_reads_outside_the_checks(monkeypatch) -> list[str]:
+    """Patches the Tensor methods that read a value back to the host: a read from anywhere but
+    the ops' value checks (which on a GPU become device assertions) fails the test."""
+    import traceback
+
+    allowed = ("micro_fast/ops/_checks.py", "micro_fast/ops/contrastive_fusion.py")
+    reads: list[str] = []
+
+    def guard(original):
+        def read(self, *args, **kwargs):
+            caller = traceback.extract_stack()[-2]
+            if not any(caller.filename.endswith(a) for a in allowed):
+                raise AssertionError(f"read back at {caller.filename}:{caller.lineno}")
+            reads.append(f"{caller.filename}:{caller.lineno}")
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in ("item", "__bool__", "tolist", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, guard(getattr(torch.Tensor, name)))
+    return reads
+
+
+def test_contrastive_losses_read_back_only_in_their_value_checks(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    z1 = torch.randn(25, 8, generator=gen, requires_grad=True)
+    z2 = torch.randn(25, 8, generator=gen, requires_grad=True)
+    weights = torch.softmax(torch.randn(25, 2, generator=gen), dim=1).requires_grad_()
+    reads = _refuse_reads_outside_the_checks(monkeypatch)
+    loss = mf.contrastive_loss(z1, z2) + mf.contrastive_fusion_loss([z1, z2], weights)
+    loss.backward()
+    assert reads and z1.grad is not None and weights.grad is not None
+
+
+def test_no_host_read_back_on_the_spmm_path(monkeypatch):
+    g = _graph(25, torch.float32, symmetric=False)
+    x = torch.randn(25, 4, requires_grad=True)
+    g.transposed_values()                           # built where the graph is made
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a tensor value was read back to the host")
+
+    for name in ("item", "__bool__", "tolist", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    y = mf.propagate(g, mf.spmm(g, x), 2, combine="mean")
+    y.sum().backward()
+    assert x.grad is not None
