@@ -148,14 +148,15 @@ def barrier(what: str = "barrier") -> None:
 
 def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 10, *,
                     exclude: CSRGraph | None = None, normalize: bool = False,
-                    block_size: int | None = None,
-                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    block_size: int | None = None, backend: str = "auto",
+                    names: tuple[str, str] = ("queries", "keys"),
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``ops.topk_similarity`` with the query rows split over the ranks (same arguments and
     result on every rank; see the module docstring)."""
     if not is_active():
         return _topk_similarity(queries, keys, k, exclude=exclude, normalize=normalize,
-                                block_size=block_size, backend=backend)
-    t = prepare_topk(queries, keys, k, exclude, normalize, block_size, backend)
+                                block_size=block_size, backend=backend, names=names)
+    t = prepare_topk(queries, keys, k, exclude, normalize, block_size, backend, names=names)
     q, kk, symmetric, m, impl = t.queries, t.keys, t.symmetric, t.queries.shape[0], t.impl
     rank, world = rank_and_world()
     if symmetric and hasattr(impl, "topk_similarity_shard"):

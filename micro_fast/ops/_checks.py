@@ -11,6 +11,12 @@ from micro_fast.errors import InputError, InputTypeError
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
+def any_true(flags: torch.Tensor) -> bool:
+    """``flags.any()`` read back to the host: the one place a CPU value check reads a value
+    (the GPU paths assert on the device instead)."""
+    return bool(flags.any())
+
+
 def check_float_2d(name: str, t: object) -> torch.Tensor:
     """A 2-D float32/float64 tensor (no value checks)."""
     if not isinstance(t, torch.Tensor):
@@ -99,25 +105,33 @@ def check_no_overflow(queries: torch.Tensor, keys: torch.Tensor) -> None:
     By Cauchy-Schwarz every partial sum of <q, k> is bounded by |q| |k|, so bounding the product
     of the largest norms bounds every intermediate of every kernel. The cheap bound
     d max|q| max|k| settles almost every call; the row norms are computed (in float64, in row
-    chunks) only when it does not.
+    chunks) only when it does not. On a GPU both bounds are computed and asserted on the
+    device (no read-back, see ``check_values``).
     """
     limit = torch.finfo(queries.dtype).max / 4
 
-    def max_abs(t: torch.Tensor) -> float:
+    def max_abs(t: torch.Tensor) -> torch.Tensor:
         lo, hi = torch.aminmax(t.detach())
-        return max(-float(lo), float(hi))
+        return torch.maximum(-lo, hi).double()
 
-    def max_norm(t: torch.Tensor) -> float:
+    def max_norm(t: torch.Tensor) -> torch.Tensor:
         t = t.detach()
-        return max(float(torch.linalg.vector_norm(t[r:r + 4096].double(), dim=1).max())
-                   for r in range(0, t.shape[0], 4096))
+        return torch.stack([torch.linalg.vector_norm(t[r:r + 4096].double(), dim=1).max()
+                            for r in range(0, t.shape[0], 4096)]).max()
 
     qa = max_abs(queries)
     ka = qa if keys is queries else max_abs(keys)
-    if queries.shape[1] * qa * ka <= limit:
+    cheap = queries.shape[1] * qa * ka <= limit
+    if queries.device.type != "cpu":
+        qn = max_norm(queries)
+        kn = qn if keys is queries else max_norm(keys)
+        torch._assert_async(cheap | (qn * kn <= limit), "queries/keys magnitudes would "
+                            "overflow the inner products; rescale the inputs")
+        return
+    if bool(cheap):
         return
     qn = max_norm(queries)
     kn = qn if keys is queries else max_norm(keys)
-    if qn * kn > limit:
+    if bool(qn * kn > limit):
         raise InputError(f"queries/keys magnitudes (max norms {float(qn):.3g}, {float(kn):.3g}) "
                          f"would overflow {queries.dtype} inner products; rescale the inputs")

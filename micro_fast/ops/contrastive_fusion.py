@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 from micro_fast import backends, memory, tuning
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import (
+    any_true,
     check_block_size,
     check_float_2d,
     check_nonzero_rows,
@@ -88,7 +89,7 @@ def check_fusion_values(views: list[torch.Tensor], weights: torch.Tensor,
     zero = fused_norm.detach() == 0
     if fused_norm.device.type != "cpu":
         torch._assert_async(~zero.any(), "the fused view (weights x views) has zero-norm rows")
-    elif bool(zero.any()):
+    elif any_true(zero):
         rows = torch.nonzero(zero.flatten()).flatten()[:5].tolist()
         raise InputError(f"the fused view (weights x views) has zero-norm rows (e.g. {rows}); "
                          "cosine similarity is undefined for them")

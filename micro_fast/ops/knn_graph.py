@@ -22,7 +22,7 @@ import torch
 
 from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
-from micro_fast.ops._checks import check_k, check_matrix
+from micro_fast.ops._checks import any_true, check_float_2d, check_k
 from micro_fast.ops.topk_similarity import topk_similarity
 
 NORMALIZATIONS = ("sym", "rw", "none")
@@ -42,8 +42,13 @@ def normalize_knn(values: torch.Tensor, indices: torch.Tensor, normalization: st
         return values
     deg = values.sum(dim=1)
     if normalization == "sym":
-        if bool((deg.detach() < 0).any()):
-            rows = torch.nonzero(deg.detach() < 0).flatten()[:5].tolist()
+        negative = deg.detach() < 0
+        if torch.compiler.is_compiling() or deg.device.type != "cpu":
+            # no read-back in compiled code or on a GPU: a check the device runs
+            torch._assert_async(~negative.any(), "features: rows with a negative degree (sum "
+                                "of kept similarities); 'sym' normalization is undefined")
+        elif any_true(negative):
+            rows = torch.nonzero(negative).flatten()[:5].tolist()
             raise InputError(f"features: rows {rows} have a negative degree (sum of kept "
                              "similarities); 'sym' normalization is undefined for them")
         dinv = _inverse_power(deg, 0.5)
@@ -72,12 +77,15 @@ def knn_graph(features: torch.Tensor, k: int, *, normalization: str = "sym",
     Returns:
         ``CSRGraph`` of shape (N, N) with exactly k entries per row, columns sorted.
     """
-    check_matrix("features", features)
+    check_float_2d("features", features)  # the search checks the values
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise InputError(f"features must be non-empty, got shape {tuple(features.shape)}")
     check_k(k, features.shape[0], "items (rows of features)")
     if normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     values, indices = (search or topk_similarity)(features, None, k, normalize=True,
-                                                  block_size=block_size, backend=backend)
+                                                  block_size=block_size, backend=backend,
+                                                  names=("features", "features"))
     return graph_from_topk(values, indices, normalization)
 
 

@@ -29,35 +29,69 @@ from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import (
     check_block_size,
+    check_float_2d,
     check_k,
     check_matrix,
     check_no_overflow,
+    check_nonzero_rows,
+    check_values,
     l2_normalize,
+    normalize_rows,
 )
 
 # Rows per chunk in the backward, so its gathered [rows, k, d] buffer stays small.
 _BACKWARD_ROWS = 4096
 
 
-class _TopkSimilarity(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, queries, keys, k, exclude, block_size, impl, symmetric):  # noqa: D102
-        with torch.no_grad():
-            values, indices = impl.topk_similarity(
-                queries.detach().contiguous(),
-                None if symmetric else keys.detach().contiguous(),
-                k, exclude, block_size)
-        ctx.save_for_backward(queries, keys, indices)
-        ctx.mark_non_differentiable(indices)
-        return values, indices
+@torch.library.custom_op("micro_fast::topk_similarity", mutates_args=())
+def topk_kernel(queries: torch.Tensor, keys: torch.Tensor | None, raw_queries: torch.Tensor,
+                raw_keys: torch.Tensor | None, k: int, exclude_indptr: torch.Tensor | None,
+                exclude_indices: torch.Tensor | None, block_size: int | None, backend: str,
+                normalized: bool, query_name: str, key_name: str,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [M, k], indices [M, k])`` of ``queries`` against ``keys`` (``None``: the
+    queries themselves). The value checks run here, out of the compiler's sight: NaN / inf in
+    the raw inputs, their zero rows when ``normalized``, inner products that could overflow."""
+    for name, raw in ((query_name, raw_queries), (key_name, raw_keys)):
+        if raw is not None:
+            check_values(name, raw)
+            if normalized:
+                check_nonzero_rows(name, raw)
+    check_no_overflow(queries, queries if keys is None else keys)
+    impl = backends.get(backend, queries.device)
+    exclude = None if exclude_indptr is None else (exclude_indptr, exclude_indices)
+    values, indices = impl.topk_similarity(
+        queries.detach().contiguous(), None if keys is None else keys.detach().contiguous(),
+        k, exclude, block_size)
+    return values.to(queries.device), indices.to(queries.device)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_values, _grad_indices):  # noqa: D102
-        queries, keys, indices = ctx.saved_tensors
-        grad_q, grad_k = similarity_backward(queries, keys, indices, grad_values,
-                                             ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return grad_q, grad_k, None, None, None, None, None
+
+@topk_kernel.register_fake
+def _(queries, keys, raw_queries, raw_keys, k, exclude_indptr, exclude_indices, block_size,
+      backend, normalized, query_name, key_name):
+    m = queries.shape[0]
+    return queries.new_empty(m, k), queries.new_empty(m, k, dtype=torch.int64)
+
+
+def _setup_topk(ctx, inputs, output):
+    queries, keys = inputs[0], inputs[1]
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.symmetric = keys is None
+    ctx.save_for_backward(queries, queries if keys is None else keys, indices)
+
+
+def _topk_backward(ctx, grad_values, _grad_indices):
+    queries, keys, indices = ctx.saved_tensors
+    need_q = ctx.needs_input_grad[0]
+    need_k = ctx.symmetric and need_q or not ctx.symmetric and ctx.needs_input_grad[1]
+    grad_q, grad_k = similarity_backward(queries, keys, indices, grad_values, need_q, need_k)
+    if ctx.symmetric:  # keys are the queries: both parts land on them
+        grad_q, grad_k = (None if grad_q is None else grad_q + grad_k), None
+    return (grad_q, grad_k) + (None,) * 10
+
+
+topk_kernel.register_autograd(_topk_backward, setup_context=_setup_topk)
 
 
 def similarity_backward(queries: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor,
@@ -130,15 +164,29 @@ class TopkInputs(NamedTuple):
     impl: object                 # the backend module
 
 
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device: str) -> tuple[str, int | None]:
+    """(backend name, measured block size or None): constants to the compiler."""
+    impl = backends.get(backend, torch.device(device))
+    return impl.__name__.rsplit(".", 1)[-1], tuning.block_size("topk_similarity", impl)
+
+
 def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
             exclude: CSRGraph | None, normalize: bool, block_size: int | None,
-            backend: str) -> TopkInputs:
+            backend: str, *, eager_checks: bool = True,
+            names: tuple[str, str] = ("queries", "keys")) -> TopkInputs:
     """The checks (the memory budget's among them) and preparation of ``topk_similarity``'s
-    arguments, shared with the sharded search of ``micro_fast.distributed``."""
-    check_matrix("queries", queries)
+    arguments, shared with the sharded search of ``micro_fast.distributed``. Without
+    ``eager_checks`` only shapes, dtypes and options are checked here (the operator checks
+    the values)."""
+    check_float_2d(names[0], queries)
+    if queries.shape[0] == 0 or queries.shape[1] == 0:
+        raise InputError(f"{names[0]} must be non-empty, got shape {tuple(queries.shape)}")
     symmetric = keys is None or keys is queries
     if not symmetric:
-        check_matrix("keys", keys)
+        check_float_2d(names[1], keys)
+        if keys.shape[0] == 0:
+            raise InputError(f"{names[1]} must be non-empty, got shape {tuple(keys.shape)}")
         if keys.dtype != queries.dtype:
             raise InputTypeError(f"keys dtype {keys.dtype} differs from queries dtype "
                                  f"{queries.dtype}")
@@ -151,28 +199,35 @@ def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     check_k(k, n)
     block_size = check_block_size(block_size)
     excl = check_exclude(exclude, queries.shape[0], n, queries.device)
-    impl = backends.get(backend, queries.device)
-    block_size = block_size or tuning.block_size("topk_similarity", impl)
+    name, measured = _resolve(backend, str(queries.device))
+    impl = backends.get(name, queries.device)
+    block_size = block_size or measured
     m, elem = queries.shape[0], queries.element_size()
     # the [M, k] outputs and the backend's working memory, before anything is allocated
     memory.check("topk_similarity",
                  m * k * (elem + 8) + memory.workspace(impl, "topk_similarity", m=m, n=n,
                                                        d=queries.shape[1], k=k, elem=elem),
                  f"{m} x {k} results over {n} keys")
-    if normalize:
-        queries = l2_normalize("queries", queries)
+    if eager_checks:
+        check_matrix(names[0], queries)
         if not symmetric:
-            keys = l2_normalize("keys", keys)
+            check_matrix(names[1], keys)
+    if normalize:
+        queries = l2_normalize(names[0], queries) if eager_checks else normalize_rows(queries)
+        if not symmetric:
+            keys = l2_normalize(names[1], keys) if eager_checks else normalize_rows(keys)
     if symmetric:
         keys = queries
-    check_no_overflow(queries, keys)
+    if eager_checks:
+        check_no_overflow(queries, keys)
     return TopkInputs(queries, keys, symmetric, k, excl, block_size, impl)
 
 
 def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 10, *,
                     exclude: CSRGraph | None = None, normalize: bool = False,
-                    block_size: int | None = None,
-                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    block_size: int | None = None, backend: str = "auto",
+                    names: tuple[str, str] = ("queries", "keys"),
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest inner products (cosine if ``normalize``) of each query with the keys.
 
     Args:
@@ -187,10 +242,14 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
         block_size: rows per block (memory/speed trade-off); ``None``: the size measured
             fastest here (``micro_fast.tuning``) or the backend's default.
         backend: ``"auto"`` or one of ``micro_fast.backends.BACKENDS``.
+        names: what ``queries`` and ``keys`` are called in error messages.
 
     Returns:
         ``(values [M, k] in the input dtype, indices [M, k] int64)``, best first.
     """
-    t = prepare(queries, keys, k, exclude, normalize, block_size, backend)
-    return _TopkSimilarity.apply(t.queries, t.keys, k, t.exclude, t.block_size, t.impl,
-                                 t.symmetric)
+    t = prepare(queries, keys, k, exclude, normalize, block_size, backend, eager_checks=False,
+                names=names)
+    excl = t.exclude or (None, None)
+    return topk_kernel(t.queries, None if t.symmetric else t.keys, queries,
+                       None if t.symmetric else keys, k, excl[0], excl[1], t.block_size,
+                       t.impl.__name__.rsplit(".", 1)[-1], bool(normalize), *names)
