@@ -227,3 +227,14 @@ def test_micro_training_step_compiles_with_fullgraph(build):
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("normalization", ["sym", "rw", "none"])
+def test_opcheck_bipartite_graph(backend, normalization):
+    gen = torch.Generator().manual_seed(5)
+    users = torch.randint(0, 7, (30,), generator=gen)
+    items = torch.randint(0, 9, (30,), generator=gen)
+    torch.library.opcheck(torch.ops.micro_fast.bipartite_graph.default,
+                          (users, items, 7, 9, normalization, True, "sum", torch.float64,
+                           backend))

@@ -38,6 +38,30 @@ def _as_ids(name: str, t: object) -> torch.Tensor:
     return t.to(torch.int64).contiguous()
 
 
+@torch.library.custom_op("micro_fast::bipartite_graph", mutates_args=())
+def bipartite_kernel(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                     normalization: str, self_loops: bool, duplicates: str,
+                     dtype: torch.dtype, backend: str,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(indptr, indices, values)`` of the normalized adjacency; the id range checks run
+    here (the number of stored entries depends on the data: duplicates are merged)."""
+    for name, ids, hi in (("users", users, n_users), ("items", items, n_items)):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= hi):
+            raise InputError(f"{name}: index out of range [0, {hi})")
+    impl = backends.get(backend, users.device, op="bipartite_graph")
+    indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, normalization,
+                                                   self_loops, duplicates, dtype)
+    dev = users.device
+    return indptr.to(dev), indices.to(dev), values.to(dev)
+
+
+@bipartite_kernel.register_fake
+def _(users, items, n_users, n_items, normalization, self_loops, duplicates, dtype, backend):
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    return (users.new_empty(n_users + n_items + 1), users.new_empty(nnz),
+            users.new_empty(nnz, dtype=dtype))
+
+
 def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, *,
                     normalization: str = "sym", self_loops: bool = False,
                     duplicates: str = "sum", dtype: torch.dtype = torch.float32,
@@ -63,9 +87,6 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     for name, n in (("n_users", n_users), ("n_items", n_items)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InputError(f"{name} must be a non-negative int, got {n!r}")
-    for name, ids, hi in (("users", users, n_users), ("items", items, n_items)):
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= hi):
-            raise InputError(f"{name}: index out of range [0, {hi})")
     if normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if duplicates not in ("sum", "error"):
@@ -76,9 +97,8 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     memory.check("bipartite_graph", nnz * 40 + (n_users + n_items) * 16,
                  f"about {nnz} nonzeros")
     impl = backends.get(backend, users.device, op="bipartite_graph")
-    indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, normalization,
-                                                   self_loops, duplicates, dtype)
-    dev = users.device
-    return CSRGraph(indptr.to(dev), indices.to(dev), values.to(dev),
-                    (n_users + n_items, n_users + n_items),
+    indptr, indices, values = bipartite_kernel(users, items, n_users, n_items, normalization,
+                                               self_loops, duplicates, dtype,
+                                               impl.__name__.rsplit(".", 1)[-1])
+    return CSRGraph(indptr, indices, values, (n_users + n_items, n_users + n_items),
                     symmetric=normalization != "rw", validate=False)
