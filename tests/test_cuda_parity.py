@@ -132,3 +132,42 @@ def test_full_ranking_cuda():
     got = full_ranking(users.to(CUDA), items.to(CUDA), seen.to(CUDA), held.to(CUDA), (5, 20),
                        backend="cuda")
     assert got == pytest.approx(ref, rel=1e-6, abs=1e-9)
+
+
+def test_cuda_op_path_never_synchronizes():
+    """Under torch.cuda.set_sync_debug_mode("error") a host read-back raises: the ops' forward
+    and backward (value checks included) must not do one."""
+    gen = torch.Generator().manual_seed(0)
+    z1 = torch.randn(300, 32, generator=gen).to(CUDA).requires_grad_()
+    z2 = torch.randn(300, 32, generator=gen).to(CUDA).requires_grad_()
+    weights = torch.softmax(torch.randn(300, 2, generator=gen), dim=1).to(CUDA)
+    graph = mf.knn_graph(z1.detach(), k=8, backend="cuda")
+    graph.transposed_values()  # built where the graph is made
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = mf.contrastive_loss(z1, z2, backend="cuda") \
+            + mf.contrastive_fusion_loss([z1, z2], weights, backend="cuda") \
+            + mf.propagate(graph, z1, 2, combine="mean", backend="cuda").square().sum() \
+            + mf.topk_similarity(z1, z2, k=5, backend="cuda")[0].sum()
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert z1.grad is not None and bool(torch.isfinite(z1.grad).all())
+
+
+def test_cuda_bad_values_fail_at_the_next_synchronization(tmp_path):
+    """NaN input on the GPU is asserted on the device; run in a child process, since a failed
+    device assertion leaves the CUDA context unusable."""
+    import subprocess
+    import sys
+
+    script = ("import torch, micro_fast as mf\n"
+              "z = torch.randn(64, 8, device='cuda'); z[3, 1] = float('nan')\n"
+              "loss = mf.contrastive_loss(z, torch.randn(64, 8, device='cuda'), backend='cuda')\n"
+              "torch.cuda.synchronize()\n")
+    # outside the source tree, so the installed package (with its extensions) is imported
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and "NaN or inf" in proc.stderr, proc.stderr[-2000:]
