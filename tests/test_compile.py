@@ -43,6 +43,22 @@ def test_opcheck_spmm_and_sddmm(backend, dtype, grad):
                           (g.indptr, g.indices, a, b, backend))
 
 
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("symmetric", "grad"), [(False, False), (False, True), (True, True)])
+def test_opcheck_topk_similarity(backend, dtype, symmetric, grad):
+    gen = torch.Generator().manual_seed(6)
+    q = torch.randn(25, 6, generator=gen, dtype=dtype, requires_grad=grad)
+    keys = None if symmetric else torch.randn(18, 6, generator=gen, dtype=dtype,
+                                              requires_grad=grad)
+    exclude = mf.CSRGraph.from_dense((torch.rand(25, 25 if symmetric else 18,
+                                                 generator=gen) < 0.2).to(dtype))
+    torch.library.opcheck(torch.ops.micro_fast.topk_similarity.default,
+                          (q, keys, q.detach(), None if keys is None else keys.detach(), 4,
+                           exclude.indptr, exclude.indices, None, backend, False, "queries",
+                           "keys"))
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_spmm_and_propagate_compile_without_graph_breaks(symmetric):
     g = _graph(40, torch.float32, symmetric)
