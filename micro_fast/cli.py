@@ -252,6 +252,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     a("--threads", type=int, help="torch/OpenMP threads")
     a("--dist-timeout", dest="dist_timeout", type=float,
       help="under torchrun: seconds a rank waits for the others before failing (600)")
+    a("--compile", action="store_const", const=True, default=None,
+      help="torch.compile the training loss (fullgraph; one process)")
     a("--quiet", action="store_true", help="no progress output")
 
 

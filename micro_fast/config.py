@@ -55,6 +55,7 @@ class TrainConfig:
     backend: str = "auto"
     threads: int | None = None
     progress: bool = True
+    compile: bool = False              # torch.compile(model.loss, fullgraph=True), one process
     dist_timeout: float = 600.0        # seconds a rank waits for the others (torchrun runs)
 
     def validate(self) -> TrainConfig:

@@ -79,7 +79,8 @@ class _Structure:
             inverse[perm] = torch.arange(perm.numel(), device=perm.device)
             t._transpose = (self, inverse)
             self._transpose = (t, perm)
-            _Structure.transposes_built += 1
+            if not torch.compiler.is_compiling():  # global state would become a guard
+                _Structure.transposes_built += 1
         return self._transpose
 
 

@@ -199,6 +199,15 @@ class _Run:
         # the all-item contrastive loss: each rank computes its part (micro_fast.distributed)
         self.shard = distributed.ProcessGroupShard() if world > 1 else None
         self.state = TrainState()
+        if config.compile and world > 1:
+            raise InputError("--compile runs in one process: under torchrun the sharded loss "
+                             "exchanges partial results between its kernels")
+        # the loss is one graph (micro_fast's ops are custom operators), the rebuilding
+        # batches and the others compile once each
+        self.loss_fn = self.model.loss
+        if config.compile:
+            self.ui_graph.transposed_values()  # cached before tracing: one compilation less
+            self.loss_fn = torch.compile(self.model.loss, fullgraph=True)
 
     # --- checkpoints ---------------------------------------------------------------------
     def restore(self) -> None:
@@ -317,8 +326,8 @@ class _Run:
 
     def step(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, build: bool,
              weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, parts = self.model.loss(self.ui_graph, users, pos, neg, build_item_graph=build,
-                                      batch_weight=weight, contrastive_shard=self.shard)
+        loss, parts = self.loss_fn(self.ui_graph, users, pos, neg, build_item_graph=build,
+                                   batch_weight=weight, contrastive_shard=self.shard)
         loss.backward()
         return loss.detach(), parts
 
