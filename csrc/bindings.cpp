@@ -17,6 +17,7 @@
 #include "cpu/contrastive.h"
 #include "cpu/contrastive_fusion.h"
 #include "cpu/isa.h"
+#include "cpu/sample_edges.h"
 #include "cpu/spmm.h"
 #include "cpu/topk_similarity.h"
 
@@ -155,6 +156,21 @@ CArray<T> sddmm(const IndexArray& indptr, const IndexArray& indices, const CArra
     py::gil_scoped_release release;
     micro_fast::sddmm<T>(p, ix, m, ap, bp, d, op, num_threads);
   }
+  return out;
+}
+
+IndexArray sample_edges(const py::array_t<double, py::array::c_style>& weights, int64_t m,
+                        uint64_t seed, int num_threads) {
+  MF_CHECK(weights.ndim() == 1, "weights must be 1-D");
+  const int64_t n = weights.shape(0);
+  MF_CHECK(m >= 0 && m <= n, "m must be in [0, len(weights)]");
+  std::vector<int64_t> ids;
+  {
+    py::gil_scoped_release release;
+    ids = micro_fast::sample_edges(weights.data(), n, m, seed, std::max(1, num_threads));
+  }
+  IndexArray out(static_cast<py::ssize_t>(ids.size()));
+  std::copy(ids.begin(), ids.end(), out.mutable_data());
   return out;
 }
 
@@ -363,6 +379,8 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("items").noconvert(), py::arg("n_users"), py::arg("n_items"),
           py::arg("normalization"), py::arg("self_loops"), py::arg("duplicates"),
           py::arg("dtype"));
+  mod.def("sample_edges", &sample_edges, py::arg("weights").noconvert(), py::arg("m"),
+          py::arg("seed"), py::arg("num_threads") = 1);
   mod.def("simd_isa", &micro_fast::simd_isa, "Instruction set of the kernels in use.");
   mod.def("set_simd_isa", &micro_fast::set_simd_isa, py::arg("name"),
           "Force 'avx512', 'avx2' or 'generic' tile kernels ('auto' restores the default).");

@@ -13,6 +13,7 @@ from micro_fast.ops import (
     contrastive_loss,
     knn_graph,
     propagate,
+    sample_edges,
     spmm,
     topk_similarity,
 )
@@ -22,4 +23,4 @@ __version__ = "0.1.0"
 __all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph",
            "contrastive_fusion_loss", "contrastive_loss",
            "knn_graph", "nn",
-           "propagate", "spmm", "topk_similarity", "tuning"]
+           "propagate", "sample_edges", "spmm", "topk_similarity", "tuning"]

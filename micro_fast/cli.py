@@ -87,12 +87,17 @@ def _file_options(args: argparse.Namespace, allowed: tuple[str, ...] | None = No
 
 
 def _train(args: argparse.Namespace) -> int:
+    from micro_fast.config import MODEL_DEFAULTS, MODELS
     from micro_fast.train import TrainConfig, train
 
-    # precedence: TrainConfig's defaults < the config file < the options on the command line
+    # precedence: TrainConfig's defaults < the model's < the config file < the command line
     options = _file_options(args)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     options.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    model = options.get("model", "micro")
+    if model not in MODELS:
+        raise InputError(f"model must be one of {MODELS}, got {model!r}")
+    options = {**MODEL_DEFAULTS[model], **options}
     if args.quiet:
         options["progress"] = False
     train(TrainConfig(**options), resume=args.resume, overwrite=args.overwrite)
@@ -215,6 +220,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
+    a("--model", choices=["micro", "freedom", "lightgcn"],
+      help="micro (default), freedom (MMRec's FREEDOM) or lightgcn; each with its published "
+      "defaults, which the other options override")
     a("--data", help="dataset folder, 'synthetic' or 'synthetic:<size>' "
                      "(tiny, small, medium, baby, clothing); default synthetic (tiny)")
     a("--format", choices=["auto", "micro", "mmrec"], help="layout of a dataset folder")
@@ -242,7 +250,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     a("--knn-normalization", dest="knn_normalization", choices=["sym", "rw", "none"])
     a("--item-layers", dest="item_layers", type=int)
     a("--ui-layers", dest="ui_layers", type=int)
-    a("--ui-normalization", dest="ui_normalization", choices=["published", "sym"])
+    a("--ui-normalization", dest="ui_normalization", choices=["published", "sym", "mmrec"])
+    a("--dropout", type=float, help="freedom: share of interactions pruned each epoch (0.8)")
+    a("--image-weight", dest="image_weight", type=float,
+      help="freedom: weight of the image kNN graph in the item graph (0.1)")
     a("--contrastive-weight", dest="contrastive_weight", type=float,
       help="0 gives the LATTICE-style variant (0.03)")
     a("--tau", type=float)
@@ -263,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="version, backends found (and why one is missing), "
                                        "threads, device")
     info.set_defaults(func=_info)
-    tr = sub.add_parser("train", help="train MICRO (or a variant) with published defaults")
+    tr = sub.add_parser("train", help="train MICRO, FREEDOM or LightGCN with published defaults")
     _add_train_args(tr)
     tr.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint on validation and test")

@@ -20,12 +20,26 @@ from typing import Any
 from micro_fast.errors import InputError, MissingFileError
 
 UI_NORMALIZATIONS = ("published", "sym")
+MODELS = ("micro", "freedom", "lightgcn")
+
+#: Each model's published defaults where they differ from MICRO's (the dataclass defaults):
+#: FREEDOM's from MMRec (its model file and overall config; reg_weight is the middle of its
+#: grid 0, 1e-5, 1e-4, 1e-3), LightGCN is MICRO without modalities.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "micro": {},
+    "freedom": {"lr": 1e-3, "lr_decay": 1.0, "batch_size": 2048, "eval_every": 1,
+                "patience": 20, "reg_weight": 1e-4, "ui_normalization": "mmrec"},
+    "lightgcn": {"modalities": ()},
+}
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run depends on; the defaults are MICRO's published ones (MICRO.md)."""
+    """Everything a run depends on; the defaults are MICRO's published ones (MICRO.md);
+    ``TrainConfig.for_model(name, **options)`` starts from another model's (``MODEL_DEFAULTS``).
+    """
 
+    model: str = "micro"               # "micro", "freedom" or "lightgcn"
     data: str = "synthetic"            # a path, "synthetic" or "synthetic:<size>"
     format: str = "auto"               # "auto", "micro" or "mmrec" for paths
     out: str = "runs/micro"
@@ -50,7 +64,9 @@ class TrainConfig:
     ui_normalization: str = "published"   # D^-1 (A + I) as published, or "sym" (LightGCN)
     contrastive_weight: float = 0.03
     tau: float = 0.5
-    reg_weight: float = 1e-5
+    reg_weight: float = 1e-5           # FREEDOM: the weight of its modality BPR terms
+    dropout: float = 0.8               # FREEDOM: share of interactions pruned each epoch
+    image_weight: float = 0.1          # FREEDOM: weight of the image kNN graph in the mix
     device: str = "auto"
     backend: str = "auto"
     threads: int | None = None
@@ -67,8 +83,11 @@ class TrainConfig:
             (self.patience >= 0, "patience must be >= 0"),
             (len(self.ks) > 0 and min(self.ks) >= 1, "ks must be cut-offs >= 1"),
             (20 in self.ks, "ks must include 20 (early stopping uses Recall@20)"),
-            (self.ui_normalization in UI_NORMALIZATIONS,
-             f"ui_normalization must be one of {UI_NORMALIZATIONS}"),
+            (self.model in MODELS, f"model must be one of {MODELS}"),
+            (self.ui_normalization in UI_NORMALIZATIONS + ("mmrec",),
+             f"ui_normalization must be one of {UI_NORMALIZATIONS + ('mmrec',)}"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.image_weight <= 1.0, "image_weight must be in [0, 1]"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              "device must be 'auto', 'cpu' or 'cuda[:N]'"),
             (self.dist_timeout > 0, "dist_timeout must be > 0"),
@@ -77,6 +96,13 @@ class TrainConfig:
             if not ok:
                 raise InputError(f"{msg} (got {dataclasses.asdict(self)})")
         return self
+
+    @classmethod
+    def for_model(cls, model: str = "micro", **options: Any) -> TrainConfig:
+        """A config with ``model``'s defaults (``MODEL_DEFAULTS``) under ``options``."""
+        if model not in MODELS:
+            raise InputError(f"model must be one of {MODELS}, got {model!r}")
+        return cls(**{**MODEL_DEFAULTS[model], "model": model, **options})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:

@@ -43,7 +43,7 @@ from micro_fast import distributed
 from micro_fast.config import EVAL_KEYS, UI_NORMALIZATIONS, TrainConfig, canonical_options
 from micro_fast.errors import InputError, MissingFileError
 from micro_fast.graph import CSRGraph
-from micro_fast.models import MICRO
+from micro_fast.models import MICRO, freedom
 from micro_fast.ops.bipartite_graph import bipartite_graph
 from micro_fast.run_dir import RunDir, plot_curves
 from micro_fast.run_log import RunLog, format_metrics
@@ -89,6 +89,9 @@ def interaction_graph(dataset: mf_data.Dataset, normalization: str,
                       device: torch.device) -> CSRGraph:
     """The (U+I) x (U+I) user-item graph of the training interactions."""
     users, items = dataset.train_pairs()
+    if normalization == "mmrec":  # FREEDOM's D^-1/2 A D^-1/2 with MMRec's epsilon
+        return freedom.interaction_graph(users, items, dataset.n_users,
+                                         dataset.n_items).to(device)
     if normalization == "published":
         g = bipartite_graph(users, items, dataset.n_users, dataset.n_items,
                             normalization="rw", self_loops=True)
@@ -98,13 +101,24 @@ def interaction_graph(dataset: mf_data.Dataset, normalization: str,
 
 
 def build_model(config: TrainConfig, dataset: mf_data.Dataset, *,
-                distributed_graphs: bool = False) -> MICRO:
+                distributed_graphs: bool = False) -> MICRO | freedom.FREEDOM:
     """The model ``config`` describes; ``distributed_graphs`` splits its kNN searches over the
     ranks of the process group (``micro_fast.distributed.knn_graph``)."""
     names = list(dataset.features) if config.modalities is None else list(config.modalities)
+    if config.model == "lightgcn":
+        names = []
     missing = [m for m in names if m not in dataset.features]
     if missing:
         raise InputError(f"modalities {missing} not in the data (has {list(dataset.features)})")
+    if config.model == "freedom":
+        if distributed_graphs:
+            raise InputError("--model freedom runs in one process (not under torchrun yet)")
+        return freedom.FREEDOM(dataset.n_users, dataset.n_items,
+                               {m: dataset.features[m] for m in names}, dim=config.dim,
+                               feat_dim=config.feat_dim, k=config.k,
+                               image_weight=config.image_weight, item_layers=config.item_layers,
+                               ui_layers=config.ui_layers, dropout=config.dropout,
+                               reg_weight=config.reg_weight, backend=config.backend)
     return MICRO(dataset.n_users, dataset.n_items, {m: dataset.features[m] for m in names},
                  dim=config.dim, feat_dim=config.feat_dim, k=config.k,
                  lambda_coeff=config.lambda_coeff, knn_normalization=config.knn_normalization,
@@ -189,6 +203,7 @@ class _Run:
         self.dataset = dataset if dataset is not None else load_dataset(config)
         self.model = build_model(config, self.dataset, distributed_graphs=world > 1).to(device)
         self.ui_graph = interaction_graph(self.dataset, config.ui_normalization, device)
+        self.epoch_graph = self.ui_graph  # FREEDOM prunes it before every epoch
         if world > 1:
             distributed.broadcast_parameters(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -285,6 +300,10 @@ class _Run:
         rank, world, device = self.rank, self.world, self.device
         t0 = time.perf_counter()
         acc = None
+        self.epoch_graph = self.ui_graph
+        if isinstance(self.model, freedom.FREEDOM):  # the epoch's denoised user-item graph
+            users, items = self.dataset.train_pairs()
+            self.epoch_graph = self.model.pruned_graph(users.to(device), items.to(device))
         n_batches = self.sampler.n_batches
         bar = self.log.bar(range(n_batches), desc=f"epoch {epoch}", total=n_batches)
         for b in bar:
@@ -326,7 +345,7 @@ class _Run:
 
     def step(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, build: bool,
              weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, parts = self.loss_fn(self.ui_graph, users, pos, neg, build_item_graph=build,
+        loss, parts = self.loss_fn(self.epoch_graph, users, pos, neg, build_item_graph=build,
                                    batch_weight=weight, contrastive_shard=self.shard)
         loss.backward()
         return loss.detach(), parts

@@ -104,6 +104,11 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     return out
 
 
+def sample_edges(weights: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(_C.sample_edges(_np(weights), int(m), int(seed),
+                                            torch.get_num_threads()))
+
+
 def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
                     normalization: str, self_loops: bool, duplicates: str,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -76,6 +76,38 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     return (a[_rows(indptr)] * b[indices]).sum(dim=1)
 
 
+def _u64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN, _MIX1, _MIX2 = _u64(0x9E3779B97F4A7C15), _u64(0xBF58476D1CE4E5B9), _u64(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 words (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 on int64 words, wrapping as the unsigned arithmetic of csrc/cpu does."""
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def sample_edges(weights: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    n = weights.numel()
+    base = _mix(torch.tensor([_u64(seed % (1 << 64))], dtype=torch.int64))
+    words = _mix(base ^ _mix(torch.arange(n, dtype=torch.int64, device=weights.device)))
+    u = (_shr(words, 11).double() + 0.5) * 2.0 ** -53
+    w = weights.double()
+    keys = torch.where(w > 0, -torch.log(u) / w, torch.full_like(w, float("inf")))
+    # the m smallest keys, ties to the smaller id (a stable sort)
+    order = torch.sort(keys, stable=True).indices[:m]
+    return torch.sort(order).values
+
+
 def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
                     normalization: str, self_loops: bool, duplicates: str,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
