@@ -1,7 +1,7 @@
 """Training on real data: LightGCN on Amazon Baby (interactions only), and MICRO, the
-LATTICE-style variant (no contrastive loss) and LightGCN on TikTok (real image and audio
-features), with the published defaults. Prints Recall/NDCG@20 on the test split at the best
-validation epoch.
+LATTICE-style variant (no contrastive loss), LightGCN and FREEDOM on TikTok (real image and
+audio features), each with its published defaults. Prints Recall/NDCG@20 on the test split at
+the best validation epoch.
 
     python benchmarks/validate_real.py [--data-root ../shared/data] [--epochs N]
 
@@ -26,6 +26,7 @@ RUNS = [
     ("tiktok", "micro", dict()),
     ("tiktok", "lattice-style", dict(contrastive_weight=0.0)),
     ("tiktok", "lightgcn", dict(modalities=())),
+    ("tiktok", "freedom", dict(model="freedom")),
 ]
 
 
@@ -51,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {data}/{model}: {folder} not found")
             continue
         dataset = load(folder)
-        config = TrainConfig(data=str(folder), epochs=args.epochs, progress=False,
-                             out=f"{args.out}/{data}-{model}", threads=args.threads, **extra)
+        extra = dict(extra)
+        config = TrainConfig.for_model(extra.pop("model", "micro"), data=str(folder),
+                                       epochs=args.epochs, progress=False,
+                                       out=f"{args.out}/{data}-{model}", threads=args.threads,
+                                       **extra)
         t0 = time.perf_counter()
         summary = train(config, dataset=dataset, overwrite=True)  # this script owns --out
         wall = time.perf_counter() - t0

@@ -202,10 +202,11 @@ class FREEDOM(nn.Module):
         bpr = self.bpr(u, i_all[pos], i_all[neg])
         modal = 0.0
         for m, proj in self.projections.items():
-            # only the batch's rows are projected: MMRec projects every item and indexes the
-            # result, which is the same loss and gradients at a fraction of the products
-            x = self.features[m]
-            modal = modal + self.bpr(u, proj(x[pos]), proj(x[neg]))
+            # every item projected, then indexed (as MMRec): projecting only the batch's rows
+            # is the same loss but its backward scatters into a zeroed features-sized buffer
+            # per index, slower at 4096-d features than the dense product it saves
+            z = proj(self.features[m])
+            modal = modal + self.bpr(u, z[pos], z[neg])
         reg = self.reg_weight * modal
         loss = batch_weight * (bpr + reg)
         return loss, {"bpr": bpr.detach(), "reg": reg.detach(),
