@@ -283,3 +283,9 @@ def test_training_with_compile_matches_eager(tmp_path):
         assert a["valid"]["recall@20"] == pytest.approx(b["valid"]["recall@20"], abs=1e-3)
     assert compiled["test_at_best"]["recall@20"] == pytest.approx(
         eager["test_at_best"]["recall@20"], abs=2e-3)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpp", "torch_ref") if b in CPU])
+def test_opcheck_sample_edges(backend):
+    w = torch.rand(40, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.micro_fast.sample_edges.default, (w, 12, 7, backend))

@@ -5,7 +5,8 @@ each with probability :math:`w_i / \sum_{j \text{ not drawn}} w_j`: the law of
 ``torch.multinomial(weights, m, replacement=False)``. It is computed in one O(n) pass as the
 :math:`m` smallest exponential keys :math:`-\log(u_i) / w_i` (Efraimidis and Spirakis), with
 :math:`u_i` a counter-based hash of ``(seed, i)``: the draw is a function of the seed alone,
-the same on every backend and thread count. Ids are returned ascending.
+the same on every backend and thread count. Ids are returned ascending. The kernel is the
+custom operator ``torch.ops.micro_fast.sample_edges``; its value checks run inside it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,25 @@ import torch
 from micro_fast import backends
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import FLOAT_DTYPES, any_true
+
+
+@torch.library.custom_op("micro_fast::sample_edges", mutates_args=())
+def sample_edges_kernel(weights: torch.Tensor, m: int, seed: int, backend: str) -> torch.Tensor:
+    """The draw (``sample_edges``'s contract); weights finite, non-negative, with at least
+    ``m`` positive entries (checked here, out of the compiler's sight)."""
+    w = weights.detach()
+    if w.numel() and any_true(~torch.isfinite(w) | (w < 0)):
+        raise InputError("weights must be finite and non-negative")
+    positive = int((w > 0).sum())
+    if positive < m:
+        raise InputError(f"weights has {positive} positive entries, fewer than m = {m}")
+    impl = backends.get(backend, weights.device, op="sample_edges")
+    return impl.sample_edges(w.double().contiguous(), m, seed).to(weights.device)
+
+
+@sample_edges_kernel.register_fake
+def _(weights, m, seed, backend):
+    return weights.new_empty(m, dtype=torch.int64)
 
 
 def sample_edges(weights: torch.Tensor, m: int, *, seed: int | None = None,
@@ -42,15 +62,11 @@ def sample_edges(weights: torch.Tensor, m: int, *, seed: int | None = None,
     n = weights.numel()
     if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= n:
         raise InputError(f"m must be an int in [0, {n}] (the number of weights), got {m!r}")
-    w = weights.detach()
-    if n and any_true(~torch.isfinite(w) | (w < 0)):
-        raise InputError("weights must be finite and non-negative")
-    positive = int((w > 0).sum())
-    if positive < m:
-        raise InputError(f"weights has {positive} positive entries, fewer than m = {m}")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative int, got {seed!r}")
+    elif seed >= 2**63:
+        raise InputError(f"seed must be below 2**63, got {seed!r}")
     impl = backends.get(backend, weights.device, op="sample_edges")
-    return impl.sample_edges(w.double().contiguous(), m, seed).to(weights.device)
+    return sample_edges_kernel(weights, m, seed, impl.__name__.rsplit(".", 1)[-1])
