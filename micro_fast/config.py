@@ -5,8 +5,8 @@ A config file (YAML or JSON) maps option names to values: ``batch_size: 2048`` o
 ``batch-size: 2048``, ``lambda: 0.9`` (the command-line spelling) or ``lambda_coeff: 0.9``,
 lists for ``ks`` and ``modalities``. A run directory's ``config.json`` is one. Values are
 checked against the option's type; an unknown key or a value of the wrong type is an
-``InputError`` naming the key. Precedence: the defaults below, then the file, then the options
-given on the command line.
+``InputError`` naming the key. Precedence: the defaults below (``MODEL_DEFAULTS`` of the
+chosen model over them), then the file, then the options given on the command line.
 """
 
 from __future__ import annotations
