@@ -220,9 +220,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
-    a("--model", choices=["micro", "freedom", "lightgcn"],
-      help="micro (default), freedom (MMRec's FREEDOM) or lightgcn; each with its published "
-      "defaults, which the other options override")
+    a("--model", choices=["micro", "freedom", "lattice", "lightgcn"],
+      help="micro (default), freedom or lattice (as MMRec computes them) or lightgcn; each "
+      "with its published defaults, which the other options override")
     a("--data", help="dataset folder, 'synthetic' or 'synthetic:<size>' "
                      "(tiny, small, medium, baby, clothing); default synthetic (tiny)")
     a("--format", choices=["auto", "micro", "mmrec"], help="layout of a dataset folder")
@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="version, backends found (and why one is missing), "
                                        "threads, device")
     info.set_defaults(func=_info)
-    tr = sub.add_parser("train", help="train MICRO, FREEDOM or LightGCN with published defaults")
+    tr = sub.add_parser("train", help="train MICRO, FREEDOM, LATTICE or LightGCN with "
+                                      "published defaults")
     _add_train_args(tr)
     tr.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="re-evaluate a run's checkpoint on validation and test")

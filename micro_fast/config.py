@@ -20,15 +20,18 @@ from typing import Any
 from micro_fast.errors import InputError, MissingFileError
 
 UI_NORMALIZATIONS = ("published", "sym")
-MODELS = ("micro", "freedom", "lightgcn")
+MODELS = ("micro", "freedom", "lattice", "lightgcn")
 
 #: Each model's published defaults where they differ from MICRO's (the dataclass defaults):
-#: FREEDOM's from MMRec (its model file and overall config; reg_weight is the middle of its
-#: grid 0, 1e-5, 1e-4, 1e-3), LightGCN is MICRO without modalities.
+#: FREEDOM's and LATTICE's from MMRec (their model files and overall config; where MMRec
+#: searches a grid, a value from it: FREEDOM reg_weight 1e-4 of 0, 1e-5, 1e-4, 1e-3; LATTICE
+#: lr 5e-4 of 1e-4, 5e-4, 1e-3, 5e-3 and reg_weight 1e-5), LightGCN is MICRO without modalities.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "micro": {},
     "freedom": {"lr": 1e-3, "lr_decay": 1.0, "batch_size": 2048, "eval_every": 1,
                 "patience": 20, "reg_weight": 1e-4, "ui_normalization": "mmrec"},
+    "lattice": {"lr": 5e-4, "batch_size": 2048, "eval_every": 1, "patience": 20,
+                "reg_weight": 1e-5},
     "lightgcn": {"modalities": ()},
 }
 
@@ -39,7 +42,7 @@ class TrainConfig:
     ``TrainConfig.for_model(name, **options)`` starts from another model's (``MODEL_DEFAULTS``).
     """
 
-    model: str = "micro"               # "micro", "freedom" or "lightgcn"
+    model: str = "micro"               # "micro", "freedom", "lattice" or "lightgcn"
     data: str = "synthetic"            # a path, "synthetic" or "synthetic:<size>"
     format: str = "auto"               # "auto", "micro" or "mmrec" for paths
     out: str = "runs/micro"

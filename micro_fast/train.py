@@ -43,7 +43,7 @@ from micro_fast import distributed
 from micro_fast.config import EVAL_KEYS, UI_NORMALIZATIONS, TrainConfig, canonical_options
 from micro_fast.errors import InputError, MissingFileError
 from micro_fast.graph import CSRGraph
-from micro_fast.models import MICRO, freedom
+from micro_fast.models import MICRO, freedom, lattice
 from micro_fast.ops.bipartite_graph import bipartite_graph
 from micro_fast.run_dir import RunDir, plot_curves
 from micro_fast.run_log import RunLog, format_metrics
@@ -101,7 +101,7 @@ def interaction_graph(dataset: mf_data.Dataset, normalization: str,
 
 
 def build_model(config: TrainConfig, dataset: mf_data.Dataset, *,
-                distributed_graphs: bool = False) -> MICRO | freedom.FREEDOM:
+                distributed_graphs: bool = False) -> MICRO | freedom.FREEDOM | lattice.LATTICE:
     """The model ``config`` describes; ``distributed_graphs`` splits its kNN searches over the
     ranks of the process group (``micro_fast.distributed.knn_graph``)."""
     names = list(dataset.features) if config.modalities is None else list(config.modalities)
@@ -110,9 +110,16 @@ def build_model(config: TrainConfig, dataset: mf_data.Dataset, *,
     missing = [m for m in names if m not in dataset.features]
     if missing:
         raise InputError(f"modalities {missing} not in the data (has {list(dataset.features)})")
+    if config.model in ("freedom", "lattice") and distributed_graphs:
+        raise InputError(f"--model {config.model} runs in one process (not under torchrun yet)")
+    if config.model == "lattice":
+        return lattice.LATTICE(dataset.n_users, dataset.n_items,
+                               {m: dataset.features[m] for m in names}, dim=config.dim,
+                               feat_dim=config.feat_dim, k=config.k,
+                               lambda_coeff=config.lambda_coeff, item_layers=config.item_layers,
+                               ui_layers=config.ui_layers, reg_weight=config.reg_weight,
+                               batch_size=config.batch_size, backend=config.backend)
     if config.model == "freedom":
-        if distributed_graphs:
-            raise InputError("--model freedom runs in one process (not under torchrun yet)")
         return freedom.FREEDOM(dataset.n_users, dataset.n_items,
                                {m: dataset.features[m] for m in names}, dim=config.dim,
                                feat_dim=config.feat_dim, k=config.k,
