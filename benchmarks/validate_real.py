@@ -1,7 +1,7 @@
 """Training on real data: LightGCN on Amazon Baby (interactions only), and MICRO, the
-LATTICE-style variant (no contrastive loss), LightGCN and FREEDOM on TikTok (real image and
-audio features), each with its published defaults. Prints Recall/NDCG@20 on the test split at
-the best validation epoch.
+LATTICE-style variant (no contrastive loss), LightGCN, FREEDOM and LATTICE (as MMRec computes
+them) on TikTok (real image and audio features), each with its published defaults. Prints
+Recall/NDCG@20 on the test split at the best validation epoch.
 
     python benchmarks/validate_real.py [--data-root ../shared/data] [--epochs N]
 
@@ -27,6 +27,7 @@ RUNS = [
     ("tiktok", "lattice-style", dict(contrastive_weight=0.0)),
     ("tiktok", "lightgcn", dict(modalities=())),
     ("tiktok", "freedom", dict(model="freedom")),
+    ("tiktok", "lattice", dict(model="lattice")),
 ]
 
 
