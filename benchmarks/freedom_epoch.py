@@ -11,31 +11,20 @@ batch by batch, so a slow spell of the machine hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+from model_timing import parse_args, time_call  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="baby")
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, argv, batches=10)
 
     from reference_freedom import ReferenceFREEDOM, knn_adjacency
 
@@ -51,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ours_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
 
-    build_ours = min(_time(lambda: frozen_item_graph(model.features, 10, 0.1))
+    build_ours = min(time_call(lambda: frozen_item_graph(model.features, 10, 0.1))
                      for _ in range(3))
-    build_ref = min(_time(lambda: [knn_adjacency(x.detach(), 10) for x in feats.values()])
+    build_ref = min(time_call(lambda: [knn_adjacency(x.detach(), 10) for x in feats.values()])
                     for _ in range(3))
     weights = edge_weights(users, items, ds.n_users, ds.n_items)
-    prune_ours = statistics.median(_time(lambda: model.pruned_graph(users, items,
+    prune_ours = statistics.median(time_call(lambda: model.pruned_graph(users, items,
                                                                     weights=weights))
                                    for _ in range(5))
-    prune_ref = statistics.median(_time(ref.masked_adj) for _ in range(5))
+    prune_ref = statistics.median(time_call(ref.masked_adj) for _ in range(5))
 
     sampler = BPRSampler(ds.train, batch_size=2048, seed=0)
     graph, adj = model.pruned_graph(users, items), ref.masked_adj()
@@ -77,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             ref.loss(adj, *batch).backward()
             ref_opt.step()
 
-        t_ours.append(_time(ours_step))
-        t_ref.append(_time(ref_step))
+        t_ours.append(time_call(ours_step))
+        t_ref.append(time_call(ref_step))
     b_ours, b_ref = statistics.median(t_ours[1:]), statistics.median(t_ref[1:])
     n_batches = math.ceil(ds.n_train / 2048)
     e_ours, e_ref = prune_ours + n_batches * b_ours, prune_ref + n_batches * b_ref

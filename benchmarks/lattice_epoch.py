@@ -10,31 +10,20 @@ extrapolated from the medians. Ours and the reference alternate batch by batch.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+from model_timing import parse_args, time_call  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="baby")
-    parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, argv, batches=6)
 
     from reference_lattice import ReferenceLATTICE, dense_knn, laplacian
 
@@ -50,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = LATTICE(ds.n_users, ds.n_items, feats)
     ref = ReferenceLATTICE(model, ui.to_torch_coo())
-    build_ours = min(_time(lambda: [mf.knn_graph(x.detach(), 10) for x in feats.values()])
+    build_ours = min(time_call(lambda: [mf.knn_graph(x.detach(), 10) for x in feats.values()])
                      for _ in range(2))
-    build_ref = min(_time(lambda: [laplacian(dense_knn(x.detach(), 10))
+    build_ref = min(time_call(lambda: [laplacian(dense_knn(x.detach(), 10))
                                    for x in feats.values()]) for _ in range(2))
     ours_opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=5e-4)
@@ -73,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             ref_opt.step()
 
         for name, fn in (("ours", ours), ("ref", theirs)):
-            t = _time(fn)
+            t = time_call(fn)
             if i >= 1:  # the very first calls warm up
                 times.setdefault((name, build), []).append(t)
     med = {key: statistics.median(v) for key, v in times.items()}

@@ -31,6 +31,7 @@ from torch import nn
 
 from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
+from micro_fast.models._mmrec import add_embeddings, check_features, check_positive_ints
 from micro_fast.ops.bipartite_graph import bipartite_graph
 from micro_fast.ops.propagate import propagate
 from micro_fast.ops.sample_edges import sample_edges
@@ -118,33 +119,19 @@ class FREEDOM(nn.Module):
                  item_layers: int = 1, ui_layers: int = 2, dropout: float = 0.8,
                  reg_weight: float = 1e-4, backend: str = "auto") -> None:
         super().__init__()
-        for name, v in (("n_users", n_users), ("n_items", n_items), ("dim", dim),
-                        ("feat_dim", feat_dim), ("k", k)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive int, got {v!r}")
+        check_positive_ints(n_users=n_users, n_items=n_items, dim=dim, feat_dim=feat_dim, k=k)
         if not features:
             raise InputError("FREEDOM needs at least one modality's features")
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
         if not 0.0 <= image_weight <= 1.0:
             raise InputError(f"image_weight must be in [0, 1], got {image_weight!r}")
-        for name, x in features.items():
-            if x.dim() != 2 or x.shape[0] != n_items:
-                raise InputError(f"features[{name!r}] must be [n_items, d], got "
-                                 f"{tuple(x.shape)}")
+        check_features(features, n_items)
         self.n_users, self.n_items = n_users, n_items
         self.item_layers, self.ui_layers = item_layers, ui_layers
         self.dropout, self.reg_weight, self.backend = dropout, reg_weight, backend
         self.modalities = list(features)
-        self.user_embedding = nn.Parameter(torch.empty(n_users, dim))
-        self.item_embedding = nn.Parameter(torch.empty(n_items, dim))
-        nn.init.xavier_uniform_(self.user_embedding)
-        nn.init.xavier_uniform_(self.item_embedding)
-        dtype = torch.get_default_dtype()
-        self.features = nn.ParameterDict({m: nn.Parameter(x.detach().to(dtype).clone())
-                                          for m, x in features.items()})
-        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], feat_dim)
-                                          for m, x in features.items()})
+        add_embeddings(self, n_users, n_items, features, dim, feat_dim)
         g = frozen_item_graph(self.features, k, image_weight, backend)
         self.register_buffer("item_indptr", g.indptr)
         self.register_buffer("item_indices", g.indices)

@@ -30,6 +30,7 @@ from torch import nn
 
 from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
+from micro_fast.models._mmrec import add_embeddings, check_features, check_positive_ints
 from micro_fast.ops.knn_graph import graph_from_topk, knn_graph
 from micro_fast.ops.propagate import propagate
 from micro_fast.ops.spmm import spmm
@@ -57,29 +58,16 @@ class LATTICE(nn.Module):
                  item_layers: int = 1, ui_layers: int = 2, reg_weight: float = 1e-5,
                  batch_size: int = 2048, backend: str = "auto") -> None:
         super().__init__()
-        for name, v in (("n_users", n_users), ("n_items", n_items), ("dim", dim),
-                        ("feat_dim", feat_dim), ("k", k), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive int, got {v!r}")
+        check_positive_ints(n_users=n_users, n_items=n_items, dim=dim, feat_dim=feat_dim, k=k,
+                            batch_size=batch_size)
         if not 1 <= len(features) <= 2:
             raise InputError(f"LATTICE takes one or two modalities, got {list(features)}")
-        for name, x in features.items():
-            if x.dim() != 2 or x.shape[0] != n_items:
-                raise InputError(f"features[{name!r}] must be [n_items, d], got "
-                                 f"{tuple(x.shape)}")
+        check_features(features, n_items)
         self.n_users, self.n_items, self.k = n_users, n_items, k
         self.lambda_coeff, self.item_layers, self.ui_layers = lambda_coeff, item_layers, ui_layers
         self.reg_weight, self.batch_size, self.backend = reg_weight, batch_size, backend
         self.modalities = list(features)
-        self.user_embedding = nn.Parameter(torch.empty(n_users, dim))
-        self.item_embedding = nn.Parameter(torch.empty(n_items, dim))
-        nn.init.xavier_uniform_(self.user_embedding)
-        nn.init.xavier_uniform_(self.item_embedding)
-        dtype = torch.get_default_dtype()
-        self.features = nn.ParameterDict({m: nn.Parameter(x.detach().to(dtype).clone())
-                                          for m, x in features.items()})
-        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], feat_dim)
-                                          for m, x in features.items()})
+        add_embeddings(self, n_users, n_items, features, dim, feat_dim)
         # MMRec's two-entry modal weight, whatever the number of modalities
         self.modal_weight = nn.Parameter(torch.tensor([0.5, 0.5]))
         self.original = [knn_graph(x.detach(), k, normalization="sym", backend=backend)
