@@ -87,20 +87,16 @@ def _file_options(args: argparse.Namespace, allowed: tuple[str, ...] | None = No
 
 
 def _train(args: argparse.Namespace) -> int:
-    from micro_fast.config import MODEL_DEFAULTS, MODELS
     from micro_fast.train import TrainConfig, train
 
-    # precedence: TrainConfig's defaults < the model's < the config file < the command line
+    # precedence: TrainConfig's defaults < the model's < the evaluation convention's < the
+    # config file < the command line
     options = _file_options(args)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     options.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
-    model = options.get("model", "micro")
-    if model not in MODELS:
-        raise InputError(f"model must be one of {MODELS}, got {model!r}")
-    options = {**MODEL_DEFAULTS[model], **options}
     if args.quiet:
         options["progress"] = False
-    train(TrainConfig(**options), resume=args.resume, overwrite=args.overwrite)
+    train(TrainConfig.layered(options), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -241,6 +237,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     a("--patience", type=int, help="evaluations without improvement before stopping (10)")
     a("--ks", type=lambda s: tuple(int(x) for x in s.split(",")), help="e.g. 10,20,50")
     a("--ndcg", choices=["standard", "published"])
+    a("--evaluation", choices=["micro", "mmrec"], help="micro (default: validation every "
+      "--eval-every epochs, test when it improves) or mmrec (MMRec's trainer: validation and "
+      "test every epoch, patience 20, standard NDCG, ks 5,10,20,50)")
     a("--modalities", type=lambda s: tuple(x for x in s.split(",") if x),
       help="comma-separated subset; '' for none (plain LightGCN)")
     a("--dim", type=int)

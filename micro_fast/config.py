@@ -6,7 +6,8 @@ A config file (YAML or JSON) maps option names to values: ``batch_size: 2048`` o
 lists for ``ks`` and ``modalities``. A run directory's ``config.json`` is one. Values are
 checked against the option's type; an unknown key or a value of the wrong type is an
 ``InputError`` naming the key. Precedence: the defaults below (``MODEL_DEFAULTS`` of the
-chosen model over them), then the file, then the options given on the command line.
+chosen model over them, then ``EVALUATION_DEFAULTS`` of the chosen evaluation convention), then
+the file, then the options given on the command line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from micro_fast.errors import InputError, MissingFileError
 
 UI_NORMALIZATIONS = ("published", "sym")
 MODELS = ("micro", "freedom", "lattice", "lightgcn")
+EVALUATIONS = ("micro", "mmrec")
 
 #: Each model's published defaults where they differ from MICRO's (the dataclass defaults):
 #: FREEDOM's and LATTICE's from MMRec (their model files and overall config; where MMRec
@@ -34,6 +36,18 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                 "reg_weight": 1e-5},
     "lightgcn": {"modalities": ()},
 }
+
+#: What an evaluation convention fixes. "micro" (MICRO's code): validation every
+#: ``eval_every`` epochs, test only when validation Recall@20 improves. "mmrec" (MMRec's
+#: trainer): validation and test after every epoch, early stopping once validation Recall@20
+#: has not improved for 20 more evaluations, standard NDCG, its cut-offs 5, 10, 20, 50; the
+#: reported test metrics are those of the best validation epoch either way.
+EVALUATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "micro": {},
+    "mmrec": {"eval_every": 1, "patience": 20, "ndcg": "standard", "ks": (5, 10, 20, 50)},
+}
+# the options the "mmrec" convention pins (ks may change: MMRec's topk is a setting too)
+_MMREC_FIXED = ("eval_every", "patience", "ndcg")
 
 
 @dataclasses.dataclass
@@ -56,6 +70,7 @@ class TrainConfig:
     patience: int = 10                 # evaluations without improvement before stopping
     ks: tuple[int, ...] = (10, 20, 50)
     ndcg: str = "standard"             # or "published"
+    evaluation: str = "micro"          # or "mmrec": EVALUATION_DEFAULTS
     modalities: tuple[str, ...] | None = None   # None: every modality in the data
     dim: int = 64
     feat_dim: int = 64
@@ -87,6 +102,7 @@ class TrainConfig:
             (len(self.ks) > 0 and min(self.ks) >= 1, "ks must be cut-offs >= 1"),
             (20 in self.ks, "ks must include 20 (early stopping uses Recall@20)"),
             (self.model in MODELS, f"model must be one of {MODELS}"),
+            (self.evaluation in EVALUATIONS, f"evaluation must be one of {EVALUATIONS}"),
             (self.ui_normalization in UI_NORMALIZATIONS + ("mmrec",),
              f"ui_normalization must be one of {UI_NORMALIZATIONS + ('mmrec',)}"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
@@ -98,14 +114,34 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise InputError(f"{msg} (got {dataclasses.asdict(self)})")
+        if self.evaluation == "mmrec":
+            fixed = EVALUATION_DEFAULTS["mmrec"]
+            wrong = [f"{k} {getattr(self, k)!r}" for k in _MMREC_FIXED
+                     if getattr(self, k) != fixed[k]]
+            if wrong:
+                raise InputError("evaluation 'mmrec' evaluates every epoch with patience 20 "
+                                 "and standard NDCG; drop the conflicting option(s): "
+                                 + ", ".join(wrong))
         return self
 
     @classmethod
-    def for_model(cls, model: str = "micro", **options: Any) -> TrainConfig:
-        """A config with ``model``'s defaults (``MODEL_DEFAULTS``) under ``options``."""
+    def layered(cls, options: dict[str, Any]) -> TrainConfig:
+        """A config from explicitly given ``options`` (field names, checked values) over the
+        chosen model's defaults and the chosen evaluation convention's
+        (``EVALUATION_DEFAULTS``): defaults < model < convention < ``options``."""
+        model = options.get("model", "micro")
         if model not in MODELS:
             raise InputError(f"model must be one of {MODELS}, got {model!r}")
-        return cls(**{**MODEL_DEFAULTS[model], "model": model, **options})
+        evaluation = options.get("evaluation", "micro")
+        if evaluation not in EVALUATIONS:
+            raise InputError(f"evaluation must be one of {EVALUATIONS}, got {evaluation!r}")
+        return cls(**{**MODEL_DEFAULTS[model], **EVALUATION_DEFAULTS[evaluation], **options})
+
+    @classmethod
+    def for_model(cls, model: str = "micro", **options: Any) -> TrainConfig:
+        """A config with ``model``'s defaults (``MODEL_DEFAULTS``), and those of
+        ``options["evaluation"]`` when given, under ``options``."""
+        return cls.layered({"model": model, **options})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:

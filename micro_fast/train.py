@@ -14,6 +14,8 @@ files is never written over: it takes ``resume=True`` (continue that run) or
 Evaluation (validation, and test when validation Recall@20 improved) runs every
 ``eval_every`` epochs and after the last epoch when the schedule does not fall on it, so a run
 of at least one epoch always ends with metrics; ``eval_every=0`` turns it off.
+``evaluation="mmrec"`` follows MMRec's trainer instead: validation and test after every epoch,
+patience 20, standard NDCG (``config.EVALUATION_DEFAULTS``).
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1 in the environment) the same call
 trains data-parallel: every rank starts from rank 0's parameters, draws the same global BPR
@@ -365,8 +367,10 @@ class _Run:
         valid = self.evaluate("valid")
         record["valid"] = valid
         improved = valid["recall@20"] > state.best_recall
+        if config.evaluation == "mmrec":  # MMRec's trainer tests after every validation
+            record["test"] = self.evaluate("test")
         if improved:
-            test = self.evaluate("test")
+            test = record["test"] if "test" in record else self.evaluate("test")
             record["test"] = test
             state.best_recall, state.best_epoch = valid["recall@20"], record["epoch"]
             state.best_valid, state.best_test, state.stopping_step = valid, test, 0
@@ -437,6 +441,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", device: str |
                                 tuple(k for k in EVAL_KEYS if k != "checkpoint"))
     if device is not None:
         changes["device"] = device
+    if changes.get("ndcg", config.ndcg) != config.ndcg:
+        # another NDCG is another evaluation convention; the training schedule it also pins
+        # plays no part here
+        changes["evaluation"] = "micro"
     config = dataclasses.replace(config, **changes).validate()
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -309,7 +309,7 @@ def _prepare_contrastive_block(block: int, _made: dict) -> Callable[[], object]:
     return run
 
 
-def _fusion_inputs(n: int = 2048, m: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def _fusion_inputs(n: int = 4096, m: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     u = torch.stack([_unit_rows(n, 64, 2 + k) for k in range(m)])
     w = torch.softmax(torch.randn(n, m, generator=torch.Generator().manual_seed(9)), dim=1)
     fused = sum(w[:, k:k + 1] * u[k] for k in range(m))
@@ -391,7 +391,7 @@ DECISIONS: tuple[Decision, ...] = (
     Decision("contrastive.block_size", "rows per tile of contrastive_loss (cpp)", 256,
              _only_cpp((128, 256, 384)), _prepare_contrastive_block),
     Decision("contrastive_fusion.block_size", "rows per tile of the fused-view kernel (cpp)",
-             128, _only_cpp((64, 128, 192)), _prepare_fusion_block),
+             128, _only_cpp((128, 256)), _prepare_fusion_block),
     Decision("contrastive_fusion.strategy",
              "contrastive_fusion_loss as one fused-view pass or as separate losses (cpp)",
              "fused", _only_cpp(("fused", "separate")), _prepare_fusion_strategy),

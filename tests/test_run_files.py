@@ -204,3 +204,49 @@ def test_eval_takes_a_config_of_evaluation_options(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("dim: 32\n")
     assert cli.main(["eval", str(run), "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "'dim'" in capsys.readouterr().err
+
+
+def test_mmrec_evaluation_tests_every_epoch_and_reports_test_at_best_validation(tmp_path):
+    summary = train(TrainConfig.for_model("micro", evaluation="mmrec", data="synthetic:tiny",
+                                          epochs=4, progress=False, out=str(tmp_path / "r")))
+    rows = _records(tmp_path / "r")
+    assert all("valid" in r and "test" in r for r in rows)      # both, after every epoch
+    assert all(set(r["test"]) >= {"recall@5", "ndcg@50"} for r in rows)
+    best = max(range(len(rows)), key=lambda e: (rows[e]["valid"]["recall@20"], -e))
+    assert summary["best_epoch"] == best
+    assert summary["test_at_best"] == rows[best]["test"]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (config["evaluation"], config["eval_every"], config["patience"]) == ("mmrec", 1, 20)
+
+
+def test_mmrec_evaluation_stops_after_20_evaluations_without_a_better_recall(tmp_path,
+                                                                           monkeypatch):
+    from micro_fast import train as train_module
+
+    calls: list[str] = []
+
+    def flat(model, ui_graph, dataset, split, ks, ndcg="standard", backend="auto"):
+        calls.append(split)   # validation Recall@20 peaks at the first epoch, then stays down
+        value = 0.5 if split == "valid" and calls.count("valid") == 1 else 0.1
+        return {f"{m}@{k}": value for k in ks for m in ("recall", "precision", "ndcg", "hit")}
+
+    monkeypatch.setattr(train_module, "evaluate", flat)
+    summary = train(TrainConfig.for_model("lightgcn", evaluation="mmrec", data="synthetic:tiny",
+                                          epochs=40, progress=False, out=str(tmp_path / "r")))
+    # MMRec: stop when the steps since the best exceed stopping_step (20)
+    assert summary["stopped_early"] and summary["epochs_run"] == 22
+    assert summary["best_epoch"] == 0 and calls.count("test") == 22
+
+
+def test_mmrec_evaluation_pins_its_schedule(tmp_path, capsys):
+    c = TrainConfig.for_model("freedom", evaluation="mmrec")
+    assert (c.eval_every, c.patience, c.ndcg, c.ks) == (1, 20, "standard", (5, 10, 20, 50))
+    assert TrainConfig.for_model("micro", evaluation="mmrec", ks=(10, 20)).validate().ks == (10, 20)
+    for bad in ({"eval_every": 5}, {"patience": 3}, {"ndcg": "published"}):
+        with pytest.raises(ValueError, match=f"evaluation 'mmrec'.*{next(iter(bad))}"):
+            TrainConfig.for_model("micro", evaluation="mmrec", **bad).validate()
+    with pytest.raises(ValueError, match="evaluation must be one of"):
+        TrainConfig.for_model("micro", evaluation="recbole")
+    code = cli.main(["train", "--evaluation", "mmrec", "--eval-every", "5", "--out",
+                     str(tmp_path / "o"), "--quiet"])
+    assert code == 2 and "eval_every 5" in capsys.readouterr().err

@@ -62,11 +62,11 @@ struct FusionPlan {
 
 template <typename T>
 struct FusionScratch {
-  std::vector<T> p, arow, acol, tmp, col;
+  std::vector<T> p, arow, acol, col;
   std::vector<const T*> rows, wv;
   std::vector<T> ws;
   explicit FusionScratch(const FusionPlan<T>& pl)
-      : p(pl.m * pl.m * pl.tile), arow(pl.m * pl.tile), acol(pl.m * pl.tile), tmp(pl.pad_b),
+      : p(pl.m * pl.m * pl.tile), arow(pl.m * pl.tile), acol(pl.m * pl.tile),
         col(pl.pad_b), rows(pl.m), wv(pl.m), ws(pl.m) {}
   T* gram(const FusionPlan<T>& pl, int64_t q, int64_t k) { return p.data() + (q * pl.m + k) * pl.tile; }
 };
@@ -259,21 +259,14 @@ void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n
           const T* acol = w.acol.data() + k * pl.tile;
           std::fill(col, col + sp.nb, T(0));
           for (int a = 0; a < sp.mb; ++a) {
-            T* row = pt + a * ld;
             const int64_t i = sp.i0 + a;
-            dk.fma_into(col, arow + a * ld, row, sp.nb);
-            if (!sp.diag) dc[i * m + q] += dk.dot(acol + a * ld, row, sp.nb);
-            const T* base = nullptr;
-            if (q == k) {
-              dk.exp_scale(row, inv_tau, inv_tau, aq[i], sp.diag ? nullptr : aq + sp.j0, sp.nb,
-                           w.tmp.data());
-              if (sp.diag) w.tmp[a] = T(0);
-              base = w.tmp.data();
-            }
-            // the score row is read for the last time: G^{qk} takes its place
-            dk.axpby(base, coef_t.data() + k * n + sp.j0, arow + a * ld,
-                     sp.diag ? T(0) : coef[i * m + q], sp.diag ? nullptr : acol + a * ld, sp.nb,
-                     row);
+            // one pass: the coef gradients read the score row, then G^{qk} takes its place
+            const double dot = dk.grad_row(
+                pt + a * ld, arow + a * ld, coef_t.data() + k * n + sp.j0,
+                sp.diag ? T(0) : coef[i * m + q], sp.diag ? nullptr : acol + a * ld, q == k,
+                inv_tau, inv_tau, aq[i], sp.diag ? nullptr : aq + sp.j0, sp.diag ? a : -1, sp.nb,
+                col);
+            if (!sp.diag) dc[i * m + q] += dot;
           }
           for (int b = 0; b < sp.nb; ++b) dc[(sp.j0 + b) * m + k] += col[b];
           dk.gemm_acc(pt, ld, 1, sp.mb, sp.nb, u + k * nd + sp.j0 * d, d, static_cast<int>(d),

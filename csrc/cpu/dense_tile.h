@@ -10,6 +10,7 @@
 // which stores the full tile instead of selecting from it.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -38,10 +39,12 @@ struct DenseKernel {
                          int64_t n, T* col);
   void (*comb_exp_scale)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
                          T alpha, const T* beta, int64_t n, T* e);
-  void (*fma_into)(T* acc, const T* x, const T* y, int64_t n);  // acc += x * y
-  double (*dot)(const T* x, const T* y, int64_t n);
-  // out[j] = (base ? base[j] : 0) + wv[j] * x[j] + (y ? c * y[j] : 0)
-  void (*axpby)(const T* base, const T* wv, const T* x, T c, const T* y, int64_t n, T* out);
+  // One pass over a Gram row p that is read for the last time and overwritten:
+  //   col[j] += x[j] p[j], the return value is sum_j y[j] p[j] (0 without y), then
+  //   p[j] = wv[j] x[j] + e[j] + (y ? c y[j] : 0), e[j] = exp(a p[j] - b0) (alpha + beta[j])
+  //   (beta may be null) when `intra`, else 0, and e[skip] = 0 (skip < 0: none).
+  double (*grad_row)(T* p, const T* x, const T* wv, T c, const T* y, bool intra, T a, T b0,
+                     T alpha, const T* beta, int64_t skip, int64_t n, T* col);
 };
 
 namespace {
@@ -131,28 +134,33 @@ struct RowOps {
       S::store(y + j, S::fma(va, S::load(y + j), S::mul(S::load(x + j), S::load(w + j))));
     for (; j < n; ++j) y[j] = a * y[j] + x[j] * w[j];
   }
-  static void fma_into(T* acc, const T* x, const T* y, int64_t n) {
-    int64_t j = 0;
-    for (; j + W <= n; j += W)
-      S::store(acc + j, S::fma(S::load(x + j), S::load(y + j), S::load(acc + j)));
-    for (; j < n; ++j) acc[j] += x[j] * y[j];
-  }
-  static double dot(const T* x, const T* y, int64_t n) {
-    V acc = S::zero();
-    int64_t j = 0;
-    for (; j + W <= n; j += W) acc = S::fma(S::load(x + j), S::load(y + j), acc);
-    double r = S::hsum(acc);
-    for (; j < n; ++j) r += x[j] * y[j];
-    return r;
-  }
-  static void axpby(const T* base, const T* wv, const T* x, T c, const T* y, int64_t n, T* out) {
-    const V vc = S::set1(c);
+  static double grad_row(T* p, const T* x, const T* wv, T c, const T* y, bool intra, T a, T b0,
+                         T alpha, const T* beta, int64_t skip, int64_t n, T* col) {
+    const V vc = S::set1(c), va = S::set1(a), vb0 = S::set1(b0), valpha = S::set1(alpha);
+    V dacc = S::zero();
+    T tail = T(0);
     each(n, [&](int64_t j, int64_t rem) {
-      V v = S::mul(ld_or_part(wv + j, rem), ld_or_part(x + j, rem));
-      if (base) v = S::add(v, ld_or_part(base + j, rem));
-      if (y) v = S::fma(vc, ld_or_part(y + j, rem), v);
-      st_or_part(out + j, v, rem);
+      const V r = ld_or_part(p + j, rem), xv = ld_or_part(x + j, rem);
+      st_or_part(col + j, S::fma(xv, r, ld_or_part(col + j, rem)), rem);
+      V v = S::mul(ld_or_part(wv + j, rem), xv);
+      if (intra) {
+        const V scale = beta ? S::add(valpha, ld_or_part(beta + j, rem)) : valpha;
+        v = S::add(v, S::mul(S::exp(S::sub(S::mul(va, r), vb0)), scale));
+      }
+      if (y) {
+        const V yv = ld_or_part(y + j, rem);
+        if (rem == W) dacc = S::fma(yv, r, dacc);
+        else tail = hsum_part(S::mul(yv, r), rem);
+        v = S::fma(vc, yv, v);
+      }
+      st_or_part(p + j, v, rem);
     });
+    if (intra && skip >= 0) {  // the left-out entry gets no exponential term
+      T v = wv[skip] * x[skip];
+      if (y) v = std::fma(c, y[skip], v);
+      p[skip] = v;
+    }
+    return y ? S::hsum(dacc) + double(tail) : 0.0;
   }
 
   // The shared loop of the exp-sum passes: row(j, rem) gives the operand vector at j.
@@ -323,9 +331,7 @@ DenseKernel<typename S::T> dense_kernel() {
                                     &R::exp_scale,
                                     &R::comb_exp_sum,
                                     &R::comb_exp_scale,
-                                    &R::fma_into,
-                                    &R::dot,
-                                    &R::axpby};
+                                    &R::grad_row};
 }
 
 }  // namespace
