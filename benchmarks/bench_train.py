@@ -28,7 +28,7 @@ import torch
 
 from micro_fast import data as mf_data
 from micro_fast.metrics import full_ranking
-from micro_fast.train import TrainConfig, build_model, interaction_graph
+from micro_fast.train import TrainConfig, adam, build_model, interaction_graph
 
 REF_BATCHES = int(os.environ.get("MICRO_FAST_REF_BATCHES", "5"))
 SIZE = os.environ.get("MICRO_FAST_TRAIN_SIZE") or sizes.TRAIN[sizes.current()]
@@ -75,7 +75,7 @@ def _ref_step(r, opt, adj, batch, build, batch_size):
 
 def test_epoch_ours(benchmark, run_case):
     ds, config, model, ui = _setup()
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = adam(model.parameters(), config.lr)
     sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
     n_batches = sampler.n_batches
 
@@ -129,7 +129,7 @@ def test_same_metrics(benchmark):
     """Same weights, same batches: both implementations end at the same metrics."""
     ds, config, model, ui = _setup()
     r, adj = _reference_from(model, ds)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = adam(model.parameters(), config.lr)
     ropt = torch.optim.Adam(r.parameters(), lr=config.lr)
     sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
     steps = max(2, REF_BATCHES - 2)

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import micro_fast as mf
     from micro_fast.data import BPRSampler, synthetic
     from micro_fast.models import MICRO
+    from micro_fast.train import adam
 
     ds = synthetic(args.size, seed=0)
     users, items = ds.train_pairs()
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [sampler.sample() for _ in range(args.batches)]
     torch.manual_seed(0)
     model = MICRO(ds.n_users, ds.n_items, ds.features)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    opt = adam(model.parameters(), 5e-4)
     compiled = torch.compile(model.loss, fullgraph=True)
 
     def step(loss_fn, batch, build: bool) -> float:

@@ -81,7 +81,7 @@ def batch_split(size: str, batches: int = 6) -> dict[str, float]:
     rank exchanges per batch (numbers of floats)."""
     sys.path.insert(0, HERE)
     from micro_fast import data as mf_data
-    from micro_fast.train import build_model, interaction_graph
+    from micro_fast.train import adam, build_model, interaction_graph
 
     torch.set_num_threads(1)
     config = _config(size, 1, "")
@@ -89,7 +89,7 @@ def batch_split(size: str, batches: int = 6) -> dict[str, float]:
     torch.manual_seed(config.seed)
     model = build_model(config, ds)
     ui = interaction_graph(ds, config.ui_normalization, torch.device("cpu"))
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = adam(model.parameters(), config.lr)
     sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
     step_s, contrastive_s = [], []
     grad_floats = 0

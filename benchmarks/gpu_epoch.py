@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import micro_fast as mf  # noqa: E402
 from micro_fast import data as mf_data  # noqa: E402
 from micro_fast.metrics import full_ranking  # noqa: E402
-from micro_fast.train import TrainConfig, build_model, interaction_graph  # noqa: E402
+from micro_fast.train import TrainConfig, adam, build_model, interaction_graph  # noqa: E402
 
 REL, ABS = 1e-3, 1e-4
 
@@ -187,7 +187,7 @@ class Epoch:
         for name in ("micro_fast", "reference"):
             sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
             params = model.parameters() if name == "micro_fast" else r.parameters()
-            opt = torch.optim.Adam(params, lr=config.lr)
+            opt = adam(params, config.lr)
             times = []
             for b in range(steps):
                 batch = self.batch(sampler)

@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# every case on the allocator setting micro-fast train runs with (micro_fast/__init__.py)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import isas as isa_select  # noqa: E402
 import peers  # noqa: E402
@@ -41,6 +43,7 @@ import torch  # noqa: E402
 
 import micro_fast as mf  # noqa: E402
 from micro_fast.backends import cpp  # noqa: E402
+from micro_fast.train import adam  # noqa: E402
 
 
 def timeit(fn: Callable[[], object], rounds: int = 3, warmup: int = 1) -> float:
@@ -157,7 +160,7 @@ def train_batches(quick: bool, isas: list[str]) -> dict[str, dict[str, float]]:
     for isa in isas:
         model.load_state_dict(state)
         r, adj = bench_train._reference_from(model, ds)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        opt = adam(model.parameters(), config.lr)
         ropt = torch.optim.Adam(r.parameters(), lr=config.lr)
         sampler = bench_train.mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
         ours, ref = [], []

@@ -5,7 +5,17 @@ with a full backward, MICRO's all-pairs contrastive losses, with C++/OpenMP, CUD
 pure-torch backends behind one contract (see ``micro_fast.backends``).
 """
 
-from micro_fast import backends, nn, tuning
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    # torch backs its CPU tensors of 2 MB and more with transparent huge pages when this is set
+    # before its first allocation: a features-sized gradient (7,050 x 4,096 floats at Baby
+    # size) is then allocated in a few milliseconds instead of tens, spent faulting in 4 KB
+    # pages. THP_MEM_ALLOC_ENABLE=0 in the environment keeps torch's default.
+    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+from micro_fast import backends, nn, tuning  # noqa: E402
 from micro_fast.graph import CSRGraph
 from micro_fast.ops import (
     bipartite_graph,
