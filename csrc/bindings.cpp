@@ -17,6 +17,7 @@
 #include "cpu/contrastive.h"
 #include "cpu/contrastive_fusion.h"
 #include "cpu/isa.h"
+#include "cpu/project_rows.h"
 #include "cpu/sample_edges.h"
 #include "cpu/spmm.h"
 #include "cpu/topk_similarity.h"
@@ -157,6 +158,48 @@ CArray<T> sddmm(const IndexArray& indptr, const IndexArray& indices, const CArra
     micro_fast::sddmm<T>(p, ix, m, ap, bp, d, op, num_threads);
   }
   return out;
+}
+
+template <typename T>
+CArray<T> project_rows_forward(const CArray<T>& x, const IndexArray& rows, const CArray<T>& w,
+                               const std::optional<CArray<T>>& bias, int num_threads,
+                               const std::optional<CArray<T>>& out) {
+  MF_CHECK(x.ndim() == 2 && w.ndim() == 2 && x.shape(1) == w.shape(1),
+           "x [n, d] and weight [f, d] must be 2-D with the same number of columns");
+  MF_CHECK(rows.ndim() == 1, "rows must be 1-D");
+  const int64_t n = x.shape(0), d = x.shape(1), f = w.shape(0), m = rows.shape(0);
+  MF_CHECK(!bias || (bias->ndim() == 1 && bias->shape(0) == f), "bias must be [f]");
+  CArray<T> z = output_array<T>(out, {m, f}, "project_rows");
+  const T *xp = x.data(), *wp = w.data(), *bp = bias ? bias->data() : nullptr;
+  const int64_t* rp = rows.data();
+  T* zp = z.mutable_data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::project_rows_forward<T>(xp, n, d, rp, m, wp, f, bp, num_threads, zp);
+  }
+  return z;
+}
+
+template <typename T>
+void project_rows_backward(const CArray<T>& x, const IndexArray& rows, const CArray<T>& w,
+                           const CArray<T>& g, int num_threads,
+                           const std::optional<CArray<T>>& grad_x,
+                           const std::optional<CArray<T>>& grad_w) {
+  MF_CHECK(x.ndim() == 2 && w.ndim() == 2 && x.shape(1) == w.shape(1),
+           "x [n, d] and weight [f, d] must be 2-D with the same number of columns");
+  MF_CHECK(rows.ndim() == 1, "rows must be 1-D");
+  const int64_t n = x.shape(0), d = x.shape(1), f = w.shape(0), m = rows.shape(0);
+  MF_CHECK(g.ndim() == 2 && g.shape(0) == m && g.shape(1) == f, "grad must be [len(rows), f]");
+  T* gx = nullptr;
+  T* gw = nullptr;
+  if (grad_x) gx = output_array<T>(grad_x, {n, d}, "project_rows grad_x").mutable_data();
+  if (grad_w) gw = output_array<T>(grad_w, {f, d}, "project_rows grad_w").mutable_data();
+  const T *xp = x.data(), *wp = w.data(), *gp = g.data();
+  const int64_t* rp = rows.data();
+  {
+    py::gil_scoped_release release;
+    micro_fast::project_rows_backward<T>(xp, n, d, rp, m, wp, f, gp, num_threads, gx, gw);
+  }
 }
 
 IndexArray sample_edges(const py::array_t<double, py::array::c_style>& weights, int64_t m,
@@ -345,6 +388,14 @@ void def_kernels(py::module_& mod) {
   mod.def("sddmm", &sddmm<T>, py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
           py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("num_threads") = 1,
           py::kw_only(), py::arg("checked") = true, py::arg("out").noconvert() = py::none());
+  mod.def("project_rows_forward", &project_rows_forward<T>, py::arg("x").noconvert(),
+          py::arg("rows").noconvert(), py::arg("weight").noconvert(),
+          py::arg("bias").noconvert(), py::arg("num_threads") = 1,
+          py::arg("out").noconvert() = py::none());
+  mod.def("project_rows_backward", &project_rows_backward<T>, py::arg("x").noconvert(),
+          py::arg("rows").noconvert(), py::arg("weight").noconvert(),
+          py::arg("grad").noconvert(), py::arg("num_threads") = 1,
+          py::arg("grad_x").noconvert() = py::none(), py::arg("grad_w").noconvert() = py::none());
   mod.def("contrastive_forward", &contrastive_forward<T>, py::arg("n1").noconvert(),
           py::arg("n2").noconvert(), py::arg("tau"), py::arg("symmetric"),
           py::arg("block_size") = 0, py::arg("num_threads") = 1, py::arg("shard") = 0,

@@ -22,6 +22,7 @@ from micro_fast.ops import (
     contrastive_fusion_loss,
     contrastive_loss,
     knn_graph,
+    project_rows,
     propagate,
     sample_edges,
     spmm,
@@ -33,4 +34,4 @@ __version__ = "0.1.0"
 __all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph",
            "contrastive_fusion_loss", "contrastive_loss",
            "knn_graph", "nn",
-           "propagate", "sample_edges", "spmm", "topk_similarity", "tuning"]
+           "project_rows", "propagate", "sample_edges", "spmm", "topk_similarity", "tuning"]

@@ -2,10 +2,11 @@
 
 Several ops have implementations that agree within float tolerance but whose speed depends on
 the CPU: MICRO's fusion loss as one fused-view pass or as separate losses, the CSR product in
-C++ or numba, the tile sizes of the compiled kernels. Rather than assume, the library measures
-the candidates once on this machine, on small representative problems (a few seconds in all,
-the first time a choice is needed), and keeps the fastest, as FFTW keeps its wisdom. A
-candidate replaces the default only when it is faster by more than ``MARGIN``.
+C++ or numba, the row projection in C++ or as torch's products, the tile sizes of the compiled
+kernels. Rather than assume, the library measures the candidates once on this machine, on
+small representative problems (a few seconds in all, the first time a choice is needed), and
+keeps the fastest, as FFTW keeps its wisdom. A candidate replaces the default only when it is
+faster by more than ``MARGIN``.
 
 The choices live in ``tuning.json`` in the user cache directory (``$MICRO_FAST_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/micro_fast``, else ``~/.cache/micro_fast``), one entry per CPU model,
@@ -251,9 +252,11 @@ def forget() -> None:
 def backend_for(op: str, backend: str, device: torch.device) -> str:
     """The backend that ``backend="auto"`` runs ``op`` with on ``device``: the measured choice
     where there is one, else ``backend`` unchanged."""
-    if backend != "auto" or device.type != "cpu" or op not in ("spmm", "sddmm"):
+    decision = {"spmm": "spmm.backend", "sddmm": "spmm.backend",
+                "project_rows": "project_rows.backend"}.get(op)
+    if backend != "auto" or device.type != "cpu" or decision is None:
         return backend
-    chosen = choice("spmm.backend")
+    chosen = choice(decision)
     return chosen if chosen in backends.available("cpu") else backend
 
 
@@ -387,6 +390,21 @@ def _spmm_candidates() -> list:
     return [b for b in ("cpp", "numba") if b in backends.available("cpu")]
 
 
+def _prepare_project_rows_backend(name: str, _made: dict) -> Callable[[], object]:
+    """project_rows forward + backward: 1,800 distinct rows of 4,096 x 1,024 features
+    projected to 64."""
+    gen = torch.Generator().manual_seed(8)
+    x, w = torch.randn(4096, 1024, generator=gen), torch.randn(64, 1024, generator=gen)
+    rows = torch.randperm(4096, generator=gen)[:1800].sort().values
+    g = torch.randn(1800, 64, generator=gen)
+    impl = backends.get(name, torch.device("cpu"), op="project_rows_forward")
+
+    def run():
+        impl.project_rows_forward(x, rows, w, None)
+        impl.project_rows_backward(x, rows, w, g, True, True)
+    return run
+
+
 DECISIONS: tuple[Decision, ...] = (
     Decision("contrastive.block_size", "rows per tile of contrastive_loss (cpp)", 256,
              _only_cpp((128, 256, 384)), _prepare_contrastive_block),
@@ -399,6 +417,9 @@ DECISIONS: tuple[Decision, ...] = (
              _only_cpp((128, 256, 512)), _prepare_topk_block),
     Decision("spmm.backend", "backend of spmm / propagate on CPU tensors with backend='auto'",
              "cpp", _spmm_candidates, _prepare_spmm_backend),
+    Decision("project_rows.backend", "backend of project_rows on CPU tensors with "
+             "backend='auto' (the compiled kernels or torch's products)", "cpp",
+             _only_cpp(("cpp", "torch_ref")), _prepare_project_rows_backend),
 )
 
 

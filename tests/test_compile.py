@@ -289,3 +289,19 @@ def test_training_with_compile_matches_eager(tmp_path):
 def test_opcheck_sample_edges(backend):
     w = torch.rand(40, dtype=torch.float64)
     torch.library.opcheck(torch.ops.micro_fast.sample_edges.default, (w, 12, 7, backend))
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpp", "torch_ref") if b in CPU])
+def test_opcheck_project_rows(backend):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(10, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
+    rows = torch.tensor([1, 4, 5, 9])
+    torch.library.opcheck(torch.ops.micro_fast.project_rows.default, (x, rows, w, b, backend))
+    g = torch.randn(4, 3, dtype=torch.float64, generator=gen)
+    torch.library.opcheck(torch.ops.micro_fast.project_rows_backward.default,
+                          (x.detach(), rows, w.detach(), g, True, True, backend))
+    compiled = torch.compile(lambda x, w, b: mf.project_rows(x, w, b, rows, backend=backend),
+                             fullgraph=True)
+    assert torch.allclose(compiled(x, w, b), torch.nn.functional.linear(x, w, b)[rows])

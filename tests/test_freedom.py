@@ -118,24 +118,6 @@ def test_training_step_and_scores_equal_mmrec_in_float64(float64, backend):
     assert torch.allclose(u @ i.T, ref.scores(), rtol=1e-9, atol=1e-12)
 
 
-def test_projecting_some_rows_has_the_full_projections_gradients():
-    from micro_fast.models._mmrec import _ProjectRows, project_rows
-
-    torch.manual_seed(0)
-    x = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
-    lin = torch.nn.Linear(5, 3).double()
-    rows = torch.tensor([0, 3, 4, 11])
-    assert torch.equal(project_rows(x, lin, rows), lin(x)[rows])
-    assert torch.autograd.gradcheck(lambda x, w, b: _ProjectRows.apply(x, w, b, rows),
-                                    (x, lin.weight, lin.bias))
-    g = torch.randn(4, 3, dtype=torch.float64)
-    ours = torch.autograd.grad((project_rows(x, lin, rows) * g).sum(), (x, lin.weight, lin.bias))
-    full = torch.autograd.grad((lin(x)[rows] * g).sum(), (x, lin.weight, lin.bias))
-    for a, b in zip(ours, full, strict=True):
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
-    assert ours[0][[1, 2, 5]].abs().max() == 0
-
-
 def test_freedom_bad_input():
     feats = {"image": torch.randn(5, 3), "text": torch.randn(5, 4)}
     with pytest.raises(ValueError, match="modality"):

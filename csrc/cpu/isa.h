@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/dense_tile.h"
+#include "cpu/row_gemm.h"
 #include "cpu/spmm_rows.h"
 #include "cpu/topk_tile.h"
 
@@ -25,6 +26,7 @@ struct IsaKernelsT {
   TileKernel<T> tile;
   SpmmKernel<T> spmm;
   DenseKernel<T> dense;
+  RowGemmKernel<T> row_gemm;
 };
 
 struct IsaKernels {

@@ -13,9 +13,9 @@ namespace {
 template <typename F32, typename F64, int MR, int NV>
 void fill_isa_kernels(IsaKernels* out) {
   out->f32 = {FusedTile<F32, MR, NV>::descriptor(), SpmmImpl<F32>::descriptor(),
-              dense_kernel<F32, MR, NV>()};
+              dense_kernel<F32, MR, NV>(), row_gemm_kernel<F32, MR, NV>()};
   out->f64 = {FusedTile<F64, MR, NV>::descriptor(), SpmmImpl<F64>::descriptor(),
-              dense_kernel<F64, MR, NV>()};
+              dense_kernel<F64, MR, NV>(), row_gemm_kernel<F64, MR, NV>()};
 }
 
 }  // namespace

@@ -26,6 +26,12 @@ Every backend module (``torch_ref``, ``cpp``, ``numba``, ``cuda``, ``numba_cuda`
 ``bipartite_graph(users, items, n_users, n_items, normalization, self_loops, duplicates,
 dtype) -> (indptr, indices, values)``
     the normalized (U+I) x (U+I) user-item adjacency (see ``ops.bipartite_graph``).
+``project_rows_forward(x, rows, weight, bias) -> z`` and
+``project_rows_backward(x, rows, weight, grad, need_x, need_weight) -> (grad_x, grad_weight)``
+    ``z [R, F] = x[rows] weight^T (+ bias)`` for ``x`` [N, D], sorted distinct in-range
+    ``rows`` (int64 [R]), ``weight`` [F, D], ``bias`` [F] or ``None``; the gradients of
+    ``sum(grad * z)``: ``grad_x`` [N, D] dense, zero outside ``rows`` (``None`` unless
+    ``need_x``), ``grad_weight = grad^T x[rows]`` (``None`` unless ``need_weight``).
 ``contrastive_forward(n1, n2, tau, symmetric, block_size) -> (lse1, lse2 | None)`` and
 ``contrastive_backward(n1, n2, tau, lse1, lse2, g1, g2, block_size) -> (grad1, grad2)``
     the row log-sum-exps of MICRO's contrastive loss for L2-normalized ``n1``, ``n2`` [N, d],
@@ -98,9 +104,11 @@ def available(device: torch.device | str | None = None) -> list[str]:
     return names
 
 
-def get(backend: str, device: torch.device, op: str = "topk_similarity") -> ModuleType:
+def get(backend: str, device: torch.device, op: str = "topk_similarity",
+        fallback: str | None = None) -> ModuleType:
     """The backend module that runs ``op`` on tensors of ``device``; ``"auto"`` picks the
-    fastest that has it."""
+    fastest that has it. A named backend without ``op`` is an error, or with ``fallback``
+    (``"torch_ref"``, for an op whose kernel is one dense product) that backend instead."""
     if backend == "auto":
         for name in BACKENDS:
             try:
@@ -119,5 +127,7 @@ def get(backend: str, device: torch.device, op: str = "topk_similarity") -> Modu
     if not mod.supports(device):
         raise InputError(f"backend {backend!r} does not run on {device.type} tensors")
     if not hasattr(mod, op):
+        if fallback is not None:
+            return get(fallback, device, op)
         raise InputError(f"backend {backend!r} has no {op} kernel")
     return mod

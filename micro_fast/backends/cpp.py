@@ -104,6 +104,24 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     return out
 
 
+def project_rows_forward(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    z = torch.empty(rows.numel(), weight.shape[0], dtype=x.dtype)
+    _C.project_rows_forward(_np(x), _np(rows), _np(weight), _np(bias), torch.get_num_threads(),
+                            out=_np(z))
+    return z
+
+
+def project_rows_backward(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                          grad: torch.Tensor, need_x: bool, need_weight: bool,
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    grad_x = torch.empty_like(x) if need_x else None
+    grad_w = torch.empty_like(weight) if need_weight else None
+    _C.project_rows_backward(_np(x), _np(rows), _np(weight), _np(grad), torch.get_num_threads(),
+                             grad_x=_np(grad_x), grad_w=_np(grad_w))
+    return grad_x, grad_w
+
+
 def sample_edges(weights: torch.Tensor, m: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(_C.sample_edges(_np(weights), int(m), int(seed),
                                             torch.get_num_threads()))

@@ -96,6 +96,23 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+def project_rows_forward(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    xr = x.index_select(0, rows)
+    return xr @ weight.t() if bias is None else torch.addmm(bias, xr, weight.t())
+
+
+def project_rows_backward(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                          grad: torch.Tensor, need_x: bool, need_weight: bool,
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    grad_x = grad_w = None
+    if need_x:
+        grad_x = torch.zeros_like(x).index_copy_(0, rows, grad @ weight)
+    if need_weight:
+        grad_w = grad.t() @ x.index_select(0, rows)
+    return grad_x, grad_w
+
+
 def sample_edges(weights: torch.Tensor, m: int, seed: int) -> torch.Tensor:
     n = weights.numel()
     base = _mix(torch.tensor([_u64(seed % (1 << 64))], dtype=torch.int64))

@@ -1,6 +1,5 @@
 """What the MMRec-style models share: argument checks and the ID embeddings, trainable raw
-features and their linear projections, initialized as MMRec does (xavier-uniform IDs), and the
-projection of some rows of the features."""
+features and their linear projections, initialized as MMRec does (xavier-uniform IDs)."""
 
 from __future__ import annotations
 
@@ -38,33 +37,3 @@ def add_embeddings(module: nn.Module, n_users: int, n_items: int,
     module.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], feat_dim)
                                         for m, x in features.items()})
 
-
-class _ProjectRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, rows):  # noqa: D102
-        xr = x.index_select(0, rows)
-        ctx.save_for_backward(xr, weight, rows)
-        ctx.n_rows = x.shape[0]
-        return torch.addmm(bias, xr, weight.t())
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        xr, weight, rows = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # the rows of x that were not projected get zero gradient (as a dense tensor,
-            # which is what the full product would give); the indices are distinct, so a copy
-            grad_x = grad.new_zeros(ctx.n_rows, xr.shape[1])
-            grad_x.index_copy_(0, rows, grad @ weight)
-        if ctx.needs_input_grad[1]:
-            grad_w = grad.t() @ xr
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b, None
-
-
-def project_rows(x: torch.Tensor, linear: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
-    """``linear(x[rows])`` [len(rows), out] for distinct ``rows`` (int64), with the gradient
-    w.r.t. ``x`` that ``linear(x)[rows]`` has (dense, zero outside ``rows``) but without
-    projecting the other rows."""
-    return _ProjectRows.apply(x, linear.weight, linear.bias, rows)

@@ -31,13 +31,9 @@ from torch import nn
 
 from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph
-from micro_fast.models._mmrec import (
-    add_embeddings,
-    check_features,
-    check_positive_ints,
-    project_rows,
-)
+from micro_fast.models._mmrec import add_embeddings, check_features, check_positive_ints
 from micro_fast.ops.bipartite_graph import bipartite_graph
+from micro_fast.ops.project_rows import project_rows
 from micro_fast.ops.propagate import propagate
 from micro_fast.ops.sample_edges import sample_edges
 from micro_fast.ops.topk_similarity import topk_similarity
@@ -199,7 +195,8 @@ class FREEDOM(nn.Module):
         rows, where = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         wp, wn = where[:pos.numel()], where[pos.numel():]
         for m, proj in self.projections.items():
-            z = project_rows(self.features[m], proj, rows)
+            z = project_rows(self.features[m], proj.weight, proj.bias, rows,
+                             backend=self.backend)
             modal = modal + self.bpr(u, z[wp], z[wn])
         reg = self.reg_weight * modal
         loss = batch_weight * (bpr + reg)
