@@ -4,6 +4,7 @@ them) on TikTok (real image and audio features), each with its published default
 Recall/NDCG@20 on the test split at the best validation epoch.
 
     python benchmarks/validate_real.py [--data-root ../shared/data] [--epochs N]
+        [--only tiktok/freedom] [--evaluation mmrec]
 
 Skips (exit 0) when the data folder is absent. The published schedule allows up to 1000 epochs
 with early stopping after 10 evaluations without improvement; ``--epochs`` caps a run (the
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/validate_real")
     parser.add_argument("--only", default=None, help="e.g. tiktok/micro")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--evaluation", choices=["published", "micro", "mmrec"],
+                        default="published", help="published: each model's own defaults "
+                        "(MICRO's convention for micro and lightgcn, MMRec's schedule for "
+                        "freedom and lattice); micro or mmrec: that convention for every run")
     args = parser.parse_args(argv)
     root = Path(args.data_root)
     if not root.exists():
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         dataset = load(folder)
         extra = dict(extra)
+        if args.evaluation != "published":
+            extra["evaluation"] = args.evaluation
         config = TrainConfig.for_model(extra.pop("model", "micro"), data=str(folder),
                                        epochs=args.epochs, progress=False,
                                        out=f"{args.out}/{data}-{model}", threads=args.threads,
