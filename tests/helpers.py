@@ -50,3 +50,12 @@ def assert_topk_equal(values, indices, ref_values, ref_indices, sim, exclude_mas
     if exclude_mask is not None and bool((~pad).any()):
         rows = torch.nonzero(~pad)[:, 0]
         assert not bool(exclude_mask[rows, indices[~pad]].any()), "an excluded pair was returned"
+
+
+def projection_problem(n: int, d: int, f: int, rows: list[int], seed: int):
+    """float64 ``(x [n, d], weight [f, d], bias [f])`` requiring grad, and int64 ``rows``: a
+    small ``project_rows`` problem for gradchecks and opchecks."""
+    gen = torch.Generator().manual_seed(seed)
+    x, w, b = (torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_()
+               for shape in ((n, d), (f, d), (f,)))
+    return x, w, b, torch.tensor(rows)

@@ -293,13 +293,11 @@ def test_opcheck_sample_edges(backend):
 
 @pytest.mark.parametrize("backend", [b for b in ("cpp", "torch_ref") if b in CPU])
 def test_opcheck_project_rows(backend):
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(10, 7, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
-    rows = torch.tensor([1, 4, 5, 9])
+    from helpers import projection_problem
+
+    x, w, b, rows = projection_problem(10, 7, 3, [1, 4, 5, 9], seed=4)
     torch.library.opcheck(torch.ops.micro_fast.project_rows.default, (x, rows, w, b, backend))
-    g = torch.randn(4, 3, dtype=torch.float64, generator=gen)
+    g = torch.randn(4, 3, dtype=torch.float64)
     torch.library.opcheck(torch.ops.micro_fast.project_rows_backward.default,
                           (x.detach(), rows, w.detach(), g, True, True, backend))
     compiled = torch.compile(lambda x, w, b: mf.project_rows(x, w, b, rows, backend=backend),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import projection_problem
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -72,11 +73,7 @@ def test_every_simd_kernel(simd_isa, problem):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_float64(backend):
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(9, 13, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(4, 13, dtype=torch.float64, generator=gen, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, generator=gen, requires_grad=True)
-    rows = torch.tensor([0, 2, 3, 8])
+    x, w, b, rows = projection_problem(9, 13, 4, [0, 2, 3, 8], seed=3)
     assert torch.autograd.gradcheck(
         lambda x, w, b: mf.project_rows(x, w, b, rows, backend=backend), (x, w, b))
 
