@@ -409,7 +409,7 @@ DECISIONS: tuple[Decision, ...] = (
     Decision("contrastive.block_size", "rows per tile of contrastive_loss (cpp)", 256,
              _only_cpp((128, 256, 384)), _prepare_contrastive_block),
     Decision("contrastive_fusion.block_size", "rows per tile of the fused-view kernel (cpp)",
-             128, _only_cpp((128, 256)), _prepare_fusion_block),
+             128, _only_cpp((128, 192, 256)), _prepare_fusion_block),
     Decision("contrastive_fusion.strategy",
              "contrastive_fusion_loss as one fused-view pass or as separate losses (cpp)",
              "fused", _only_cpp(("fused", "separate")), _prepare_fusion_strategy),
