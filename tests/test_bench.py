@@ -14,7 +14,10 @@ pytest.importorskip("pytest_benchmark")
 
 from micro_fast.cli import bench_suite_dir  # noqa: E402
 
-ENV = dict(os.environ, MICRO_FAST_BENCH_THREADS="2")
+# the training cases on the tiny synthetic preset with a 2-batch reference: the code paths of
+# the small suite at a fraction of its time
+ENV = dict(os.environ, MICRO_FAST_BENCH_THREADS="2", MICRO_FAST_TRAIN_SIZE="tiny",
+           MICRO_FAST_REF_BATCHES="2")
 
 
 def test_suite_runs_every_case_once(tmp_path):
@@ -30,9 +33,14 @@ def test_suite_runs_every_case_once(tmp_path):
 
 def test_bench_command_writes_report_plots_and_compares(tmp_path):
     out = tmp_path / "bench"
+    # one ISA: test_suite_runs_every_case_once already runs every case on every ISA, and
+    # test_report_flags_paths_slower_than_simpler_ones checks the cross-ISA part of the report
+    # and few rounds: this checks the command, not the timings
+    env = dict(ENV, PYTEST_ADDOPTS="--benchmark-max-time=0.05 --benchmark-min-rounds=1 "
+               "--benchmark-warmup=off")
     proc = subprocess.run([sys.executable, "-m", "micro_fast.cli", "bench", "--size", "small",
-                           "--out", str(out)], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+                           "--isa", "best", "--out", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "BENCHMARKS.md").read_text()
     for needle in ("| cpu |", "GFLOP/s", "### knn", "### spmm", "### contrastive",
