@@ -49,6 +49,11 @@ struct DenseKernel {
 
 namespace {
 
+// log2(e) in T: the fixed-shift passes evaluate exp(a s - b0) as 2^(a' s - b0') with
+// a' = a log2(e), b0' = b0 log2(e), one FMA and a base-2 exponential
+template <typename T>
+constexpr T kLog2eOf = T(1.4426950408889634073599);
+
 // Row passes. Each walks a row W lanes at a time and finishes the last n % W entries through
 // the same vector code on a zero-padded copy (so every entry is computed alike); reductions
 // count only the valid lanes of that copy.
@@ -136,7 +141,8 @@ struct RowOps {
   }
   static double grad_row(T* p, const T* x, const T* wv, T c, const T* y, bool intra, T a, T b0,
                          T alpha, const T* beta, int64_t skip, int64_t n, T* col) {
-    const V vc = S::set1(c), va = S::set1(a), vnb0 = S::set1(-b0), valpha = S::set1(alpha);
+    const V vc = S::set1(c), va = S::set1(a * kLog2eOf<T>), vnb0 = S::set1(-b0 * kLog2eOf<T>),
+            valpha = S::set1(alpha);
     V dacc = S::zero();
     T tail = T(0);
     each(n, [&](int64_t j, int64_t rem) {
@@ -145,7 +151,7 @@ struct RowOps {
       V v = S::mul(ld_or_part(wv + j, rem), xv);
       if (intra) {
         const V scale = beta ? S::add(valpha, ld_or_part(beta + j, rem)) : valpha;
-        v = S::add(v, S::mul(S::exp(S::fma(va, r, vnb0)), scale));
+        v = S::add(v, S::mul(S::exp2(S::fma(va, r, vnb0)), scale));
       }
       if (y) {
         const V yv = ld_or_part(y + j, rem);
@@ -166,18 +172,18 @@ struct RowOps {
   // The shared loop of the exp-sum passes: row(j, rem) gives the operand vector at j.
   template <class Row>
   static inline double exp_sum_of(Row row, T a, T b0, int64_t n, T* col) {
-    const V va = S::set1(a), vnb0 = S::set1(-b0);
+    const V va = S::set1(a * kLog2eOf<T>), vnb0 = S::set1(-b0 * kLog2eOf<T>);
     V acc = S::zero();
     int64_t j = 0;
     for (; j + W <= n; j += W) {
-      const V e = S::exp(S::fma(va, row(j, int64_t(W)), vnb0));
+      const V e = S::exp2(S::fma(va, row(j, int64_t(W)), vnb0));
       acc = S::add(acc, e);
       if (col) S::store(col + j, S::add(S::load(col + j), e));
     }
     double r = S::hsum(acc);
     if (j < n) {
       const int64_t rem = n - j;
-      const V e = S::exp(S::fma(va, row(j, rem), vnb0));
+      const V e = S::exp2(S::fma(va, row(j, rem), vnb0));
       r += hsum_part(e, rem);
       if (col) st_part(col + j, S::add(ld_part(col + j, rem), e), rem);
     }
@@ -185,9 +191,10 @@ struct RowOps {
   }
   template <class Row>
   static inline void exp_scale_of(Row row, T a, T b0, T alpha, const T* beta, int64_t n, T* e) {
-    const V va = S::set1(a), vnb0 = S::set1(-b0), valpha = S::set1(alpha);
+    const V va = S::set1(a * kLog2eOf<T>), vnb0 = S::set1(-b0 * kLog2eOf<T>),
+            valpha = S::set1(alpha);
     each(n, [&](int64_t j, int64_t rem) {
-      const V w = S::exp(S::fma(va, row(j, rem), vnb0));
+      const V w = S::exp2(S::fma(va, row(j, rem), vnb0));
       const V scale = beta ? S::add(valpha, ld_or_part(beta + j, rem)) : valpha;
       st_or_part(e + j, S::mul(w, scale), rem);
     });

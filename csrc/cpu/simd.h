@@ -11,7 +11,11 @@
 //
 // Every ISA uses the same single-precision exp (Cephes' range reduction and degree-6
 // polynomial, inputs clamped to [-87.3, 88.3], round-to-nearest exponent), so the ISAs agree
-// to the rounding of their fused multiply-adds.
+// to the rounding of their fused multiply-adds. exp2 is the cheaper base-2 form for callers
+// that fold log2(e) into an affine argument they compute anyway: 2^y = 2^k 2^r with k the
+// nearest integer and r = y - k in [-1/2, 1/2] (exact), 2^r a degree-5 polynomial (relative
+// error below 2e-7, against the ~1e-6 of rounding y itself); inputs clamped to [-127, 127],
+// where 2^-127 comes out as 0.
 #pragma once
 
 #include <cmath>
@@ -32,6 +36,14 @@ constexpr float kP0 = 1.9875691500E-4f, kP1 = 1.3981999507E-3f, kP2 = 8.33345190
 // Adding and subtracting 1.5 * 2^23 rounds |x| < 2^22 to the nearest integer (ties to even)
 // with plain float arithmetic, where no rounding instruction exists.
 constexpr float kRound = 12582912.0f;
+// minimax fit of (2^r - 1) / r on [-1/2, 1/2] in relative error
+constexpr float kE1 = 6.931470036506653e-1f, kE2 = 2.402224242687225e-1f,
+                kE3 = 5.550733581185341e-2f, kE4 = 9.671512991189957e-3f,
+                kE5 = 1.326472731307149e-3f;
+constexpr float kLo2 = -127.0f, kHi2 = 127.0f;
+// kRound + 127: after y + kRoundBias the low mantissa bits hold k + 127 (plus 2^22, which a
+// shift by 23 pushes out), the biased exponent of 2^k
+constexpr float kRoundBias = 12583039.0f;
 }  // namespace exp_poly
 
 // Portable: 16-byte GCC vectors, which the compiler lowers to SSE2 on x86-64, NEON on AArch64
@@ -93,6 +105,31 @@ struct PortableSimd {
       return v;
     }
   }
+  static inline V exp2(V v) {
+    if constexpr (sizeof(T) == 4) {
+      typedef uint32_t VI __attribute__((vector_size(16)));
+      using namespace exp_poly;
+      v = v < kLo2 ? V{} + kLo2 : v;
+      v = v > kHi2 ? V{} + kHi2 : v;
+      const V kb = v + kRoundBias;
+      const V r = v - (kb - kRoundBias);
+      V p = V{} + kE5;
+      p = p * r + kE4;
+      p = p * r + kE3;
+      p = p * r + kE2;
+      p = p * r + kE1;
+      p = p * r + 1.0f;
+      VI bits;
+      std::memcpy(&bits, &kb, sizeof(V));
+      bits <<= 23;
+      V scale;
+      std::memcpy(&scale, &bits, sizeof(V));
+      return p * scale;
+    } else {
+      for (int q = 0; q < W; ++q) v[q] = std::exp2(v[q]);
+      return v;
+    }
+  }
 };
 
 #if defined(MF_SIMD_AVX512)
@@ -136,6 +173,19 @@ struct Avx512F32 {
     q = _mm512_fmadd_ps(_mm512_mul_ps(q, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(q, k);
   }
+  static inline V exp2(V v) {
+    using namespace exp_poly;
+    const V x = _mm512_min_ps(_mm512_set1_ps(kHi2), _mm512_max_ps(_mm512_set1_ps(kLo2), v));
+    const V k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V r = _mm512_sub_ps(x, k);
+    V q = _mm512_set1_ps(kE5);
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kE4));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kE3));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kE2));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kE1));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(q, k);
+  }
 };
 struct Avx512F64 {
   using T = double;
@@ -163,6 +213,12 @@ struct Avx512F64 {
     alignas(64) double lanes[8];
     _mm512_store_pd(lanes, v);
     for (double& x : lanes) x = std::exp(x);
+    return _mm512_load_pd(lanes);
+  }
+  static inline V exp2(V v) {
+    alignas(64) double lanes[8];
+    _mm512_store_pd(lanes, v);
+    for (double& x : lanes) x = std::exp2(x);
     return _mm512_load_pd(lanes);
   }
 };
@@ -214,6 +270,21 @@ struct Avx2F32 {
         _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(q, _mm256_castsi256_ps(bits));
   }
+  // the rounding by the magic constant leaves k + 127 in the low bits: no round or convert
+  static inline V exp2(V v) {
+    using namespace exp_poly;
+    const V x = _mm256_min_ps(_mm256_set1_ps(kHi2), _mm256_max_ps(_mm256_set1_ps(kLo2), v));
+    const V kb = _mm256_add_ps(x, _mm256_set1_ps(kRoundBias));
+    const V r = _mm256_sub_ps(x, _mm256_sub_ps(kb, _mm256_set1_ps(kRoundBias)));
+    V q = _mm256_set1_ps(kE5);
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kE4));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kE3));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kE2));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kE1));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_castps_si256(kb), 23);
+    return _mm256_mul_ps(q, _mm256_castsi256_ps(bits));
+  }
 };
 struct Avx2F64 {
   using T = double;
@@ -243,6 +314,12 @@ struct Avx2F64 {
     alignas(32) double lanes[4];
     _mm256_store_pd(lanes, v);
     for (double& x : lanes) x = std::exp(x);
+    return _mm256_load_pd(lanes);
+  }
+  static inline V exp2(V v) {
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, v);
+    for (double& x : lanes) x = std::exp2(x);
     return _mm256_load_pd(lanes);
   }
 };
