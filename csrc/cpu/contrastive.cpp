@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "cpu/isa.h"
+#include "cpu/large_buffer.h"
 #include "cpu/packed_panels.h"
 
 namespace micro_fast {
@@ -291,7 +292,7 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
   const int threads = contrastive_team(num_threads, n, d);
   std::fill(grad1, grad1 + n * d, T(0));
   std::fill(grad2, grad2 + n * d, T(0));
-  std::vector<std::vector<T>> priv(2 * (threads - 1), std::vector<T>(n * d, T(0)));
+  const auto priv = zeroed_buffers<T>(2 * (threads - 1), n * d);
   const T inv_tau = T(1.0 / tau);
   const bool fixed = tau >= kFixedShiftTau;
   const int64_t ld = plan.pad_b;

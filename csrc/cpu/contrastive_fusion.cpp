@@ -30,6 +30,7 @@
 #include "common.h"
 #include "cpu/contrastive.h"
 #include "cpu/isa.h"
+#include "cpu/large_buffer.h"
 #include "cpu/packed_panels.h"
 
 namespace micro_fast {
@@ -221,7 +222,7 @@ void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n
     alpha[r] = g[r] * inv_tau * T(std::exp(1.0 / tau - double(lse[r])));
   const int64_t nd = n * d;
   std::fill(grad_u, grad_u + m * nd, T(0));
-  std::vector<std::vector<T>> priv(threads - 1, std::vector<T>(m * nd, T(0)));
+  const auto priv = zeroed_buffers<T>(threads - 1, m * nd);
   std::vector<std::vector<double>> dcoef(threads, std::vector<double>(n * m, 0.0));
   const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
   const int64_t ld = pl.pad_b;

@@ -8,14 +8,15 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
-
+#include "cpu/large_buffer.h"
 #include "cpu/topk_tile.h"
 
 namespace micro_fast {
 
-// Feature-dimension chunk: an NR-wide packed B panel of kChunk rows stays in L1.
-constexpr int kChunk = 128;
+// Feature-dimension chunk. Few, long chunks keep the tile kernel's register tiles in its inner
+// loop (each chunk reloads and stores them); at 512 rows an NR-wide B panel still fits in L2 and
+// an MR-wide A panel in L1 on every supported CPU (4096-d kNN 10% faster than at 128 on Zen 5).
+constexpr int kChunk = 512;
 
 template <typename T>
 struct PackedPanels {
@@ -24,7 +25,7 @@ struct PackedPanels {
   int64_t sa, sb;  // elements of one packed block of one chunk (A and B layouts)
   bool want_a;
   // not value-initialized: every element is written by the packing before it is read
-  std::unique_ptr<T[]> a, b;
+  LargeBuffer<T> a, b;
 
   // views[v] points at [n, d] row-major data; `want_a = false` packs only the B operands
   PackedPanels(const TileKernel<T>& kern, const T* const* views, int64_t nviews_, int64_t n_,
@@ -35,8 +36,8 @@ struct PackedPanels {
     sa = (block + kern.mr - 1) / kern.mr * kern.mr * kc_max;
     sb = (block + kern.nr - 1) / kern.nr * kern.nr * kc_max;
     const int64_t jobs = int64_t(nchunks) * nviews * nblocks;
-    if (want_a) a.reset(new T[jobs * sa]);
-    b.reset(new T[jobs * sb]);
+    if (want_a) a.reset(jobs * sa);
+    b.reset(jobs * sb);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < jobs; ++t) {
       const int64_t blk = t % nblocks, v = (t / nblocks) % nviews, c = t / (nblocks * nviews);
