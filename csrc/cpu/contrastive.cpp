@@ -195,14 +195,13 @@ template <typename T>
 void accumulate_tile_fixed(const DenseKernel<T>& dk, Scratch<T>& w, int64_t ld, int mb, int nb,
                            T inv_tau, bool diag, double* rs, double* cs) {
   T* s = w.s.data();
-  if (diag)
-    for (int i = 0; i < std::min(mb, nb); ++i) s[i * ld + i] = -std::numeric_limits<T>::infinity();
   T* col = nullptr;
   if (cs != nullptr) {
     w.colmax.assign(nb, T(0));  // reused as the tile's float column sums
     col = w.colmax.data();
   }
-  for (int i = 0; i < mb; ++i) rs[i] += dk.exp_sum(s + i * ld, inv_tau, inv_tau, nb, col);
+  for (int i = 0; i < mb; ++i)
+    rs[i] += dk.exp_sum(s + i * ld, inv_tau, inv_tau, diag ? i : -1, nb, col);
   if (cs != nullptr)
     for (int j = 0; j < nb; ++j) cs[j] += col[j];
 }

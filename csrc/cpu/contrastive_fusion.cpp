@@ -157,7 +157,6 @@ void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n,
   std::vector<std::vector<double>> sums(threads, std::vector<double>(m * n, 0.0));
   const PackedPanels<T> pk = pack_views(ks.tile, pl, u, threads);
   const T inv_tau = T(1.0 / tau);
-  const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
 #pragma omp parallel num_threads(threads)
   {
@@ -184,16 +183,12 @@ void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n,
           }
           for (int b = 0; b < sp.nb; ++b) rs[sp.j0 + b] += col[b];
         }
-        // intra-view terms, after the cross ones: the diagonal is masked in place
-        T* pqq = w.gram(pl, q, q);
-        if (sp.diag) {
-          for (int a = 0; a < sp.mb; ++a) pqq[a * pl.pad_b + a] = neg_inf;
-        } else {
-          std::fill(col, col + sp.nb, T(0));
-        }
+        // intra-view terms, without the diagonal
+        const T* pqq = w.gram(pl, q, q);
+        if (!sp.diag) std::fill(col, col + sp.nb, T(0));
         for (int a = 0; a < sp.mb; ++a)
-          rs[sp.i0 + a] += ks.dense.exp_sum(pqq + a * pl.pad_b, inv_tau, inv_tau, sp.nb,
-                                            sp.diag ? nullptr : col);
+          rs[sp.i0 + a] += ks.dense.exp_sum(pqq + a * pl.pad_b, inv_tau, inv_tau,
+                                            sp.diag ? a : -1, sp.nb, sp.diag ? nullptr : col);
         if (!sp.diag)
           for (int b = 0; b < sp.nb; ++b) rs[sp.j0 + b] += col[b];
       }

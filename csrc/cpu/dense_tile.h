@@ -29,12 +29,19 @@ struct DenseKernel {
   void (*max_into)(T* m, const T* x, int64_t n);       // m = max(m, x)
   void (*add_into)(double* acc, const T* x, int64_t n);  // acc += x
   void (*mul_add)(T* y, const T* x, const T* w, T a, int64_t n);  // y = a * y + x * w
-  // returns sum_j exp(a * s[j] - b0), and adds each term to col[j] when col != null
-  double (*exp_sum)(const T* s, T a, T b0, int64_t n, T* col);
+  // returns sum_j exp(a * s[j] - b0) over j != skip (skip < 0: none), and adds each term to
+  // col[j] when col != null
+  double (*exp_sum)(const T* s, T a, T b0, int64_t skip, int64_t n, T* col);
   // e[j] = exp(a * s[j] - b0) * (alpha + (beta ? beta[j] : 0))
   void (*exp_scale)(const T* s, T a, T b0, T alpha, const T* beta, int64_t n, T* e);
-  // exp_sum and exp_scale of the combination c[j] = sum_q p[q][j] * (wv ? wv[q][j] : ws[q]),
-  // q < m, which is never stored
+  // exp_sum (with no entry left out) and exp_scale of the combination
+  // c[j] = sum_q p[q][j] * (wv ? wv[q][j] : ws[q]), q < m, which is never stored.
+  //
+  // These fixed-shift passes (exp_sum, exp_scale, the comb_ ones, grad_row) evaluate their
+  // exponentials with S::exp2, whose argument a log2(e) s - b0 log2(e) must stay within
+  // [-126, 126]: the contrastive kernels call them with a = b0 = 1 / tau, tau >= 0.05
+  // (kFixedShiftTau), on cosine scores |s| <= 1 (plus rounding), so the argument is in
+  // [-58, 0]. Entries to leave out are skipped, never masked with -inf.
   double (*comb_exp_sum)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
                          int64_t n, T* col);
   void (*comb_exp_scale)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
@@ -170,20 +177,30 @@ struct RowOps {
   }
 
   // The shared loop of the exp-sum passes: row(j, rem) gives the operand vector at j.
+  // v with lane q set to 0 (the one vector of a row that holds a left-out entry)
+  static inline V zero_lane(V v, int64_t q) {
+    T buf[W];
+    S::store(buf, v);
+    buf[q] = T(0);
+    return S::load(buf);
+  }
+
   template <class Row>
-  static inline double exp_sum_of(Row row, T a, T b0, int64_t n, T* col) {
+  static inline double exp_sum_of(Row row, T a, T b0, int64_t skip, int64_t n, T* col) {
     const V va = S::set1(a * kLog2eOf<T>), vnb0 = S::set1(-b0 * kLog2eOf<T>);
     V acc = S::zero();
     int64_t j = 0;
     for (; j + W <= n; j += W) {
-      const V e = S::exp2(S::fma(va, row(j, int64_t(W)), vnb0));
+      V e = S::exp2(S::fma(va, row(j, int64_t(W)), vnb0));
+      if (static_cast<uint64_t>(skip - j) < uint64_t(W)) e = zero_lane(e, skip - j);
       acc = S::add(acc, e);
       if (col) S::store(col + j, S::add(S::load(col + j), e));
     }
     double r = S::hsum(acc);
     if (j < n) {
       const int64_t rem = n - j;
-      const V e = S::exp2(S::fma(va, row(j, rem), vnb0));
+      V e = S::exp2(S::fma(va, row(j, rem), vnb0));
+      if (skip >= j) e = zero_lane(e, skip - j);
       r += hsum_part(e, rem);
       if (col) st_part(col + j, S::add(ld_part(col + j, rem), e), rem);
     }
@@ -200,9 +217,9 @@ struct RowOps {
     });
   }
 
-  static double exp_sum(const T* s, T a, T b0, int64_t n, T* col) {
-    return exp_sum_of([&](int64_t j, int64_t rem) { return ld_or_part(s + j, rem); }, a, b0, n,
-                      col);
+  static double exp_sum(const T* s, T a, T b0, int64_t skip, int64_t n, T* col) {
+    return exp_sum_of([&](int64_t j, int64_t rem) { return ld_or_part(s + j, rem); }, a, b0,
+                      skip, n, col);
   }
   static void exp_scale(const T* s, T a, T b0, T alpha, const T* beta, int64_t n, T* e) {
     exp_scale_of([&](int64_t j, int64_t rem) { return ld_or_part(s + j, rem); }, a, b0, alpha,
@@ -230,7 +247,7 @@ struct RowOps {
   template <int M>
   static double comb_exp_sum_m(const T* const* p, const T* const* wv, const T* ws, int m, T a,
                                T b0, int64_t n, T* col) {
-    return exp_sum_of(Comb<M>{p, wv, ws, m}, a, b0, n, col);
+    return exp_sum_of(Comb<M>{p, wv, ws, m}, a, b0, -1, n, col);
   }
   template <int M>
   static void comb_exp_scale_m(const T* const* p, const T* const* wv, const T* ws, int m, T a,

@@ -14,8 +14,9 @@
 // to the rounding of their fused multiply-adds. exp2 is the cheaper base-2 form for callers
 // that fold log2(e) into an affine argument they compute anyway: 2^y = 2^k 2^r with k the
 // nearest integer and r = y - k in [-1/2, 1/2] (exact), 2^r a degree-5 polynomial (relative
-// error below 2e-7, against the ~1e-6 of rounding y itself); inputs clamped to [-127, 127],
-// where 2^-127 comes out as 0.
+// error below 2e-7, against the ~1e-6 of rounding y itself). exp2 does not clamp: its callers
+// (the fixed-shift row passes of dense_tile.h) keep y within [-126, 126], where 2^k is a normal
+// float, and a NaN argument gives NaN.
 #pragma once
 
 #include <cmath>
@@ -40,7 +41,6 @@ constexpr float kRound = 12582912.0f;
 constexpr float kE1 = 6.931470036506653e-1f, kE2 = 2.402224242687225e-1f,
                 kE3 = 5.550733581185341e-2f, kE4 = 9.671512991189957e-3f,
                 kE5 = 1.326472731307149e-3f;
-constexpr float kLo2 = -127.0f, kHi2 = 127.0f;
 // kRound + 127: after y + kRoundBias the low mantissa bits hold k + 127 (plus 2^22, which a
 // shift by 23 pushes out), the biased exponent of 2^k
 constexpr float kRoundBias = 12583039.0f;
@@ -109,8 +109,6 @@ struct PortableSimd {
     if constexpr (sizeof(T) == 4) {
       typedef uint32_t VI __attribute__((vector_size(16)));
       using namespace exp_poly;
-      v = v < kLo2 ? V{} + kLo2 : v;
-      v = v > kHi2 ? V{} + kHi2 : v;
       const V kb = v + kRoundBias;
       const V r = v - (kb - kRoundBias);
       V p = V{} + kE5;
@@ -175,9 +173,8 @@ struct Avx512F32 {
   }
   static inline V exp2(V v) {
     using namespace exp_poly;
-    const V x = _mm512_min_ps(_mm512_set1_ps(kHi2), _mm512_max_ps(_mm512_set1_ps(kLo2), v));
-    const V k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const V r = _mm512_sub_ps(x, k);
+    const V k = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V r = _mm512_sub_ps(v, k);
     V q = _mm512_set1_ps(kE5);
     q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kE4));
     q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kE3));
@@ -273,9 +270,8 @@ struct Avx2F32 {
   // the rounding by the magic constant leaves k + 127 in the low bits: no round or convert
   static inline V exp2(V v) {
     using namespace exp_poly;
-    const V x = _mm256_min_ps(_mm256_set1_ps(kHi2), _mm256_max_ps(_mm256_set1_ps(kLo2), v));
-    const V kb = _mm256_add_ps(x, _mm256_set1_ps(kRoundBias));
-    const V r = _mm256_sub_ps(x, _mm256_sub_ps(kb, _mm256_set1_ps(kRoundBias)));
+    const V kb = _mm256_add_ps(v, _mm256_set1_ps(kRoundBias));
+    const V r = _mm256_sub_ps(v, _mm256_sub_ps(kb, _mm256_set1_ps(kRoundBias)));
     V q = _mm256_set1_ps(kE5);
     q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kE4));
     q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kE3));
