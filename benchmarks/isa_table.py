@@ -10,7 +10,9 @@ and run once. Rows:
 
 * one MICRO training batch at Baby size (19,445 users, 7,050 items, 4096-d image and 1024-d
   text features) against the published step (reference_micro.py): the graph-rebuilding first
-  batch and the mean of the next ones, and the epoch extrapolated from both;
+  batch and the mean of the next ones, and the epoch extrapolated from both; the published
+  step also in a process of its own on torch's default allocator (same data, weights and
+  batches), as for the contrastive loss below;
 * the contrastive loss forward + backward at N = 23,033, d = 64, against the published chunked
   loss, with its effective rate (12 N^2 d flop) as a share of torch.mm 4096^3. The published
   loss runs twice: in this process, where importing micro_fast has put torch's large tensors
@@ -99,17 +101,43 @@ print(statistics.median(times))
 """
 
 
+# The published MICRO step in a fresh interpreter with THP_MEM_ALLOC_ENABLE=0 (torch's default
+# allocator): the same data, weights and batches as train_batches, the reference alone.
+_OWN_STEP = """
+import os, statistics, sys, time
+sys.path.insert(0, {here!r})
+import torch
+import bench_train
+torch.set_num_threads({threads})
+bench_train.SIZE = {size!r}
+ds, config, model, ui = bench_train._setup()
+r, adj = bench_train._reference_from(model, ds)
+opt = torch.optim.Adam(r.parameters(), lr=config.lr)
+sampler = bench_train.mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
+times = []
+for b in range({n_rest} + 1):
+    batch = sampler.sample()
+    t0 = time.perf_counter()
+    bench_train._ref_step(r, opt, adj, batch, b == 0, config.batch_size)
+    times.append(time.perf_counter() - t0)
+print(times[0], statistics.mean(times[1:]))
+"""
+
+
+def _own_process(code: str) -> list[float]:
+    import subprocess
+
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    return [float(x) for x in out.stdout.strip().splitlines()[-1].split()]
+
+
 def published_own_process(n: int, rounds: int, threads: int) -> float:
     """Median seconds of the published loss + backward in a process of its own, on torch's
     default allocator (after one warm-up round)."""
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    code = _OWN_PROCESS.format(here=os.path.dirname(os.path.abspath(__file__)), n=n,
-                               rounds=rounds, threads=threads)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return _own_process(_OWN_PROCESS.format(here=os.path.dirname(os.path.abspath(__file__)),
+                                            n=n, rounds=rounds, threads=threads))[0]
 
 
 def ceilings() -> dict[str, float]:
@@ -218,6 +246,11 @@ def train_batches(quick: bool, isas: list[str]) -> dict[str, dict[str, float]]:
     first = statistics.median(f for f, _ in ref_runs)
     rest = statistics.median(r for _, r in ref_runs)
     out["published step"] = {"first": first, "rest": rest, "epoch": first + (nb - 1) * rest}
+    first, rest = _own_process(_OWN_STEP.format(
+        here=os.path.dirname(os.path.abspath(__file__)), threads=torch.get_num_threads(),
+        size=bench_train.SIZE, n_rest=n_rest))
+    out["published step, own process"] = {"first": first, "rest": rest,
+                                          "epoch": first + (nb - 1) * rest}
     model.load_state_dict(state)
     return out
 
@@ -305,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"{row['published'] / t:.1f}x the published loss in this process, "
                          f"{row['published, own process'] / t:.1f}x in its own")
             if name.startswith("train batch (Baby) next") and impl in speedup:
-                extra = f"  {speedup[impl]:.1f}x the published step of the same pass"
-            print(f"  {impl:22s} {t * 1e3:10.1f} ms{extra}")
+                own = row["published step, own process"] / t
+                extra = (f"  {speedup[impl]:.1f}x the published step of the same pass, "
+                         f"{own:.1f}x the one in its own process")
+            print(f"  {impl:28s} {t * 1e3:10.1f} ms{extra}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
