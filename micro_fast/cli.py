@@ -323,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`micro-fast info | head -3`): stop quietly, as a pipe stage
+        # should; stdout goes to devnull so that the interpreter's final flush cannot fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except MicroFastError as exc:
         from micro_fast.distributed import CollectiveError
 

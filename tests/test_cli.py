@@ -24,6 +24,17 @@ def test_console_entry_point_runs(tmp_path):
     assert "micro_fast" in proc.stdout
 
 
+def test_closed_pipe_stops_quietly(tmp_path):
+    """`micro-fast info | head -1`: the reader leaves early; no traceback on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "micro_fast.cli", "info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 1)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 def test_only_the_library_input_errors_become_exit_2(monkeypatch, capsys):
     """Bad input: one line and exit 2. Anything else is a bug and keeps its traceback."""
     import micro_fast.train as train_module
