@@ -166,6 +166,25 @@ def test_transpose_is_correct_and_built_once():
     assert _Structure.transposes_built == before + 1
 
 
+def test_graph_learner_builds_each_transpose_once():
+    """Batches that reuse the learned graph propagate through A^learn and the constant
+    A^orig: each transpose is built on the first backward only, also after .to()."""
+    gen = torch.Generator().manual_seed(5)
+    learner = mf.nn.KNNGraphLearner(torch.randn(60, 12, generator=gen), 8, k=5)
+    x = torch.randn(60, 4, generator=gen, requires_grad=True)
+    learned = learner.learn()
+    before = _Structure.transposes_built
+    for _ in range(3):
+        learner.propagate(learned.detach(), x).sum().backward()
+    assert _Structure.transposes_built == before + 2
+    learner.to(torch.float64)  # new value buffers, the same structure and transposes
+    x64 = x.detach().double().requires_grad_()
+    for _ in range(2):
+        learner.propagate(learned.detach().to(torch.float64), x64).sum().backward()
+    assert _Structure.transposes_built == before + 2
+    assert learner.original().values.dtype == torch.float64
+
+
 @pytest.mark.parametrize("backend", ["cpp", "torch_ref", "numba"])
 @pytest.mark.parametrize("normalization", ["sym", "rw", "none"])
 @pytest.mark.parametrize("self_loops", [False, True])

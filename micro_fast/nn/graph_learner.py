@@ -67,6 +67,9 @@ class KNNGraphLearner(nn.Module):
         self.register_buffer("orig_indptr", orig.indptr)
         self.register_buffer("orig_indices", orig.indices)
         self.register_buffer("orig_values", orig.values.detach())
+        # the CSRGraph over these buffers, kept so that its transpose (which every backward
+        # through A^orig needs) is built once, not on every batch
+        self._orig: CSRGraph | None = None
 
     @property
     def n_items(self) -> int:
@@ -75,8 +78,17 @@ class KNNGraphLearner(nn.Module):
     def original(self) -> CSRGraph:
         """:math:`A^{orig}` (constant)."""
         n = self.n_items
-        return CSRGraph(self.orig_indptr, self.orig_indices, self.orig_values, (n, n),
-                        validate=False)
+        if torch.compiler.is_compiling():  # compiled code builds it in its graph, uncached
+            return CSRGraph(self.orig_indptr, self.orig_indices, self.orig_values, (n, n),
+                            validate=False)
+        g = self._orig
+        if g is not None and g.indptr is self.orig_indptr and g.indices is self.orig_indices:
+            if g.values is not self.orig_values:  # e.g. after .to(dtype): same structure
+                self._orig = g = g.with_values(self.orig_values)
+            return g
+        self._orig = g = CSRGraph(self.orig_indptr, self.orig_indices, self.orig_values,
+                                  (n, n), validate=False)
+        return g
 
     def learn(self) -> CSRGraph:
         """:math:`A^{learn}` from the current features, differentiable through its values."""
