@@ -436,6 +436,18 @@ class CSRGraph:
 # A CSRGraph is a pytree of its tensors (and those of its transpose once built), so that it
 # passes into and out of compiled and exported functions; shape and symmetry are static.
 
+def graph_on(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+             shape: tuple[int, int], cache: CSRGraph | None = None) -> CSRGraph:
+    """A graph over these arrays, known valid (a module's buffers holding a graph this library
+    built). ``cache``, a graph returned by an earlier call, is reused (re-weighted when
+    ``values`` is another tensor) while it is over the same ``indptr`` and ``indices`` tensors,
+    so its cached transpose survives from call to call."""
+    if cache is not None and cache.indptr is indptr and cache.indices is indices \
+            and cache.shape == shape:
+        return cache if cache.values is values else cache.with_values(values)
+    return CSRGraph(indptr, indices, values, shape, validate=False)
+
+
 def _flatten(g: CSRGraph) -> tuple[list[torch.Tensor], tuple]:
     s = g._s
     leaves = [s.indptr, s.indices, g.values]

@@ -118,6 +118,27 @@ def test_training_step_and_scores_equal_mmrec_in_float64(float64, backend):
     assert torch.allclose(u @ i.T, ref.scores(), rtol=1e-9, atol=1e-12)
 
 
+def test_frozen_item_graph_transpose_is_built_once():
+    """Every batch propagates the item embeddings over the frozen item graph; its backward
+    needs the graph's transpose, which is built on the first batch only, also after .to()."""
+    from micro_fast.graph import _Structure
+
+    gen = torch.Generator().manual_seed(2)
+    model = FREEDOM(30, 20, {"image": torch.randn(20, 12, generator=gen),
+                             "text": torch.randn(20, 6, generator=gen)})
+    users, items = torch.randint(0, 30, (120,), generator=gen), torch.randint(0, 20, (120,),
+                                                                             generator=gen)
+    graph = model.pruned_graph(users, items, generator=gen)
+    before = _Structure.transposes_built
+    for _ in range(3):
+        model.loss(graph, users[:6], items[:6], items[6:12])[0].backward()
+    assert _Structure.transposes_built == before + 1
+    model.to(torch.float64)
+    assert model.item_graph.values.dtype == torch.float64
+    model.loss(graph.to(torch.float64), users[:6], items[:6], items[6:12])[0].backward()
+    assert _Structure.transposes_built == before + 1
+
+
 def test_freedom_bad_input():
     feats = {"image": torch.randn(5, 3), "text": torch.randn(5, 4)}
     with pytest.raises(ValueError, match="modality"):

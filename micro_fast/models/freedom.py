@@ -30,7 +30,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from micro_fast.errors import InputError
-from micro_fast.graph import CSRGraph
+from micro_fast.graph import CSRGraph, graph_on
 from micro_fast.models._mmrec import add_embeddings, check_features, check_positive_ints
 from micro_fast.ops.bipartite_graph import bipartite_graph
 from micro_fast.ops.project_rows import project_rows
@@ -137,12 +137,17 @@ class FREEDOM(nn.Module):
         self.register_buffer("item_indptr", g.indptr)
         self.register_buffer("item_indices", g.indices)
         self.register_buffer("item_values", g.values)
+        self._item_graph: CSRGraph | None = None  # over the buffers, with its transpose
 
     # --- graphs -----------------------------------------------------------------------
     @property
     def item_graph(self) -> CSRGraph:
-        return CSRGraph(self.item_indptr, self.item_indices, self.item_values,
-                        (self.n_items, self.n_items), validate=False)
+        args = (self.item_indptr, self.item_indices, self.item_values, (self.n_items,) * 2)
+        if torch.compiler.is_compiling():
+            return graph_on(*args)
+        # kept, so that the transpose every batch's backward needs is built once
+        self._item_graph = graph_on(*args, cache=self._item_graph)
+        return self._item_graph
 
     def pruned_graph(self, users: torch.Tensor, items: torch.Tensor, *,
                      weights: torch.Tensor | None = None, kept: torch.Tensor | None = None,

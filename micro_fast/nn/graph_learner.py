@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from micro_fast.errors import InputError
-from micro_fast.graph import CSRGraph
+from micro_fast.graph import CSRGraph, graph_on
 from micro_fast.ops.knn_graph import knn_graph
 from micro_fast.ops.spmm import spmm
 
@@ -77,18 +77,11 @@ class KNNGraphLearner(nn.Module):
 
     def original(self) -> CSRGraph:
         """:math:`A^{orig}` (constant)."""
-        n = self.n_items
+        args = (self.orig_indptr, self.orig_indices, self.orig_values, (self.n_items,) * 2)
         if torch.compiler.is_compiling():  # compiled code builds it in its graph, uncached
-            return CSRGraph(self.orig_indptr, self.orig_indices, self.orig_values, (n, n),
-                            validate=False)
-        g = self._orig
-        if g is not None and g.indptr is self.orig_indptr and g.indices is self.orig_indices:
-            if g.values is not self.orig_values:  # e.g. after .to(dtype): same structure
-                self._orig = g = g.with_values(self.orig_values)
-            return g
-        self._orig = g = CSRGraph(self.orig_indptr, self.orig_indices, self.orig_values,
-                                  (n, n), validate=False)
-        return g
+            return graph_on(*args)
+        self._orig = graph_on(*args, cache=self._orig)
+        return self._orig
 
     def learn(self) -> CSRGraph:
         """:math:`A^{learn}` from the current features, differentiable through its values."""
