@@ -432,10 +432,6 @@ class CSRGraph:
                 f"device={self.device}, requires_grad={self.values.requires_grad})")
 
 
-# --- torch.compile / torch.export -------------------------------------------------------------
-# A CSRGraph is a pytree of its tensors (and those of its transpose once built), so that it
-# passes into and out of compiled and exported functions; shape and symmetry are static.
-
 def graph_on(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
              shape: tuple[int, int], cache: CSRGraph | None = None) -> CSRGraph:
     """A graph over these arrays, known valid (a module's buffers holding a graph this library
@@ -447,6 +443,10 @@ def graph_on(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
         return cache if cache.values is values else cache.with_values(values)
     return CSRGraph(indptr, indices, values, shape, validate=False)
 
+
+# --- torch.compile / torch.export -------------------------------------------------------------
+# A CSRGraph is a pytree of its tensors (and those of its transpose once built), so that it
+# passes into and out of compiled and exported functions; shape and symmetry are static.
 
 def _flatten(g: CSRGraph) -> tuple[list[torch.Tensor], tuple]:
     s = g._s
