@@ -222,3 +222,19 @@ def test_compiled_entry_points_reject_bad_shapes():
     with pytest.raises(ValueError, match="g must be"):
         _C.contrastive_fusion_backward(u, np.ones((5, 2), dtype=np.float32), 0.5, lse,
                                        np.zeros((5, 2), dtype=np.float32))
+    u9 = np.ones((9, 5, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="at most 8 views"):
+        _C.contrastive_fusion_forward(u9, np.ones((5, 9), dtype=np.float32), 0.5)
+
+
+@needs_cpp
+def test_more_views_than_the_fused_kernel_takes_sum_separate_losses():
+    """Nine views: past MAX_FUSED_VIEWS even strategy="fused" sums separate losses."""
+    from micro_fast.ops.contrastive_fusion import MAX_FUSED_VIEWS
+
+    m = MAX_FUSED_VIEWS + 1
+    views, weights = _inputs(30, 5, m, torch.float64, 8)
+    got = _value_and_grads(views, weights, False, backend="cpp", strategy="fused")
+    ref = _value_and_grads(views, weights, True)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -61,15 +61,36 @@ struct FusionPlan {
   }
 };
 
+// Per-thread scratch: the m^2 Gram tiles of a task, the column accumulators of its row passes
+// (2m forward, m^2 backward) and the row pointers handed to them.
 template <typename T>
 struct FusionScratch {
-  std::vector<T> p, arow, acol, col;
-  std::vector<const T*> rows, wv;
-  std::vector<T> ws;
+  std::vector<T> p, cols;
+  std::vector<T*> p_rows, col;
+  std::vector<const T*> coef_j, alpha_j;
+  std::vector<double> out1, out2;
   explicit FusionScratch(const FusionPlan<T>& pl)
-      : p(pl.m * pl.m * pl.tile), arow(pl.m * pl.tile), acol(pl.m * pl.tile),
-        col(pl.pad_b), rows(pl.m), wv(pl.m), ws(pl.m) {}
+      : p(pl.m * pl.m * pl.tile), cols(std::max<int64_t>(2, pl.m) * pl.m * pl.pad_b),
+        p_rows(pl.m * pl.m), col(pl.m * pl.m), coef_j(pl.m), alpha_j(pl.m),
+        out1(pl.m * pl.m), out2(pl.m) {}
   T* gram(const FusionPlan<T>& pl, int64_t q, int64_t k) { return p.data() + (q * pl.m + k) * pl.tile; }
+  // c zeroed column accumulators of nb entries in col[0..c)
+  void zero_cols(const FusionPlan<T>& pl, int64_t c, int nb) {
+    for (int64_t t = 0; t < c; ++t) {
+      col[t] = cols.data() + t * pl.pad_b;
+      std::fill(col[t], col[t] + nb, T(0));
+    }
+  }
+  // The row pass operands of row a of a task: its Gram rows and the column coefficients.
+  FusionRow<T> row(const FusionPlan<T>& pl, const T* coef, const T* coef_t, int64_t i0,
+                   int64_t j0, int a, int nb, bool diag, T inv_tau) {
+    for (int64_t q = 0; q < pl.m; ++q) {
+      coef_j[q] = coef_t + q * pl.n + j0;
+      for (int64_t k = 0; k < pl.m; ++k) p_rows[q * pl.m + k] = gram(pl, q, k) + a * pl.pad_b;
+    }
+    return FusionRow<T>{p_rows.data(), coef_j.data(), coef + (i0 + a) * pl.m, nullptr,
+                        nullptr, diag ? a : -1, nb, inv_tau, inv_tau};
+  }
 };
 
 // One task's block pair and its m^2 Gram tiles P^{qk} (row stride pad_b) in w.p.
@@ -107,27 +128,6 @@ Span gram_tiles(const TileKernel<T>& kern, const FusionPlan<T>& pl, const Packed
   return sp;
 }
 
-// Operands of row a of S^q_IJ (i = I0 + a against the columns of J): sum_k coef_t[k][j] P^{qk}.
-template <typename T>
-void cross_row(const FusionPlan<T>& pl, FusionScratch<T>& w, const T* coef_t, const Span& sp,
-               int64_t q, int a) {
-  for (int64_t k = 0; k < pl.m; ++k) {
-    w.rows[k] = w.gram(pl, q, k) + a * pl.pad_b;
-    w.wv[k] = coef_t + k * pl.n + sp.j0;
-  }
-}
-
-// Operands of row a of the transposed cross scores S^q_ji (j in J, i = I0 + a):
-// sum_k coef[i][k] P^{kq}.
-template <typename T>
-void cross_col(const FusionPlan<T>& pl, FusionScratch<T>& w, const T* coef, const Span& sp,
-               int64_t q, int a) {
-  for (int64_t k = 0; k < pl.m; ++k) {
-    w.rows[k] = w.gram(pl, k, q) + a * pl.pad_b;
-    w.ws[k] = coef[(sp.i0 + a) * pl.m + k];
-  }
-}
-
 template <typename T>
 std::vector<T> transposed(const T* coef, int64_t n, int64_t m) {
   std::vector<T> t(m * n);
@@ -138,6 +138,7 @@ std::vector<T> transposed(const T* coef, int64_t n, int64_t m) {
 
 void check_args(int64_t m, int64_t n, int64_t d, double tau, Shard shard) {
   MF_CHECK(m > 0 && n > 0 && d > 0, "views must be non-empty");
+  MF_CHECK(m <= kMaxFusedViews, "the fused-view kernel takes at most 8 views");
   MF_CHECK(std::isfinite(tau) && tau >= kFixedShiftTau,
            "tau must be finite and >= 0.05 for the fused-view kernel");
   check_shard(shard);
@@ -158,40 +159,36 @@ void contrastive_fusion_forward(const T* u, const T* coef, int64_t m, int64_t n,
   const PackedPanels<T> pk = pack_views(ks.tile, pl, u, threads);
   const T inv_tau = T(1.0 / tau);
   const int64_t ntasks = static_cast<int64_t>(pl.tasks.size());
+  const int mm = static_cast<int>(m);
+  const FusionRowKernel<T>& rows = ks.fusion(m);
 #pragma omp parallel num_threads(threads)
   {
     FusionScratch<T> w(pl);
     double* acc = sums[omp_get_thread_num()].data();
+    double* cross = w.out1.data();
+    double* intra = w.out2.data();
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Span sp = gram_tiles(ks.tile, pl, pk, w, pl.tasks[t]);
-      T* col = w.col.data();
-      const int mm = static_cast<int>(m);
-      for (int64_t q = 0; q < m; ++q) {
-        double* rs = acc + q * n;
-        for (int a = 0; a < sp.mb; ++a) {
-          cross_row(pl, w, coef_t.data(), sp, q, a);
-          rs[sp.i0 + a] += ks.dense.comb_exp_sum(w.rows.data(), w.wv.data(), nullptr, mm,
-                                                 inv_tau, inv_tau, sp.nb, nullptr);
+      if (!sp.diag) w.zero_cols(pl, 2 * m, sp.nb);
+      T* const* col_cross = sp.diag ? nullptr : w.col.data();
+      T* const* col_intra = sp.diag ? nullptr : w.col.data() + m;
+      for (int a = 0; a < sp.mb; ++a) {
+        const FusionRow<T> r =
+            w.row(pl, coef, coef_t.data(), sp.i0, sp.j0, a, sp.nb, sp.diag, inv_tau);
+        rows.forward(r, mm, cross, intra, col_cross, col_intra);
+        for (int64_t q = 0; q < m; ++q) {
+          double& rs = acc[q * n + sp.i0 + a];
+          rs += cross[q];
+          rs += intra[q];
         }
-        if (!sp.diag) {
-          std::fill(col, col + sp.nb, T(0));
-          for (int a = 0; a < sp.mb; ++a) {
-            cross_col(pl, w, coef, sp, q, a);
-            ks.dense.comb_exp_sum(w.rows.data(), nullptr, w.ws.data(), mm, inv_tau, inv_tau,
-                                  sp.nb, col);
-          }
-          for (int b = 0; b < sp.nb; ++b) rs[sp.j0 + b] += col[b];
-        }
-        // intra-view terms, without the diagonal
-        const T* pqq = w.gram(pl, q, q);
-        if (!sp.diag) std::fill(col, col + sp.nb, T(0));
-        for (int a = 0; a < sp.mb; ++a)
-          rs[sp.i0 + a] += ks.dense.exp_sum(pqq + a * pl.pad_b, inv_tau, inv_tau,
-                                            sp.diag ? a : -1, sp.nb, sp.diag ? nullptr : col);
-        if (!sp.diag)
-          for (int b = 0; b < sp.nb; ++b) rs[sp.j0 + b] += col[b];
       }
+      if (!sp.diag)
+        for (int64_t q = 0; q < m; ++q) {
+          double* rs = acc + q * n + sp.j0;
+          for (int b = 0; b < sp.nb; ++b) rs[b] += col_cross[q][b];
+          for (int b = 0; b < sp.nb; ++b) rs[b] += col_intra[q][b];
+        }
     }
   }
   for (int64_t r = 0; r < m * n; ++r) {
@@ -223,54 +220,43 @@ void contrastive_fusion_backward(const T* u, const T* coef, int64_t m, int64_t n
   const int64_t ld = pl.pad_b;
   const PackedPanels<T> pk = pack_views(ks.tile, pl, u, threads);
   const int mm = static_cast<int>(m);
+  const FusionRowKernel<T>& rows = ks.fusion(m);
 #pragma omp parallel num_threads(threads)
   {
     FusionScratch<T> w(pl);
+    std::vector<T> alpha_i(m);
     const int tid = omp_get_thread_num();
     T* gu = tid == 0 ? grad_u : priv[tid - 1].data();
     double* dc = dcoef[tid].data();
 #pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
       const Span sp = gram_tiles(ks.tile, pl, pk, w, pl.tasks[t]);
-      // A^q (rows of I against J) and, off the diagonal, the transposed A^q_ji
-      for (int64_t q = 0; q < m; ++q) {
-        const T* aq = alpha.data() + q * n;
-        for (int a = 0; a < sp.mb; ++a) {
-          cross_row(pl, w, coef_t.data(), sp, q, a);
-          dk.comb_exp_scale(w.rows.data(), w.wv.data(), nullptr, mm, inv_tau, inv_tau,
-                            aq[sp.i0 + a], nullptr, sp.nb, w.arow.data() + q * pl.tile + a * ld);
-          if (!sp.diag) {
-            cross_col(pl, w, coef, sp, q, a);
-            dk.comb_exp_scale(w.rows.data(), nullptr, w.ws.data(), mm, inv_tau, inv_tau, T(0),
-                              aq + sp.j0, sp.nb, w.acol.data() + q * pl.tile + a * ld);
-          }
+      w.zero_cols(pl, m * m, sp.nb);
+      for (int a = 0; a < sp.mb; ++a) {
+        const int64_t i = sp.i0 + a;
+        FusionRow<T> r = w.row(pl, coef, coef_t.data(), sp.i0, sp.j0, a, sp.nb, sp.diag, inv_tau);
+        for (int64_t q = 0; q < m; ++q) {
+          alpha_i[q] = alpha[q * n + i];
+          w.alpha_j[q] = alpha.data() + q * n + sp.j0;
         }
+        r.alpha_i = alpha_i.data();
+        r.alpha_j = sp.diag ? nullptr : w.alpha_j.data();
+        rows.backward(r, mm, w.col.data(), w.out1.data());
+        if (!sp.diag)
+          for (int64_t q = 0; q < m; ++q)
+            for (int64_t k = 0; k < m; ++k) dc[i * m + q] += w.out1[q * m + k];
       }
-      T* col = w.col.data();
-      for (int64_t q = 0; q < m; ++q) {
-        const T* aq = alpha.data() + q * n;
+      // G^{qk} now holds the tiles' gradients: the products, in the order (q, k)
+      for (int64_t q = 0; q < m; ++q)
         for (int64_t k = 0; k < m; ++k) {
-          T* pt = w.gram(pl, q, k);
-          const T* arow = w.arow.data() + q * pl.tile;
-          const T* acol = w.acol.data() + k * pl.tile;
-          std::fill(col, col + sp.nb, T(0));
-          for (int a = 0; a < sp.mb; ++a) {
-            const int64_t i = sp.i0 + a;
-            // one pass: the coef gradients read the score row, then G^{qk} takes its place
-            const double dot = dk.grad_row(
-                pt + a * ld, arow + a * ld, coef_t.data() + k * n + sp.j0,
-                sp.diag ? T(0) : coef[i * m + q], sp.diag ? nullptr : acol + a * ld, q == k,
-                inv_tau, inv_tau, aq[i], sp.diag ? nullptr : aq + sp.j0, sp.diag ? a : -1, sp.nb,
-                col);
-            if (!sp.diag) dc[i * m + q] += dot;
-          }
+          const T* pt = w.gram(pl, q, k);
+          const T* col = w.col[q * m + k];
           for (int b = 0; b < sp.nb; ++b) dc[(sp.j0 + b) * m + k] += col[b];
           dk.gemm_acc(pt, ld, 1, sp.mb, sp.nb, u + k * nd + sp.j0 * d, d, static_cast<int>(d),
                       gu + q * nd + sp.i0 * d, d);
           dk.gemm_acc(pt, 1, ld, sp.nb, sp.mb, u + q * nd + sp.i0 * d, d, static_cast<int>(d),
                       gu + k * nd + sp.j0 * d, d);
         }
-      }
     }
   }
   if (threads > 1) {

@@ -4,7 +4,7 @@
 //   gemm_acc:  C[mb, d] += P X, with P(r, k) = p[r * rs + k * cs] (so P or P^T of a stored
 //              tile) and X[kb, d] row-major; MR x (NV * W) register tiles.
 //   row passes over score-tile rows: exponentials (with or without a running sum), shifts,
-//              scalings, combinations of several Gram rows, dot products.
+//              scalings. (The fused-view loss has its own row passes, fusion_rows.h.)
 //
 // The score tiles themselves come from FusedTile::tile (topk_tile.h) with `last == false`,
 // which stores the full tile instead of selecting from it.
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace micro_fast {
 
@@ -34,24 +35,11 @@ struct DenseKernel {
   double (*exp_sum)(const T* s, T a, T b0, int64_t skip, int64_t n, T* col);
   // e[j] = exp(a * s[j] - b0) * (alpha + (beta ? beta[j] : 0))
   void (*exp_scale)(const T* s, T a, T b0, T alpha, const T* beta, int64_t n, T* e);
-  // exp_sum (with no entry left out) and exp_scale of the combination
-  // c[j] = sum_q p[q][j] * (wv ? wv[q][j] : ws[q]), q < m, which is never stored.
-  //
-  // These fixed-shift passes (exp_sum, exp_scale, the comb_ ones, grad_row) evaluate their
+  // These fixed-shift passes (exp_sum, exp_scale and fusion_rows.h) evaluate their
   // exponentials with S::exp2, whose argument a log2(e) s - b0 log2(e) must stay within
   // [-126, 126]: the contrastive kernels call them with a = b0 = 1 / tau, tau >= 0.05
   // (kFixedShiftTau), on cosine scores |s| <= 1 (plus rounding), so the argument is in
   // [-58, 0]. Entries to leave out are skipped, never masked with -inf.
-  double (*comb_exp_sum)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
-                         int64_t n, T* col);
-  void (*comb_exp_scale)(const T* const* p, const T* const* wv, const T* ws, int m, T a, T b0,
-                         T alpha, const T* beta, int64_t n, T* e);
-  // One pass over a Gram row p that is read for the last time and overwritten:
-  //   col[j] += x[j] p[j], the return value is sum_j y[j] p[j] (0 without y), then
-  //   p[j] = wv[j] x[j] + e[j] + (y ? c y[j] : 0), e[j] = exp(a p[j] - b0) (alpha + beta[j])
-  //   (beta may be null) when `intra`, else 0, and e[skip] = 0 (skip < 0: none).
-  double (*grad_row)(T* p, const T* x, const T* wv, T c, const T* y, bool intra, T a, T b0,
-                     T alpha, const T* beta, int64_t skip, int64_t n, T* col);
 };
 
 namespace {
@@ -146,36 +134,6 @@ struct RowOps {
       S::store(y + j, S::fma(va, S::load(y + j), S::mul(S::load(x + j), S::load(w + j))));
     for (; j < n; ++j) y[j] = a * y[j] + x[j] * w[j];
   }
-  static double grad_row(T* p, const T* x, const T* wv, T c, const T* y, bool intra, T a, T b0,
-                         T alpha, const T* beta, int64_t skip, int64_t n, T* col) {
-    const V vc = S::set1(c), va = S::set1(a * kLog2eOf<T>), vnb0 = S::set1(-b0 * kLog2eOf<T>),
-            valpha = S::set1(alpha);
-    V dacc = S::zero();
-    T tail = T(0);
-    each(n, [&](int64_t j, int64_t rem) {
-      const V r = ld_or_part(p + j, rem), xv = ld_or_part(x + j, rem);
-      st_or_part(col + j, S::fma(xv, r, ld_or_part(col + j, rem)), rem);
-      V v = S::mul(ld_or_part(wv + j, rem), xv);
-      if (intra) {
-        const V scale = beta ? S::add(valpha, ld_or_part(beta + j, rem)) : valpha;
-        v = S::add(v, S::mul(S::exp2(S::fma(va, r, vnb0)), scale));
-      }
-      if (y) {
-        const V yv = ld_or_part(y + j, rem);
-        if (rem == W) dacc = S::fma(yv, r, dacc);
-        else tail = hsum_part(S::mul(yv, r), rem);
-        v = S::fma(vc, yv, v);
-      }
-      st_or_part(p + j, v, rem);
-    });
-    if (intra && skip >= 0) {  // the left-out entry gets no exponential term
-      T v = wv[skip] * x[skip];
-      if (y) v = std::fma(c, y[skip], v);
-      p[skip] = v;
-    }
-    return y ? S::hsum(dacc) + double(tail) : 0.0;
-  }
-
   // The shared loop of the exp-sum passes: row(j, rem) gives the operand vector at j.
   // v with lane q set to 0 (the one vector of a row that holds a left-out entry)
   static inline V zero_lane(V v, int64_t q) {
@@ -226,56 +184,13 @@ struct RowOps {
                  beta, n, e);
   }
 
-  // sum_q p[q][j..] * (wv ? wv[q][j..] : ws[q]); M > 0 fixes the number of terms at compile
-  // time (the common two-view case keeps its operands in registers), M == 0 takes m
-  template <int M>
-  struct Comb {
-    const T* const* p;
-    const T* const* wv;
-    const T* ws;
-    int m;
-    inline V operator()(int64_t j, int64_t rem) const {
-      const int terms = M > 0 ? M : m;
-      V acc = S::zero();
-      for (int q = 0; q < terms; ++q) {
-        const V w = wv ? ld_or_part(wv[q] + j, rem) : S::set1(ws[q]);
-        acc = S::fma(ld_or_part(p[q] + j, rem), w, acc);
-      }
-      return acc;
-    }
-  };
-  template <int M>
-  static double comb_exp_sum_m(const T* const* p, const T* const* wv, const T* ws, int m, T a,
-                               T b0, int64_t n, T* col) {
-    return exp_sum_of(Comb<M>{p, wv, ws, m}, a, b0, -1, n, col);
-  }
-  template <int M>
-  static void comb_exp_scale_m(const T* const* p, const T* const* wv, const T* ws, int m, T a,
-                               T b0, T alpha, const T* beta, int64_t n, T* e) {
-    exp_scale_of(Comb<M>{p, wv, ws, m}, a, b0, alpha, beta, n, e);
-  }
-  static double comb_exp_sum(const T* const* p, const T* const* wv, const T* ws, int m, T a,
-                             T b0, int64_t n, T* col) {
-    switch (m) {
-      case 1: return comb_exp_sum_m<1>(p, wv, ws, m, a, b0, n, col);
-      case 2: return comb_exp_sum_m<2>(p, wv, ws, m, a, b0, n, col);
-      case 3: return comb_exp_sum_m<3>(p, wv, ws, m, a, b0, n, col);
-      default: return comb_exp_sum_m<0>(p, wv, ws, m, a, b0, n, col);
-    }
-  }
-  static void comb_exp_scale(const T* const* p, const T* const* wv, const T* ws, int m, T a,
-                             T b0, T alpha, const T* beta, int64_t n, T* e) {
-    switch (m) {
-      case 1: return comb_exp_scale_m<1>(p, wv, ws, m, a, b0, alpha, beta, n, e);
-      case 2: return comb_exp_scale_m<2>(p, wv, ws, m, a, b0, alpha, beta, n, e);
-      case 3: return comb_exp_scale_m<3>(p, wv, ws, m, a, b0, alpha, beta, n, e);
-      default: return comb_exp_scale_m<0>(p, wv, ws, m, a, b0, alpha, beta, n, e);
-    }
-  }
 };
 
-// C[mb, d] += P X in MR x (NV * W) register tiles. The MR rows of P are read at fixed offsets
-// from one pointer that steps by cs, so the inner loop does no index arithmetic.
+// C[mb, d] += P X in MR x (NV * W) register tiles; columns past the last multiple of NV * W
+// in MR x W tiles, and the last d % W through a zero-padded copy, so no column runs scalar code
+// (at d = 16 the scalar columns made a contrastive backward 4x slower than at d = 64). The MR
+// rows of P are read at fixed offsets from one pointer that steps by cs, so the inner loop does
+// no index arithmetic.
 template <class S, int MR, int NV>
 struct DenseTile {
   using T = typename S::T;
@@ -283,60 +198,61 @@ struct DenseTile {
   static constexpr int W = S::W;
   static constexpr int NR = NV * W;
 
-  template <int R>
+  template <int R, int N>
   static inline void panel(const T* p, int64_t rs, int64_t cs, int kb, const T* x, int64_t ldx,
                            T* c, int64_t ldc) {
-    V acc[R][NV];
+    V acc[R][N];
     for (int r = 0; r < R; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = S::zero();
+      for (int v = 0; v < N; ++v) acc[r][v] = S::zero();
     int64_t off[R];
     for (int r = 0; r < R; ++r) off[r] = r * rs;
     const T* pk = p;
     const T* xk = x;
     for (int k = 0; k < kb; ++k, pk += cs, xk += ldx) {
-      V b[NV];
-      for (int v = 0; v < NV; ++v) b[v] = S::load(xk + v * W);
+      V b[N];
+      for (int v = 0; v < N; ++v) b[v] = S::load(xk + v * W);
       for (int r = 0; r < R; ++r) {
         const V a = S::set1(pk[off[r]]);
-        for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(a, b[v], acc[r][v]);
+        for (int v = 0; v < N; ++v) acc[r][v] = S::fma(a, b[v], acc[r][v]);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int v = 0; v < NV; ++v) {
+      for (int v = 0; v < N; ++v) {
         T* cr = c + r * ldc + v * W;
         S::store(cr, S::add(S::load(cr), acc[r][v]));
       }
   }
 
-  template <int R>
+  template <int R, int N>
   static inline void edge_rows(int rv, const T* p, int64_t rs, int64_t cs, int kb, const T* x,
                                int64_t ldx, T* c, int64_t ldc) {
     if constexpr (R > 0) {
-      if (rv == R) panel<R>(p, rs, cs, kb, x, ldx, c, ldc);
-      else edge_rows<R - 1>(rv, p, rs, cs, kb, x, ldx, c, ldc);
+      if (rv == R) panel<R, N>(p, rs, cs, kb, x, ldx, c, ldc);
+      else edge_rows<R - 1, N>(rv, p, rs, cs, kb, x, ldx, c, ldc);
     }
+  }
+
+  // the N * W columns of C and X from column 0 of the given pointers, all mb rows
+  template <int N>
+  static inline void columns(const T* p, int64_t rs, int64_t cs, int mb, int kb, const T* x,
+                             int64_t ldx, T* c, int64_t ldc) {
+    int r0 = 0;
+    for (; r0 + MR <= mb; r0 += MR) panel<MR, N>(p + r0 * rs, rs, cs, kb, x, ldx, c + r0 * ldc, ldc);
+    if (r0 < mb) edge_rows<MR - 1, N>(mb - r0, p + r0 * rs, rs, cs, kb, x, ldx, c + r0 * ldc, ldc);
   }
 
   static void gemm_acc(const T* p, int64_t rs, int64_t cs, int mb, int kb, const T* x,
                        int64_t ldx, int d, T* c, int64_t ldc) {
     int c0 = 0;
-    for (; c0 + NR <= d; c0 += NR) {
-      int r0 = 0;
-      for (; r0 + MR <= mb; r0 += MR)
-        panel<MR>(p + r0 * rs, rs, cs, kb, x + c0, ldx, c + r0 * ldc + c0, ldc);
-      if (r0 < mb)
-        edge_rows<MR - 1>(mb - r0, p + r0 * rs, rs, cs, kb, x + c0, ldx, c + r0 * ldc + c0, ldc);
-    }
-    if (c0 < d) {  // remaining columns
-      for (int r = 0; r < mb; ++r) {
-        T* cr = c + static_cast<int64_t>(r) * ldc;
-        for (int k = 0; k < kb; ++k) {
-          const T a = p[static_cast<int64_t>(r) * rs + static_cast<int64_t>(k) * cs];
-          const T* xr = x + static_cast<int64_t>(k) * ldx;
-          for (int j = c0; j < d; ++j) cr[j] += a * xr[j];
-        }
-      }
-    }
+    for (; c0 + NR <= d; c0 += NR) columns<NV>(p, rs, cs, mb, kb, x + c0, ldx, c + c0, ldc);
+    for (; c0 + W <= d; c0 += W) columns<1>(p, rs, cs, mb, kb, x + c0, ldx, c + c0, ldc);
+    if (c0 == d) return;
+    const int rem = d - c0;
+    std::vector<T> xt(static_cast<size_t>(kb) * W, T(0)), ct(static_cast<size_t>(mb) * W, T(0));
+    for (int k = 0; k < kb; ++k) std::memcpy(&xt[k * W], x + k * ldx + c0, rem * sizeof(T));
+    for (int r = 0; r < mb; ++r) std::memcpy(&ct[r * W], c + r * ldc + c0, rem * sizeof(T));
+    columns<1>(p, rs, cs, mb, kb, xt.data(), W, ct.data(), W);
+    for (int r = 0; r < mb; ++r) std::memcpy(c + r * ldc + c0, &ct[r * W], rem * sizeof(T));
   }
 };
 
@@ -352,10 +268,7 @@ DenseKernel<typename S::T> dense_kernel() {
                                     &R::add_into,
                                     &R::mul_add,
                                     &R::exp_sum,
-                                    &R::exp_scale,
-                                    &R::comb_exp_sum,
-                                    &R::comb_exp_scale,
-                                    &R::grad_row};
+                                    &R::exp_scale};
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/dense_tile.h"
+#include "cpu/fusion_rows.h"
 #include "cpu/row_gemm.h"
 #include "cpu/spmm_rows.h"
 #include "cpu/topk_tile.h"
@@ -27,6 +28,11 @@ struct IsaKernelsT {
   SpmmKernel<T> spmm;
   DenseKernel<T> dense;
   RowGemmKernel<T> row_gemm;
+  // fused-view row passes for 1, 2, 3 and any number (up to kMaxFusedViews) of views
+  FusionRowKernel<T> fusion_rows[4];
+  const FusionRowKernel<T>& fusion(int64_t views) const {
+    return fusion_rows[views < 4 ? views - 1 : 3];
+  }
 };
 
 struct IsaKernels {

@@ -13,9 +13,13 @@ namespace {
 template <typename F32, typename F64, int MR, int NV>
 void fill_isa_kernels(IsaKernels* out) {
   out->f32 = {FusedTile<F32, MR, NV>::descriptor(), SpmmImpl<F32>::descriptor(),
-              dense_kernel<F32, MR, NV>(), row_gemm_kernel<F32, MR, NV>()};
+              dense_kernel<F32, MR, NV>(), row_gemm_kernel<F32, MR, NV>(),
+              {fusion_row_kernel_of<F32>(1), fusion_row_kernel_of<F32>(2),
+               fusion_row_kernel_of<F32>(3), fusion_row_kernel_of<F32>(0)}};
   out->f64 = {FusedTile<F64, MR, NV>::descriptor(), SpmmImpl<F64>::descriptor(),
-              dense_kernel<F64, MR, NV>(), row_gemm_kernel<F64, MR, NV>()};
+              dense_kernel<F64, MR, NV>(), row_gemm_kernel<F64, MR, NV>(),
+              {fusion_row_kernel_of<F64>(1), fusion_row_kernel_of<F64>(2),
+               fusion_row_kernel_of<F64>(3), fusion_row_kernel_of<F64>(0)}};
 }
 
 }  // namespace

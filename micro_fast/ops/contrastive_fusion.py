@@ -19,8 +19,10 @@ row blocks of the stacked views once: :math:`M^2 N^2 d / 2` multiply-adds forwar
 :math:`3 M^2 N^2 d / 2` backward (its recomputation included), 8 :math:`N^2 d` in all for two
 views against :math:`6 M N^2 d` = 12 for M separate losses. Gradients reach :math:`u` and
 :math:`c` from the kernel, and from there ``views`` and
-``weights`` through torch. Other backends, ``symmetric=True`` and ``tau < 0.05`` (where the
-fused kernel's fixed exponent shift could underflow) compute the sum of separate losses.
+``weights`` through torch. Other backends, ``symmetric=True``, ``tau < 0.05`` (where the
+fused kernel's fixed exponent shift could underflow) and more than ``MAX_FUSED_VIEWS`` views
+(the kernel keeps :math:`M^2` scores per item pair in registers) compute the sum of separate
+losses.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from micro_fast.ops.contrastive_loss import RankShard, contrastive_loss, lse_shi
 
 #: Smallest tau the fused kernels take (their exponent shift is fixed at 1 / tau).
 FUSED_MIN_TAU = 0.05
+#: Most views the fused kernels take.
+MAX_FUSED_VIEWS = 8
 STRATEGIES = ("auto", "fused", "separate")
 
 
@@ -230,7 +234,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
                  + memory.workspace(impl, "contrastive_fusion_loss", n=n, d=d, views=nviews,
                                     elem=elem), f"{nviews} x [{n}, {d}]")
     fused = fuse_views(views, weights)
-    if impl is None or symmetric or tau < FUSED_MIN_TAU:
+    if impl is None or symmetric or tau < FUSED_MIN_TAU or nviews > MAX_FUSED_VIEWS:
         # each loss checks its view and the fused one (NaN / inf in weights surface there)
         return sum(contrastive_loss(v, fused, tau=tau, symmetric=symmetric,
                                     block_size=block_size, backend=backend, shard=shard,
