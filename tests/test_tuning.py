@@ -133,10 +133,13 @@ def test_block_size_choice_reaches_the_kernel(cache, monkeypatch):
                                                                                   sym, block))
     _write(cache, _fake_entry(**{"contrastive.block_size": 128}))
     tuning.forget()
+    monkeypatch.setitem(tuning.CALIBRATION_ROWS, "contrastive", 50)
     z = torch.randn(50, 8)
     mf.contrastive_loss(z, z + 1, backend="cpp")
     mf.contrastive_loss(z, z + 1, backend="cpp", block_size=64)
-    assert seen == [128, 64]
+    # a problem smaller than the calibration's keeps the kernel's default
+    mf.contrastive_loss(z[:49], z[:49] + 1, backend="cpp")
+    assert seen == [128, 64, None]
 
 
 def test_off_switch_uses_defaults_and_writes_nothing(cache, monkeypatch):

@@ -225,6 +225,7 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     if strategy not in STRATEGIES:
         raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     name, measured = _plan(backend, str(views[0].device), strategy, shard is not None)
+    measured = tuning.sized_block("contrastive_fusion", measured, n)
     impl = None if name is None else backends.get(name, views[0].device,
                                                   op="contrastive_fusion_forward")
     d, elem = views[0].shape[1], views[0].element_size()

@@ -242,6 +242,7 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     name, measured = resolve(backend, str(z1.device), "contrastive")
     impl = backends.get(name, z1.device, op="contrastive_forward")
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
+    measured = tuning.sized_block("contrastive", measured, n)
     # normalized views and their gradients, and the backend's working memory
     memory.check("contrastive_loss", 4 * n * d * elem
                  + memory.workspace(impl, "contrastive_loss", n=n, d=d, elem=elem),

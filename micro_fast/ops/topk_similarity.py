@@ -201,7 +201,8 @@ def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     excl = check_exclude(exclude, queries.shape[0], n, queries.device)
     name, measured = _resolve(backend, str(queries.device))
     impl = backends.get(name, queries.device)
-    block_size = block_size or measured
+    block_size = block_size or tuning.sized_block("topk_similarity", measured,
+                                                  queries.shape[0])
     m, elem = queries.shape[0], queries.element_size()
     # the [M, k] outputs and the backend's working memory, before anything is allocated
     memory.check("topk_similarity",
