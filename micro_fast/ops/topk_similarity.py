@@ -219,7 +219,7 @@ def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
             keys = l2_normalize(names[1], keys) if eager_checks else normalize_rows(keys)
     if symmetric:
         keys = queries
-    if eager_checks:
+    if eager_checks and not normalize:  # unit rows: every inner product is at most 1 in size
         check_no_overflow(queries, keys)
     return TopkInputs(queries, keys, symmetric, k, excl, block_size, impl)
 
