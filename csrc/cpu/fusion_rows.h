@@ -66,6 +66,25 @@ struct FusionRows {
   static inline bool skip_in(int64_t skip, int64_t j) {
     return static_cast<uint64_t>(skip - j) < uint64_t(W);
   }
+  // the m^2 scores P^{qk} and the m column coefficients at columns j.. (rem of them valid)
+  static inline void load(const FusionRow<T>& r, int m, int64_t j, int64_t rem, V (&p)[K][K],
+                          V (&cj)[K]) {
+    for (int q = 0; q < m; ++q) {
+      cj[q] = R::ld_or_part(r.coef_j[q] + j, rem);
+      for (int k = 0; k < m; ++k) p[q][k] = R::ld_or_part(r.p[q * m + k] + j, rem);
+    }
+  }
+  // S^q_ij = sum_k coef[j, k] P^{qk} and S^q_ji = sum_k coef[i, k] P^{kq}
+  static inline V score(const V (&p)[K][K], const V (&cj)[K], int q, int m) {
+    V s = S::zero();
+    for (int k = 0; k < m; ++k) s = S::fma(p[q][k], cj[k], s);
+    return s;
+  }
+  static inline V score_t(const V (&p)[K][K], const V (&ci)[K], int q, int m) {
+    V s = S::zero();
+    for (int k = 0; k < m; ++k) s = S::fma(p[k][q], ci[k], s);
+    return s;
+  }
 
   static void forward(const FusionRow<T>& r, int m_arg, double* row_cross, double* row_intra,
                       T* const* col_cross, T* const* col_intra) {
@@ -81,14 +100,9 @@ struct FusionRows {
     }
     R::each(r.n, [&](int64_t j, int64_t rem) {
       V p[K][K], cj[K];
+      load(r, m, j, rem, p, cj);
       for (int q = 0; q < m; ++q) {
-        cj[q] = R::ld_or_part(r.coef_j[q] + j, rem);
-        for (int k = 0; k < m; ++k) p[q][k] = R::ld_or_part(r.p[q * m + k] + j, rem);
-      }
-      for (int q = 0; q < m; ++q) {
-        V s = S::zero();
-        for (int k = 0; k < m; ++k) s = S::fma(p[q][k], cj[k], s);
-        const V e = S::exp2(S::fma(va, s, vnb0));
+        const V e = S::exp2(S::fma(va, score(p, cj, q, m), vnb0));
         if (rem == W) cross[q] = S::add(cross[q], e);
         else cross_tail[q] = R::hsum_part(e, rem);
         V ei = S::exp2(S::fma(va, p[q][q], vnb0));
@@ -96,9 +110,7 @@ struct FusionRows {
         if (rem == W) intra[q] = S::add(intra[q], ei);
         else intra_tail[q] = R::hsum_part(ei, rem);
         if (cols) {
-          V st = S::zero();
-          for (int k = 0; k < m; ++k) st = S::fma(p[k][q], ci[k], st);
-          const V et = S::exp2(S::fma(va, st, vnb0));
+          const V et = S::exp2(S::fma(va, score_t(p, ci, q, m), vnb0));
           R::st_or_part(col_cross[q] + j, S::add(R::ld_or_part(col_cross[q] + j, rem), et), rem);
           R::st_or_part(col_intra[q] + j, S::add(R::ld_or_part(col_intra[q] + j, rem), ei), rem);
         }
@@ -126,19 +138,12 @@ struct FusionRows {
     }
     R::each(r.n, [&](int64_t j, int64_t rem) {
       V p[K][K], cj[K], arow[K], acol[K], aj[K];
+      load(r, m, j, rem, p, cj);
       for (int q = 0; q < m; ++q) {
-        cj[q] = R::ld_or_part(r.coef_j[q] + j, rem);
-        for (int k = 0; k < m; ++k) p[q][k] = R::ld_or_part(r.p[q * m + k] + j, rem);
-      }
-      for (int q = 0; q < m; ++q) {
-        V s = S::zero();
-        for (int k = 0; k < m; ++k) s = S::fma(p[q][k], cj[k], s);
-        arow[q] = S::mul(S::exp2(S::fma(va, s, vnb0)), ai[q]);
+        arow[q] = S::mul(S::exp2(S::fma(va, score(p, cj, q, m), vnb0)), ai[q]);
         if (!diag) {
-          V st = S::zero();
-          for (int k = 0; k < m; ++k) st = S::fma(p[k][q], ci[k], st);
           aj[q] = S::add(S::zero(), R::ld_or_part(r.alpha_j[q] + j, rem));
-          acol[q] = S::mul(S::exp2(S::fma(va, st, vnb0)), aj[q]);
+          acol[q] = S::mul(S::exp2(S::fma(va, score_t(p, ci, q, m), vnb0)), aj[q]);
         }
       }
       if (skip_in(r.skip, j)) {
