@@ -252,3 +252,19 @@ def test_a_few_thousand_items(backend):
         ref = _value_and_grads(z1, z2, symmetric=symmetric, backend="torch_ref")
         for a, b in zip(got, ref, strict=True):
             assert torch.allclose(a, b, rtol=2e-4, atol=1e-7)
+
+
+def test_auto_without_cpp_takes_torch_ref_not_numba(monkeypatch):
+    """numba's contrastive kernels are slower than torch_ref's products: auto skips them."""
+    from micro_fast.backends import cpp, get
+
+    if "numba" not in backends.available():
+        pytest.skip("numba not available")
+    monkeypatch.setattr(cpp, "is_available", lambda: (False, "disabled by the test"))
+    cpu = torch.device("cpu")
+    assert get("auto", cpu, op="contrastive_forward").__name__.endswith("torch_ref")
+    assert get("auto", cpu, op="spmm").__name__.endswith("numba")
+    assert get("numba", cpu, op="contrastive_forward").__name__.endswith("numba")
+    z1, z2 = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 5, dtype=torch.float64)
+    assert torch.allclose(mf.contrastive_loss(z1, z2),
+                          mf.contrastive_loss(z1, z2, backend="torch_ref"), rtol=0, atol=0)

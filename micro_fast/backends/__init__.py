@@ -54,7 +54,8 @@ the gradients, so that ``count`` processes' partial results combine into the who
     the op passes (``m``, ``n``, ``d``, ``k``, ``nnz``, ``views``, ``elem`` = bytes per value),
     which the ops add to their budget check (``micro_fast.memory``).
 
-A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next.
+A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next,
+as it does for an op in the backend's ``AUTO_SKIP`` (one it has, but slower than the next).
 ``torch_ref`` is the ground truth every other backend is tested against.
 """
 
@@ -115,7 +116,8 @@ def get(backend: str, device: torch.device, op: str = "topk_similarity",
                 mod = _load(name)
                 # supports() first: it is cheap, while is_available() may initialize a driver
                 # (numba_cuda) that a CPU tensor never needs
-                if mod.supports(device) and mod.is_available()[0] and hasattr(mod, op):
+                if (mod.supports(device) and mod.is_available()[0] and hasattr(mod, op)
+                        and op not in getattr(mod, "AUTO_SKIP", ())):
                     return mod
             except ImportError:
                 continue
