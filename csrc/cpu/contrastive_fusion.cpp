@@ -71,7 +71,7 @@ struct FusionScratch {
   std::vector<double> out1, out2;
   explicit FusionScratch(const FusionPlan<T>& pl)
       : p(pl.m * pl.m * pl.tile), cols(std::max<int64_t>(2, pl.m) * pl.m * pl.pad_b),
-        p_rows(pl.m * pl.m), col(pl.m * pl.m), coef_j(pl.m), alpha_j(pl.m),
+        p_rows(pl.m * pl.m), col(std::max<int64_t>(2, pl.m) * pl.m), coef_j(pl.m), alpha_j(pl.m),
         out1(pl.m * pl.m), out2(pl.m) {}
   T* gram(const FusionPlan<T>& pl, int64_t q, int64_t k) { return p.data() + (q * pl.m + k) * pl.tile; }
   // c zeroed column accumulators of nb entries in col[0..c)
