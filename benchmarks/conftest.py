@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import os
-import re
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -15,8 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import isas  # noqa: E402
 import sizes  # noqa: E402
-
-THREADS = int(os.environ.get("MICRO_FAST_BENCH_THREADS", "2"))
+from harness import THREADS, peak_extra_mb  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -46,38 +44,17 @@ def pytest_configure(config):
         pass
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        m = re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.M)
-    return int(m.group(1)) if m else 0
-
-
-def peak_extra_mb(fn: Callable[[], object]) -> float | None:
-    """Peak resident memory above the starting point while ``fn`` runs, in MiB (Linux).
-
-    Resets the kernel's high-water mark (``/proc/self/clear_refs``), so allocations by torch,
-    NumPy, FAISS and the compiled kernels are all seen, unlike tracemalloc.
-    """
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    gc.collect()
-    base = _status_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return None
-    result = fn()
-    peak = _status_kb("VmHWM")
-    del result
-    return max(0.0, (peak - base) / 1024.0)
-
-
 @pytest.fixture
 def run_case(benchmark):
-    """Times ``fn`` with pytest-benchmark and records its peak extra memory."""
+    """Times ``fn`` with pytest-benchmark and records its peak extra memory.
 
-    def run(fn: Callable[[], object], *, rounds: int = 3, warmup: int = 1,
+    Every case of a group must be called with the same ``warmup`` and ``rounds``
+    (``sizes.timing(n)``): peers and our kernels get the same warm-up calls and timed rounds.
+    The first warm-up call is timed too (``extra_info["first_call_s"]``, the cold call), so
+    cold calls can be compared as well.
+    """
+
+    def run(fn: Callable[[], object], *, rounds: int = sizes.ROUNDS, warmup: int = sizes.WARMUP,
             isa: str | None = None, **info) -> None:
         """``isa``: for a compiled case, the instruction set to run it with (``"best"``: the
         library's pick), recorded in ``extra_info["isa"]``; ``None`` for other cases."""
@@ -85,9 +62,13 @@ def run_case(benchmark):
             if benchmark.disabled:  # --benchmark-disable: exercise the case once, measure nothing
                 benchmark(fn)
                 return
-            if warmup:
-                fn()
             benchmark.extra_info.update(info)
+            for i in range(warmup):
+                t0 = time.perf_counter()
+                fn()
+                if i == 0:
+                    benchmark.extra_info["first_call_s"] = time.perf_counter() - t0
+            benchmark.extra_info["warmup"] = warmup
             benchmark.extra_info["threads"] = THREADS
             if isa is not None:
                 benchmark.extra_info["isa"] = isas.current()

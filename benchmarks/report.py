@@ -3,11 +3,14 @@
     python benchmarks/report.py results.json [--out DIR]     # DIR/BENCHMARKS.md + DIR/*.png
     python benchmarks/report.py --compare old.json new.json   # regression table
 
-Per group (one op at one size): each case's median time, its speedup over every peer of the
-group, peak extra memory and effective throughput (GFLOP/s or GB/s) as a share of the
-machine's measured GEMM and copy ceilings. A reference whose time was extrapolated (the
-published training epoch) is reported at its extrapolated time and marked so. Plots: time vs
-size per implementation, log-log, one PNG per op family.
+Per group (one op at one size): each case's median time, its warm-up calls and timed rounds
+(every case of a group must have the same: a group where they differ is listed under "Unequal
+timing"), its cold first call, its speedup over every peer of the group, peak extra memory
+and achieved throughput: GFLOP/s from the multiply-adds the implementation performs
+(``extra_info["flop"]``, benchmarks/work.py) or GB/s of the bytes it must move, each as a
+share of the GEMM and copy ceilings measured in the same run. Nothing is extrapolated. The
+report opens with the provenance header (machine, date, commit; benchmarks/provenance.py).
+Plots: time vs size per implementation, log-log, one PNG per op family.
 """
 
 from __future__ import annotations
@@ -36,11 +39,29 @@ def case_name(bench: dict) -> str:
 
 
 def case_time(bench: dict) -> tuple[float, bool]:
-    """(seconds, extrapolated?) of a case."""
-    info = bench.get("extra_info", {})
-    if "extrapolated_epoch_s" in info:
-        return float(info["extrapolated_epoch_s"]), True
+    """(median seconds, False) of a case (the second item is kept for old callers: no time is
+    extrapolated)."""
     return float(bench["stats"]["median"]), False
+
+
+def timing_of(bench: dict) -> tuple[int | None, int]:
+    """(warm-up calls, timed rounds) of a case."""
+    return bench.get("extra_info", {}).get("warmup"), int(bench["stats"]["rounds"])
+
+
+def unequal_timing(data: dict) -> list[str]:
+    """One line per group whose cases did not all get the same warm-up and rounds."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for b in timed(data):
+        groups[b.get("group") or ""].append(b)
+    out = []
+    for group, benches in sorted(groups.items()):
+        seen = {timing_of(b) for b in benches}
+        if len(seen) > 1:
+            shown = ", ".join(f"{case_name(b)}: {timing_of(b)[0]} warm-up + "
+                              f"{timing_of(b)[1]} rounds" for b in benches)
+            out.append(f"{group}: {shown}")
+    return out
 
 
 def timed(data: dict) -> list[dict]:
@@ -105,11 +126,29 @@ def machine_info() -> dict:
     except ImportError:
         numba_version = "not installed"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    git = _provenance().git_state()
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "simd": cpp.simd_isa(), "simd_supported": ",".join(cpp.supported_isas()),
             "gpu": gpu, "python": platform.python_version(),
             "torch": torch.__version__, "numba": numba_version,
-            "micro_fast": micro_fast.__version__, "date": time.strftime("%Y-%m-%d")}
+            "micro_fast": micro_fast.__version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": git["commit"], "dirty": git["dirty"]}
+
+
+def _provenance():
+    """benchmarks/provenance.py, wherever the suite lives (a checkout or the wheel)."""
+    import importlib.util
+    import sys
+
+    if "provenance" in sys.modules:
+        return sys.modules["provenance"]
+    spec = importlib.util.spec_from_file_location(
+        "provenance", Path(__file__).resolve().parent / "provenance.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["provenance"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def ceilings(threads: int | None = None) -> dict:
@@ -154,8 +193,12 @@ def summarize(data: dict, machine: dict | None = None, ceil: dict | None = None)
         lines.append("| machine | |\n|---|---|")
         lines += [f"| {k} | {v} |" for k, v in machine.items()]
     if ceil:
-        lines.append(f"\nCeilings measured here: GEMM {ceil['gemm_gflops']:.0f} GFLOP/s "
-                     f"(float32 torch.mm), copy {ceil['copy_gbps']:.0f} GB/s (read + write).")
+        lines.append(f"\nCeilings measured in this run: GEMM {ceil['gemm_gflops']:.0f} GFLOP/s "
+                     f"(float32 torch.mm 2048^3), copy {ceil['copy_gbps']:.0f} GB/s (read + "
+                     "write). Rates count the multiply-adds each implementation performs "
+                     "(benchmarks/work.py: the symmetric kernels compute each block pair "
+                     "once), so a kernel above 100% of GEMM does its own work faster than "
+                     "torch.mm runs a GEMM here, it is not credited with work it skips.")
     groups: dict[str, list[dict]] = defaultdict(list)
     for b in timed(data):
         groups[b.get("group") or ""].append(b)
@@ -163,19 +206,33 @@ def summarize(data: dict, machine: dict | None = None, ceil: dict | None = None)
         benches = sorted(groups[group], key=lambda b: case_time(b)[0])
         peers = {case_name(b): case_time(b)[0] for b in benches if case_name(b) in PEERS}
         lines.append(f"\n### {group}\n")
-        head = "| case | time (s) | rounds | peak extra (MiB) | rate |"
+        head = ("| case | median (s) | warm-up + rounds | cold call (s) | peak extra (MiB) "
+                "| rate |")
         head += "".join(f" vs {p} |" for p in peers)
         lines.append(head)
-        lines.append("|" + "---|" * (5 + len(peers)))
+        lines.append("|" + "---|" * (6 + len(peers)))
         for b in benches:
             info = b.get("extra_info", {})
-            seconds, extrapolated = case_time(b)
+            seconds, _ = case_time(b)
             peak = info.get("peak_extra_mb")
-            t = f"{seconds:.4g}" + (" (extrapolated)" if extrapolated else "")
-            row = (f"| {case_name(b)} | {t} | {b['stats']['rounds']} | "
+            warm, rounds = timing_of(b)
+            cold = info.get("first_call_s")
+            row = (f"| {case_name(b)} | {seconds:.4g} | {warm} + {rounds} | "
+                   f"{'' if cold is None else f'{cold:.4g}'} | "
                    f"{'' if peak is None else f'{peak:.0f}'} | {_rate(info, seconds, ceil)} |")
             row += "".join(f" {p / seconds:.2f}x |" for p in peers.values())
             lines.append(row)
+    notes = _train_notes(data)
+    if notes:
+        lines.append("\n### Training epochs\n")
+        lines += notes
+    unequal = unequal_timing(data)
+    lines.append("\n### Unequal timing\n")
+    if unequal:
+        lines += [f"- {u}" for u in unequal]
+    else:
+        lines.append("None: in every group each case had the same warm-up calls and timed "
+                     "rounds.")
     flags = slower_than_simpler(data)
     lines.append("\n### Slower than a simpler path\n")
     if flags:
@@ -184,6 +241,24 @@ def summarize(data: dict, machine: dict | None = None, ceil: dict | None = None)
         lines.append("None: every compiled or fused case is at least as fast as the less "
                      "specialized cases of its group (within 5%).")
     return "\n".join(lines) + "\n"
+
+
+def _train_notes(data: dict) -> list[str]:
+    """Per timed training epoch: batches, the rebuilding first batch, the median of the others
+    and the optimizer."""
+    out = []
+    for b in timed(data):
+        info = b.get("extra_info", {})
+        if info.get("op") != "train_epoch":
+            continue
+        other = info.get("other_batch_median_s")
+        out.append(f"- {b.get('group')}: {case_name(b)}: {info.get('n_batches')} of "
+                   f"{info.get('epoch_batches')} batches timed"
+                   + (" (the whole epoch)" if info.get("whole_epoch") else "")
+                   + f", first (rebuilding) {info.get('first_batch_s', 0):.3f} s, the others "
+                   + ("-" if other is None else f"{other:.3f} s")
+                   + f" median; optimizer {info.get('optimizer')}")
+    return out
 
 
 def _family(b: dict) -> str:
@@ -235,7 +310,10 @@ def write_report(data: dict, out: Path, machine: dict | None = None,
                  ceil: dict | None = None, title: str = "Benchmarks") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pngs = plot(data, out)
-    text = f"# {title}\n\n" + summarize(data, machine, ceil)
+    prov = _provenance()
+    record = prov.record((machine or {}).get("threads"))
+    (out / "provenance.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    text = prov.markdown_header(record, title) + "\n" + summarize(data, machine, ceil)
     if pngs:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     path = out / "BENCHMARKS.md"

@@ -32,7 +32,21 @@ TRAIN = {"small": "small", "paper": "baby", "large": "clothing"}
 # a dense peer is skipped when its N x N float32 matrices would exceed this
 DENSE_LIMIT_GB = float(os.environ.get("MICRO_FAST_BENCH_DENSE_GB", "8"))
 
+# Every case of a group (one op at one size) gets the same warm-up calls and timed rounds, peers
+# and our kernels alike: WARMUP + ROUNDS, or WARMUP + HUGE_ROUNDS where the group's size is past
+# HUGE_N (the 200,000-item cases, where a call takes minutes).
+WARMUP = 1
+ROUNDS = 3
+HUGE_N = 50_000
+HUGE_ROUNDS = 1
+
 _current = "small"
+
+
+def timing(n: int) -> dict[str, int]:
+    """``run_case`` keyword arguments (warm-up calls, timed rounds) of a group of size ``n``:
+    the same for every case of the group."""
+    return {"warmup": WARMUP, "rounds": HUGE_ROUNDS if n > HUGE_N else ROUNDS}
 
 
 def set_current(name: str) -> None:
