@@ -7,7 +7,8 @@ Graphs (``--bench-size paper``): the symmetric-normalized bipartite graph of Clo
 (39,387 users x 23,033 items, 278,677 interactions -> 62,420 nodes, 557k nonzeros) and the kNN
 item graph (N = 23,033, k = 10); ``small`` and ``large`` scale both (sizes.py).
 ``extra_info`` holds the effective bandwidth (graph + x + y bytes over time) and the
-machine's measured copy bandwidth. Forward+backward clears ``x.grad`` first, as
+machine's measured copy bandwidth. Every case of a group, peers included, gets the same
+warm-up call and ``SPMM_ROUNDS`` timed rounds. Forward+backward clears ``x.grad`` first, as
 ``optimizer.zero_grad()`` does by default, so no gradient accumulation is timed.
 """
 
@@ -26,6 +27,7 @@ import micro_fast as mf
 DIMS = sizes.SPMM_DIMS[sizes.current()]
 BACKENDS = [*isas.cpp_cases(), "numba", "cuda", "torch_ref", "auto"]
 PEERS = ["torch_coo", "torch_csr", "scipy_csr"]
+SPMM_ROUNDS = 20
 
 
 GRAPHS = ([("bipartite", s) for s in sizes.SPMM_BIPARTITE[sizes.current()]]
@@ -113,8 +115,8 @@ def test_spmm(benchmark, run_case, impl, spec, d, mode):
     else:
         fn = _peer_fn(impl, g, _x(g, d, backward), backward)
     _record(benchmark, g, d, mode)
-    rounds = 5 if impl in PEERS or impl == "torch_ref" else 30
     if backend == "auto":
         benchmark.extra_info["runs"] = mf.tuning.backend_for("spmm", "auto", torch.device("cpu"))
-    run_case(fn, rounds=rounds, isa=isa, op="spmm", impl=impl, graph=name, d=d, mode=mode,
-             n=g.shape[0], nnz=g.nnz)
+    # one product takes milliseconds: every case, peers included, gets the same SPMM_ROUNDS
+    run_case(fn, rounds=SPMM_ROUNDS, warmup=sizes.WARMUP, isa=isa, op="spmm", impl=impl,
+             graph=name, d=d, mode=mode, n=g.shape[0], nnz=g.nnz)

@@ -8,9 +8,12 @@ and 1024-d text features (the published Baby sizes), planted structure, seed 0; 
 ``large`` use the synthetic presets that sizes.TRAIN names. Published defaults (batch 1024,
 so n_train // 1024 + 1 batches per epoch).
 
-The reference is slow (its contrastive loss over all items runs on every batch), so it is timed
-on its first ``REF_BATCHES`` batches, the graph-rebuilding first batch included, and the epoch is
-extrapolated as ``first + (n_batches - 1) x mean(other batches)``; ``extra_info`` says so.
+Both sides are timed the same way: one graph-rebuilding warm-up batch (its time kept as
+``first_call_s``), then one whole epoch of ``n_batches`` batches (its first batch rebuilds the
+item graph, as every epoch's does), one round each; nothing is extrapolated. Both sides update
+with the same optimizer, torch's fused Adam (``micro_fast.train.adam``); ``extra_info`` says so.
+``MICRO_FAST_TRAIN_BATCHES=B`` times the first B batches of the epoch instead, on both sides
+(a shorter comparison, reported as B batches, not as an epoch).
 ``test_same_metrics`` trains both implementations from the same weights on the same batches
 and checks that they give the same evaluation metrics.
 """
@@ -19,19 +22,23 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 import time
 
 import pytest
 import reference_micro as ref
 import sizes
 import torch
+from harness import THREADS, peak_extra_mb
 
 from micro_fast import data as mf_data
 from micro_fast.metrics import full_ranking
 from micro_fast.train import TrainConfig, adam, build_model, interaction_graph
 
-REF_BATCHES = int(os.environ.get("MICRO_FAST_REF_BATCHES", "5"))
+BATCHES = int(os.environ.get("MICRO_FAST_TRAIN_BATCHES", "0"))  # 0: the whole epoch
+METRIC_STEPS = int(os.environ.get("MICRO_FAST_METRIC_STEPS", "3"))
 SIZE = os.environ.get("MICRO_FAST_TRAIN_SIZE") or sizes.TRAIN[sizes.current()]
+OPTIMIZER = "torch.optim.Adam(fused=True) (micro_fast.train.adam), both sides"
 
 
 @functools.cache
@@ -73,56 +80,67 @@ def _ref_step(r, opt, adj, batch, build, batch_size):
     return loss.detach()
 
 
-def test_epoch_ours(benchmark, run_case):
-    ds, config, model, ui = _setup()
-    opt = adam(model.parameters(), config.lr)
-    sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
-    n_batches = sampler.n_batches
+def _group(n_batches: int) -> str:
+    return (f"train epoch {SIZE}" if n_batches == _epoch_batches()
+            else f"train {n_batches} batches {SIZE}")
+
+
+def _epoch_batches() -> int:
+    return mf_data.BPRSampler(dataset().train, 1024, seed=0).n_batches
+
+
+def _time_epoch(benchmark, step, sampler, impl: str, **info) -> None:
+    """One warm-up batch (rebuilding), then one timed round of the epoch (or of BATCHES
+    batches), each batch's time recorded; the same for both implementations."""
+    n_batches = min(BATCHES, sampler.n_batches) if BATCHES else sampler.n_batches
+    benchmark.group = _group(n_batches)
+    if benchmark.disabled:
+        benchmark(lambda: step(sampler.sample(), True))
+        return
+    t0 = time.perf_counter()
+    step(sampler.sample(), True)
+    first_call = time.perf_counter() - t0
+    times: list[float] = []
 
     def epoch():
         for b in range(n_batches):
-            _ours_step(model, opt, ui, sampler.sample(), b == 0)
+            batch = sampler.sample()
+            t = time.perf_counter()
+            step(batch, b == 0)
+            times.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
-    batch = sampler.sample()
-    _ours_step(model, opt, ui, batch, True)
-    first = time.perf_counter() - t0
+    peak = peak_extra_mb(lambda: benchmark.pedantic(epoch, rounds=1, iterations=1,
+                                                    warmup_rounds=0))
+    benchmark.extra_info.update(
+        op="train_epoch", impl=impl, size=SIZE, n=dataset().n_items, threads=THREADS,
+        n_batches=n_batches, epoch_batches=sampler.n_batches, whole_epoch=n_batches ==
+        sampler.n_batches, warmup=1, first_call_s=first_call, first_batch_s=times[0],
+        other_batch_median_s=statistics.median(times[1:]) if len(times) > 1 else None,
+        optimizer=OPTIMIZER, peak_extra_mb=peak, **info)
+    print(f"\n{impl}: {n_batches} batches in {sum(times):.2f} s (first, rebuilding "
+          f"{times[0]:.3f} s; the others {benchmark.extra_info['other_batch_median_s']} s "
+          f"median); optimizer {OPTIMIZER}")
+
+
+def test_epoch_ours(benchmark):
+    ds, config, model, ui = _setup()
+    opt = adam(model.parameters(), config.lr)
+    sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
     t0 = time.perf_counter()
     valid = full_ranking(*model.embeddings(ui), ds.train, ds.valid, config.ks)
     eval_s = time.perf_counter() - t0
-    benchmark.group = f"train epoch {SIZE}"
-    benchmark.extra_info.update(n_batches=n_batches, first_batch_s=first, eval_s=eval_s,
-                                valid_recall20=valid["recall@20"])
-    run_case(epoch, rounds=1, warmup=0, op="train_epoch", impl="micro_fast", size=SIZE,
-             n=ds.n_items)
+    _time_epoch(benchmark, lambda batch, build: _ours_step(model, opt, ui, batch, build),
+                sampler, "micro_fast", eval_s=eval_s, valid_recall20=valid["recall@20"])
 
 
 def test_epoch_reference(benchmark):
     ds, config, model, ui = _setup()
     r, adj = _reference_from(model, ds)
-    opt = torch.optim.Adam(r.parameters(), lr=config.lr)
+    opt = adam(r.parameters(), config.lr)  # the same fused Adam as ours
     sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
-    n_batches = sampler.n_batches
-    times: list[float] = []
-
-    def batches():
-        for b in range(REF_BATCHES):
-            batch = sampler.sample()
-            t0 = time.perf_counter()
-            _ref_step(r, opt, adj, batch, b == 0, config.batch_size)
-            times.append(time.perf_counter() - t0)
-
-    benchmark.group = f"train epoch {SIZE}"
-    benchmark.pedantic(batches, rounds=1, iterations=1)
-    rest = sum(times[1:]) / max(1, len(times) - 1)
-    epoch_s = times[0] + (n_batches - 1) * rest
-    benchmark.extra_info.update(
-        op="train_epoch", impl="reference", size=SIZE, n=ds.n_items,
-        n_batches=n_batches, timed_batches=len(times), first_batch_s=times[0],
-        other_batch_mean_s=rest, extrapolated_epoch_s=epoch_s,
-        note=f"epoch extrapolated from {len(times)} timed batches")
-    print(f"\nreference: first batch {times[0]:.2f} s, other batches {rest:.2f} s each; "
-          f"epoch of {n_batches} batches extrapolated to {epoch_s:.1f} s")
+    _time_epoch(benchmark, lambda batch, build: _ref_step(r, opt, adj, batch, build,
+                                                          config.batch_size),
+                sampler, "reference")
 
 
 def test_same_metrics(benchmark):
@@ -130,9 +148,9 @@ def test_same_metrics(benchmark):
     ds, config, model, ui = _setup()
     r, adj = _reference_from(model, ds)
     opt = adam(model.parameters(), config.lr)
-    ropt = torch.optim.Adam(r.parameters(), lr=config.lr)
+    ropt = adam(r.parameters(), config.lr)
     sampler = mf_data.BPRSampler(ds.train, config.batch_size, seed=config.seed)
-    steps = max(2, REF_BATCHES - 2)
+    steps = max(2, METRIC_STEPS)
     for b in range(steps):
         batch = sampler.sample()
         _ours_step(model, opt, ui, batch, b == 0)
@@ -141,7 +159,8 @@ def test_same_metrics(benchmark):
         u_ref, i_ref, *_ = r(adj, build_item_graph=True)
     ours = full_ranking(*model.embeddings(ui), ds.train, ds.valid, config.ks)
     theirs = full_ranking(u_ref, i_ref, ds.train, ds.valid, config.ks)
-    benchmark.group = f"train epoch {SIZE}"
+    n_batches = _epoch_batches()
+    benchmark.group = _group(min(BATCHES, n_batches) if BATCHES else n_batches)
     benchmark.extra_info.update(check=True, steps=steps, ours=ours, reference=theirs)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     print(f"\nafter {steps} identical batches: ours recall@20 {ours['recall@20']:.5f} "
@@ -173,12 +192,12 @@ def test_eval_dense_baseline(benchmark, run_case):
     gb = 4.0 * int((ds.valid.degrees() > 0).sum()) * ds.n_items / 1e9
     if gb > sizes.DENSE_LIMIT_GB:
         pytest.skip(f"out of memory: the dense score matrix takes {gb:.0f} GB")
-    run_case(dense_eval, rounds=3, op="eval", impl="dense_torch", size=SIZE, n=ds.n_items)
+    run_case(dense_eval, op="eval", impl="dense_torch", size=SIZE, n=ds.n_items)
 
 
 def test_eval_ours(benchmark, run_case):
     ds, config, model, ui = _setup()
     users, items = model.embeddings(ui)
     benchmark.group = f"evaluation {SIZE}"
-    run_case(lambda: full_ranking(users, items, ds.train, ds.valid, config.ks), rounds=3,
+    run_case(lambda: full_ranking(users, items, ds.train, ds.valid, config.ks),
              op="eval", impl="micro_fast", size=SIZE, n=ds.n_items)

@@ -111,3 +111,24 @@ def published_contrastive(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5,
         losses.append(-torch.log(between_sim[:, sl].diag()
                                  / (refl_sim.sum(1) + between_sim.sum(1) - refl_sim[:, sl].diag())))
     return torch.cat(losses).mean()
+
+
+def blocked_torch_search(queries: torch.Tensor, keys: torch.Tensor, k: int, block: int = 1024):
+    """Row blocks of ``queries @ keys.T`` + ``torch.topk``: the plain-torch search of queries
+    against other keys (inputs used as given, no normalization)."""
+    vals, idx = [], []
+    for r0 in range(0, queries.shape[0], block):
+        v, i = torch.topk(queries[r0:r0 + block] @ keys.T, k, dim=1)
+        vals.append(v)
+        idx.append(i)
+    return torch.cat(vals), torch.cat(idx)
+
+
+def faiss_flat_ip_search(queries: np.ndarray, keys: np.ndarray, k: int):
+    """FAISS exact inner-product search of ``queries`` against other ``keys`` (used as given):
+    an ``IndexFlatIP`` over the keys, then every query against every key."""
+    import faiss
+
+    index = faiss.IndexFlatIP(keys.shape[1])
+    index.add(np.ascontiguousarray(keys, dtype=np.float32))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
