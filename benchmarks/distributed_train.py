@@ -1,19 +1,24 @@
-"""MICRO training over torch.distributed ranks: epoch time of 1 process against W gloo ranks
-(one thread each), where each rank's batch time goes, the bytes exchanged per batch, and the
-epoch time projected to more ranks.
+"""MICRO training over torch.distributed ranks: the epoch time of W gloo ranks (one thread
+each) against one process with W threads (the same cores, no process boundary) and one process
+with one thread; where each rank's batch time goes, the bytes exchanged per batch and what
+gloo's collectives cost here, and the epoch time projected to more ranks.
 
     python benchmarks/distributed_train.py [--sizes medium,baby] [--ranks 2] [--epochs 2]
-                                           [--link-gbs 10] [--out results.json]
+                                           [--link-gbs 10] [--artifact distributed-train]
 
-Each run is ``micro_fast.train.train`` as ``micro-fast train`` runs it under torchrun (global
-batch 1024, published defaults, evaluation off), on the planted synthetic data of that size;
-the epoch time is the fastest epoch's training time (``train_s``, the first epoch also pays
-for one-time set-up). The per-batch split into what is sharded (the all-item contrastive
-loss, forward and backward) and what every rank repeats (the rest of the step) is measured in
-one process with one thread. The projection assumes that split, the measured per-rank rates,
-a ring all-reduce of every exchanged tensor (each rank sends and receives 2 (W - 1) / W of its
-bytes) over an assumed link of ``--link-gbs`` GB/s, and 50 microseconds per collective; it is
-arithmetic, not a measurement.
+Each run is ``micro_fast.train.train`` as ``micro-fast train`` runs it (under torchrun for the
+ranks; global batch 1024, published defaults, evaluation off), on the planted synthetic data of
+that size; the epoch time is the fastest of ``--epochs`` epochs' training time (``train_s``;
+the first epoch also pays for one-time set-up), the same for every configuration. The
+headline compares W ranks with one process of W threads: on one machine that is what
+distributing buys over threads. The per-batch split into what is sharded (the all-item
+contrastive loss, forward and backward) and what every rank repeats (the rest of the step) is
+measured in one process with one thread. The collectives (a gradient-sized all-reduce, the
+all-gather of one propagation layer, (U + I) x 64 floats) are timed between the W ranks, the
+median of 20 after 3 warm-ups. The projection assumes that split, the measured per-rank
+rates, a ring all-reduce of every exchanged tensor (each rank sends and receives 2 (W - 1) / W
+of its bytes) over an assumed link of ``--link-gbs`` GB/s, and 50 microseconds per collective;
+it is arithmetic, not a measurement, and labelled so. A failing rank fails the script.
 """
 
 from __future__ import annotations
@@ -32,21 +37,24 @@ from pathlib import Path
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import provenance  # noqa: E402
+
 LATENCY_S = 50e-6
 
 
-def _config(size: str, epochs: int, out: str):
+def _config(size: str, epochs: int, out: str, threads: int = 1):
     from micro_fast.train import TrainConfig
 
     return TrainConfig(data=f"synthetic:{size}", epochs=epochs, eval_every=0, out=out,
-                       progress=False, threads=1)
+                       progress=False, threads=threads)
 
 
 def _rank_main(args: argparse.Namespace) -> int:
     from micro_fast.train import train
 
-    torch.set_num_threads(1)
-    summary = train(_config(args.size, args.epochs, args.run_dir))
+    torch.set_num_threads(args.rank_threads)
+    summary = train(_config(args.size, args.epochs, args.run_dir, args.rank_threads))
     if int(os.environ.get("RANK", "0")) == 0:
         records = [json.loads(line) for line in
                    (Path(args.run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -61,18 +69,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(size: str, world: int, epochs: int, tmp: Path) -> list[float]:
-    """Per-epoch training seconds of a ``world``-rank run (one thread per rank)."""
-    out, run = tmp / f"{size}-{world}.json", tmp / f"run-{size}-{world}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+def _launch(world: int, threads: int, args: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
-    cmd = [sys.executable, __file__, "--rank-worker", "--size", size, "--epochs", str(epochs),
-           "--run-dir", str(run), "--rank-out", str(out)]
+    cmd = [sys.executable, __file__, *args]
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)))
              for r in range(world)]
-    if any(p.wait() != 0 for p in procs):
-        raise SystemExit(f"a rank of the {world}-rank {size} run failed")
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a rank of the {world}-rank run failed (exit codes {codes}): "
+                         f"{' '.join(args)}")
+
+
+def run_ranks(size: str, world: int, epochs: int, tmp: Path, threads: int = 1) -> list[float]:
+    """Per-epoch training seconds of a ``world``-rank run with ``threads`` threads per rank."""
+    out, run = tmp / f"{size}-{world}x{threads}.json", tmp / f"run-{size}-{world}x{threads}"
+    _launch(world, threads, ["--rank-worker", "--size", size, "--epochs", str(epochs),
+                             "--run-dir", str(run), "--rank-out", str(out),
+                             "--rank-threads", str(threads)])
     return json.loads(out.read_text())["epoch_s"]
+
+
+def _collectives_main(args: argparse.Namespace) -> int:
+    """In each of W ranks (one thread): gloo all-reduce of ``--floats`` floats and all-gather
+    of the same number split over the ranks, median seconds of 20 after 3 warm-ups."""
+    import torch.distributed as dist
+
+    from micro_fast import distributed
+
+    torch.set_num_threads(1)
+    rank, world = distributed.init_from_env("gloo", timeout_s=600)
+    n = args.floats
+    full = torch.ones(n)
+    part = torch.ones((n + world - 1) // world)
+    parts = [torch.empty_like(part) for _ in range(world)]
+    out = {}
+    for name, fn in (("all_reduce", lambda: dist.all_reduce(full)),
+                     ("all_gather", lambda: dist.all_gather(parts, part))):
+        times = []
+        for i in range(23):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    if rank == 0:
+        Path(args.rank_out).write_text(json.dumps(out))
+    distributed.shutdown()
+    return 0
+
+
+def collectives(world: int, floats: int, tmp: Path) -> dict[str, float]:
+    out = tmp / f"collectives-{world}-{floats}.json"
+    _launch(world, 1, ["--collectives-worker", "--floats", str(floats), "--rank-out", str(out)])
+    return json.loads(out.read_text())
 
 
 def batch_split(size: str, batches: int = 6) -> dict[str, float]:
@@ -136,42 +187,69 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--link-gbs", type=float, default=10.0,
                         help="interconnect bandwidth assumed by the projection (GB/s)")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="also write the measurements as JSON here")
+    provenance.add_output_args(parser)
     parser.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--collectives-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rank-threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--floats", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--rank-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rank_worker:
         return _rank_main(args)
+    if args.collectives_worker:
+        return _collectives_main(args)
+    w = args.ranks
     results = {}
     for size in args.sizes.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             one = min(run_ranks(size, 1, args.epochs, Path(tmp)))
-            many = min(run_ranks(size, args.ranks, args.epochs, Path(tmp)))
-        split = batch_split(size)
-        results[size] = {"epoch_s": {"1": one, str(args.ranks): many}, "split": split}
-    w = args.ranks
-    print("\nMICRO training epoch, one thread per rank (gloo), global batch 1024\n")
-    print(f"| data | 1 process (s) | {w} ranks (s) | speedup |")
-    print("|---|---|---|---|")
+            threads = min(run_ranks(size, 1, args.epochs, Path(tmp), threads=w))
+            many = min(run_ranks(size, w, args.epochs, Path(tmp)))
+            split = batch_split(size)
+            layer = (split["users"] + split["items"]) * 64
+            comm = {"propagation_layer_floats": layer,
+                    "gradient": collectives(w, split["grad_floats"], Path(tmp)),
+                    "propagation_layer": collectives(w, layer, Path(tmp))}
+        results[size] = {"epoch_s": {"1x1": one, f"1x{w}": threads, f"{w}x1": many},
+                         "split": split, "collectives_s": comm}
+    lines = [f"MICRO training epoch (fastest of {args.epochs}), global batch 1024, gloo, "
+             "published defaults, evaluation off", "",
+             f"| data | {w} ranks x 1 thread (s) | 1 process x {w} threads (s) | "
+             f"{w} ranks vs {w} threads | 1 process x 1 thread (s) | {w} ranks vs 1 thread |",
+             "|---|---|---|---|---|---|"]
     for size, r in results.items():
-        one, many = r["epoch_s"]["1"], r["epoch_s"][str(w)]
-        print(f"| synthetic:{size} | {one:.1f} | {many:.1f} | {one / many:.2f}x |")
-    print("\nPer batch (one process, one thread) and per rank exchanged:\n")
-    print("| data | step (s) | contrastive fwd+bwd (s) | replicated rest (s) | gradient "
-          "all-reduce (MB) | log-sum-exp all-reduces (MB) |")
-    print("|---|---|---|---|---|---|")
+        e = r["epoch_s"]
+        lines.append(f"| synthetic:{size} | {e[f'{w}x1']:.2f} | {e[f'1x{w}']:.2f} | "
+                     f"{e[f'1x{w}'] / e[f'{w}x1']:.2f}x | {e['1x1']:.2f} | "
+                     f"{e['1x1'] / e[f'{w}x1']:.2f}x |")
+    lines += ["", "Per batch (one process, one thread) and per rank exchanged:", "",
+              "| data | step (s) | contrastive fwd+bwd (s), sharded | replicated rest (s) | "
+              "gradient all-reduce (MB) | log-sum-exp all-reduces (MB) |",
+              "|---|---|---|---|---|---|"]
     for size, r in results.items():
         s = r["split"]
-        print(f"| synthetic:{size} | {s['step_s']:.3f} | {s['contrastive_s']:.3f} | "
-              f"{s['step_s'] - s['contrastive_s']:.3f} | {s['grad_floats'] * 4 / 1e6:.1f} | "
-              f"{s['lse_floats'] * 4 / 1e6:.2f} |")
+        lines.append(f"| synthetic:{size} | {s['step_s']:.3f} | {s['contrastive_s']:.3f} | "
+                     f"{s['step_s'] - s['contrastive_s']:.3f} | "
+                     f"{s['grad_floats'] * 4 / 1e6:.1f} | {s['lse_floats'] * 4 / 1e6:.2f} |")
+    lines += ["", f"gloo collectives between the {w} ranks on this machine (one thread each, "
+              "median of 20 after 3 warm-ups):", "",
+              "| data | all-reduce of the gradients | all-gather of one propagation layer, "
+              "(U + I) x 64 floats |", "|---|---|---|"]
+    for size, r in results.items():
+        c, s = r["collectives_s"], r["split"]
+        lines.append(f"| synthetic:{size} | {s['grad_floats'] * 4 / 1e6:.1f} MB: "
+                     f"{c['gradient']['all_reduce'] * 1e3:.2f} ms | "
+                     f"{c['propagation_layer_floats'] * 4 / 1e6:.1f} MB: "
+                     f"{c['propagation_layer']['all_gather'] * 1e3:.2f} ms |")
     counts = (1, 2, 8, 64)
-    print(f"\nProjected epoch (s): replicated rest + contrastive / W per batch at the measured "
-          f"one-thread rates, plus ring all-reduces at {args.link_gbs} GB/s:\n")
-    print("| data | " + " | ".join(f"{c} ranks" for c in counts) + " |")
-    print("|---" * (len(counts) + 1) + "|")
+    lines += ["", "Projected epoch (s), arithmetic, not a measurement: replicated rest + "
+              "contrastive / W per batch at the measured one-thread rates, plus ring "
+              f"all-reduces at an assumed {args.link_gbs} GB/s:", "",
+              "| data | " + " | ".join(f"{c} ranks" for c in counts) + " |",
+              "|---" * (len(counts) + 1) + "|"]
     for size, r in results.items():
         s = r["split"]
         rest, con = s["step_s"] - s["contrastive_s"], s["contrastive_s"]
@@ -181,10 +259,17 @@ def main(argv: list[str] | None = None) -> int:
                                                       s["collectives"], c, args.link_gbs)
             row.append(per_batch * s["n_batches"])
         r["projection_s"] = dict(zip(map(str, counts), row, strict=True))
-        print(f"| synthetic:{size} | " + " | ".join(f"{t:.1f}" for t in row) + " |")
+        lines.append(f"| synthetic:{size} | " + " | ".join(f"{t:.1f}" for t in row) + " |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    data = {"ranks": w, "link_gbs": args.link_gbs, "epochs": args.epochs, "results": results}
     if args.out:
-        Path(args.out).write_text(json.dumps({"ranks": w, "link_gbs": args.link_gbs,
-                                              "results": results}, indent=2))
+        Path(args.out).write_text(json.dumps(data, indent=2))
+    if args.artifact:
+        md, js = provenance.write_artifact(
+            args.artifact, f"MICRO training over {w} gloo ranks against one process "
+            f"(distributed_train.py)", text, data, args.results_dir, threads=w)
+        print(f"wrote {md} and {js}")
     return 0
 
 

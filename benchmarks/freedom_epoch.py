@@ -1,12 +1,18 @@
 """FREEDOM on this library's kernels against MMRec's computation (reference_freedom.py), in one
-process: the frozen item graph at start-up, the per-epoch pruning, and training batches, from
-the same weights.
+process: the frozen item graph at start-up, the per-epoch pruning, training batches and whole
+epochs, from the same weights.
 
-    python benchmarks/freedom_epoch.py [--size baby] [--batches 10] [--threads 2]
+    python benchmarks/freedom_epoch.py [--size baby] [--batches 10] [--epochs 2] [--threads 2]
+                                       [--artifact freedom-epoch]
 
-An epoch is the pruning plus ceil(E / 2048) batches (MMRec's batch size); its time is
-extrapolated from the measured pruning and the median batch. Ours and the reference alternate
-batch by batch, so a slow spell of the machine hits both alike.
+Both sides get the same warm-up and rounds in every row: the item graph and the pruning a
+warm-up call then the median of 3 and 5 calls; batches (2048, MMRec's size) one warm-up batch
+then ``--batches`` batches alternating between the sides, once with torch's fused Adam on
+both sides (what ``micro-fast train`` runs) and once with torch's default Adam on both sides
+(what MMRec runs); epochs (the pruning plus ceil(E / 2048) batches) measured whole,
+``--epochs`` of them per side alternating, with the fused Adam on both sides, after the warm-up
+batch. Nothing is extrapolated. Every side sees the same batches. Writes an artifact with the
+provenance header with ``--artifact NAME``.
 """
 
 from __future__ import annotations
@@ -24,71 +30,119 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_timing import parse_args, time_call  # noqa: E402
+from model_timing import OPTIMIZERS, median_time, optimizer, parse_args, time_call  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__, argv, batches=10)
+    args = parse_args(__doc__, argv, batches=10, epochs=2)
 
+    import provenance
     from reference_freedom import ReferenceFREEDOM, knn_adjacency
 
     from micro_fast.data import BPRSampler, synthetic
     from micro_fast.models.freedom import FREEDOM, edge_weights, frozen_item_graph
-    from micro_fast.train import adam
 
     ds = synthetic(args.size, seed=0)
     users, items = ds.train_pairs()
     feats = {m: ds.features[m] for m in ("image", "text") if m in ds.features}
-    torch.manual_seed(0)
-    model = FREEDOM(ds.n_users, ds.n_items, feats)
-    ref = ReferenceFREEDOM(model, users, items)
-    ours_opt = adam(model.parameters(), 1e-3)
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    lr, batch_size = 1e-3, 2048
 
-    build_ours = min(time_call(lambda: frozen_item_graph(model.features, 10, 0.1))
-                     for _ in range(3))
-    build_ref = min(time_call(lambda: [knn_adjacency(x.detach(), 10) for x in feats.values()])
-                    for _ in range(3))
+    def pair():
+        torch.manual_seed(0)
+        model = FREEDOM(ds.n_users, ds.n_items, feats)
+        return model, ReferenceFREEDOM(model, users, items)
+
+    model, ref = pair()
+    rows: dict[str, dict] = {}
+    rows["graph"] = {
+        "ours": median_time(lambda: frozen_item_graph(model.features, 10, 0.1), 3),
+        "ref": median_time(lambda: [knn_adjacency(x.detach(), 10) for x in feats.values()], 3)}
     weights = edge_weights(users, items, ds.n_users, ds.n_items)
-    prune_ours = statistics.median(time_call(lambda: model.pruned_graph(users, items,
-                                                                    weights=weights))
-                                   for _ in range(5))
-    prune_ref = statistics.median(time_call(ref.masked_adj) for _ in range(5))
+    rows["prune"] = {
+        "ours": median_time(lambda: model.pruned_graph(users, items, weights=weights), 5),
+        "ref": median_time(ref.masked_adj, 5)}
 
-    sampler = BPRSampler(ds.train, batch_size=2048, seed=0)
-    graph, adj = model.pruned_graph(users, items), ref.masked_adj()
-    t_ours, t_ref = [], []
-    for _ in range(args.batches + 1):
-        batch = sampler.sample()
+    n_batches = math.ceil(ds.n_train / batch_size)
+    epochs: dict[str, list[float]] = {"ours": [], "ref": []}
+    for kind in ("fused", "default"):
+        if kind != "fused":
+            del model, ref
+            model, ref = pair()
+        ours_opt = optimizer(kind, model.parameters(), lr)
+        ref_opt = optimizer(kind, ref.parameters(), lr)
 
-        def ours_step(batch=batch):
-            ours_opt.zero_grad()
+        def ours_step(batch, graph, opt=ours_opt, model=model):
+            opt.zero_grad()
             model.loss(graph, *batch)[0].backward()
-            ours_opt.step()
+            opt.step()
 
-        def ref_step(batch=batch):
-            ref_opt.zero_grad()
+        def ref_step(batch, adj, opt=ref_opt, ref=ref):
+            opt.zero_grad()
             ref.loss(adj, *batch).backward()
-            ref_opt.step()
+            opt.step()
 
-        t_ours.append(time_call(ours_step))
-        t_ref.append(time_call(ref_step))
-    b_ours, b_ref = statistics.median(t_ours[1:]), statistics.median(t_ref[1:])
-    n_batches = math.ceil(ds.n_train / 2048)
-    e_ours, e_ref = prune_ours + n_batches * b_ours, prune_ref + n_batches * b_ref
-    print(f"FREEDOM, synthetic:{args.size} ({ds.n_users} users, {ds.n_items} items, "
-          f"{ds.n_train} interactions, modalities {list(feats)}), {args.threads} threads, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}\n")
-    print("| part | micro_fast | MMRec's computation | speedup |")
-    print("|---|---|---|---|")
-    print(f"| frozen item graph at start-up | {build_ours:.3f} s | {build_ref:.3f} s | "
-          f"{build_ref / build_ours:.1f}x |")
-    print(f"| pruning, per epoch | {1e3 * prune_ours:.1f} ms | {1e3 * prune_ref:.1f} ms | "
-          f"{prune_ref / prune_ours:.1f}x |")
-    print(f"| training batch (2048), median of {args.batches} | {1e3 * b_ours:.1f} ms | "
-          f"{1e3 * b_ref:.1f} ms | {b_ref / b_ours:.1f}x |")
-    print(f"| epoch ({n_batches} batches + pruning), extrapolated | {e_ours:.2f} s | "
-          f"{e_ref:.2f} s | {e_ref / e_ours:.1f}x |")
+        sampler = BPRSampler(ds.train, batch_size=batch_size, seed=0)
+        graph, adj = model.pruned_graph(users, items), ref.masked_adj()
+        t_ours, t_ref = [], []
+        for i in range(args.batches + 1):  # the first batch of each side warms up
+            batch = sampler.sample()
+            a = time_call(lambda batch=batch, g=graph: ours_step(batch, g))
+            b = time_call(lambda batch=batch, a=adj: ref_step(batch, a))
+            if i:
+                t_ours.append(a)
+                t_ref.append(b)
+        rows[f"batch_{kind}"] = {"ours": statistics.median(t_ours),
+                                 "ref": statistics.median(t_ref), "rounds": args.batches}
+        if kind != "fused":
+            continue
+        # whole epochs, the same fused Adam on both sides, alternating, the same batches
+        s_ours = BPRSampler(ds.train, batch_size=batch_size, seed=1)
+        s_ref = BPRSampler(ds.train, batch_size=batch_size, seed=1)
+
+        def ours_epoch(sampler=s_ours, step=ours_step, model=model):
+            g = model.pruned_graph(users, items, weights=weights)
+            for _ in range(n_batches):
+                step(sampler.sample(), g)
+
+        def ref_epoch(sampler=s_ref, step=ref_step, ref=ref):
+            a = ref.masked_adj()
+            for _ in range(n_batches):
+                step(sampler.sample(), a)
+
+        for _ in range(args.epochs):
+            epochs["ours"].append(time_call(ours_epoch))
+            epochs["ref"].append(time_call(ref_epoch))
+    rows["epoch_fused"] = {"ours": statistics.median(epochs["ours"]),
+                           "ref": statistics.median(epochs["ref"]), "all": epochs}
+
+    head = (f"FREEDOM, synthetic:{args.size} ({ds.n_users} users, {ds.n_items} items, "
+            f"{ds.n_train} interactions, modalities {list(feats)}), {args.threads} threads, "
+            f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')} (both sides, one "
+            "process)")
+    table = [head, "", "| part | micro_fast | MMRec's computation | speedup |", "|---|---|---|---|"]
+
+    def line(label, key, scale=1.0, unit="s", fmt=".3f"):
+        r = rows[key]
+        table.append(f"| {label} | {scale * r['ours']:{fmt}} {unit} | {scale * r['ref']:{fmt}} "
+                     f"{unit} | {r['ref'] / r['ours']:.2f}x |")
+
+    line("frozen item graph at start-up (1 warm-up, median of 3)", "graph")
+    line("pruning, per epoch (1 warm-up, median of 5)", "prune", 1e3, "ms", ".1f")
+    line(f"training batch (2048), {OPTIMIZERS['fused']} on both sides (1 warm-up, median of "
+         f"{args.batches})", "batch_fused", 1e3, "ms", ".1f")
+    line(f"training batch (2048), {OPTIMIZERS['default']} on both sides (1 warm-up, median of "
+         f"{args.batches})", "batch_default", 1e3, "ms", ".1f")
+    line(f"epoch ({n_batches} batches + pruning), measured whole, {OPTIMIZERS['fused']} on both "
+         f"sides (median of {args.epochs}, after the warm-up batch)", "epoch_fused", fmt=".2f")
+    text = "\n".join(table)
+    print(text)
+    if args.artifact:
+        md, js = provenance.write_artifact(
+            args.artifact, "FREEDOM against MMRec's computation (freedom_epoch.py)", text,
+            {"size": args.size, "n_users": ds.n_users, "n_items": ds.n_items,
+             "n_train": ds.n_train, "n_batches": n_batches, "batch_size": batch_size,
+             "optimizers": OPTIMIZERS, "rows": rows}, args.results_dir, threads=args.threads)
+        print(f"wrote {md} and {js}")
     return 0
 
 

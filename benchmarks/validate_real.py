@@ -6,18 +6,24 @@ Recall/NDCG@20 on the test split at the best validation epoch.
     python benchmarks/validate_real.py [--data-root ../shared/data] [--epochs N]
         [--only tiktok/freedom] [--evaluation mmrec]
 
-Skips (exit 0) when the data folder is absent. The published schedule allows up to 1000 epochs
+Skips (exit 0) when the data folder is absent, unless ``--require-data`` (then exit 2: a
+results run must not pass without its data). The published schedule allows up to 1000 epochs
 with early stopping after 10 evaluations without improvement; ``--epochs`` caps a run (the
-printout says when the cap, not early stopping, ended it).
+printout says when the cap, not early stopping, ended it). ``--artifact NAME`` writes the table
+as NAME.md + NAME.json with the provenance header (benchmarks/provenance.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
 
 from micro_fast.data import load
 from micro_fast.train import TrainConfig, train
@@ -44,18 +50,24 @@ def main(argv: list[str] | None = None) -> int:
                         default="published", help="published: each model's own defaults "
                         "(MICRO's convention for micro and lightgcn, MMRec's schedule for "
                         "freedom and lattice); micro or mmrec: that convention for every run")
+    parser.add_argument("--require-data", action="store_true",
+                        help="a missing data folder is an error (exit 2), not a skip")
+    provenance.add_output_args(parser)
     args = parser.parse_args(argv)
     root = Path(args.data_root)
     if not root.exists():
-        print(f"skipped: {root} not found")
-        return 0
+        print(f"{'error' if args.require_data else 'skipped'}: {root} not found")
+        return 2 if args.require_data else 0
     results = []
     for data, model, extra in RUNS:
         if args.only and args.only != f"{data}/{model}":
             continue
         folder = root / data
         if not folder.exists():
-            print(f"skipped {data}/{model}: {folder} not found")
+            print(f"{'error' if args.require_data else 'skipped'} {data}/{model}: {folder} "
+                  "not found")
+            if args.require_data:
+                return 2
             continue
         dataset = load(folder)
         extra = dict(extra)
@@ -76,14 +88,26 @@ def main(argv: list[str] | None = None) -> int:
                "test_ndcg@20": test.get("ndcg@20"), "wall_s": round(wall, 1)}
         results.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| data | model | best epoch | epochs run (ended by) | test Recall@20 | "
-          "test NDCG@20 | wall |")
-    print("|---|---|---|---|---|---|---|")
+    if args.only and not results:
+        print(f"error: --only {args.only} matches no run")
+        return 2
+    lines = [f"Evaluation: {args.evaluation}; up to {args.epochs} epochs; test metrics at the "
+             "best validation epoch; one run each", "",
+             "| data | model | best epoch | epochs run (ended by) | test Recall@20 | "
+             "test NDCG@20 | wall |", "|---|---|---|---|---|---|---|"]
     for r in results:
         rec = "-" if r["test_recall@20"] is None else f"{r['test_recall@20']:.4f}"
         ndcg = "-" if r["test_ndcg@20"] is None else f"{r['test_ndcg@20']:.4f}"
-        print(f"| {r['data']} | {r['model']} | {r['best_epoch']} | {r['epochs_run']} "
-              f"({r['ended_by']}) | {rec} | {ndcg} | {r['wall_s']} s |")
+        lines.append(f"| {r['data']} | {r['model']} | {r['best_epoch']} | {r['epochs_run']} "
+                     f"({r['ended_by']}) | {rec} | {ndcg} | {r['wall_s']} s |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.artifact:
+        md, js = provenance.write_artifact(
+            args.artifact, "Training on real data (validate_real.py)", text,
+            {"evaluation": args.evaluation, "epochs_cap": args.epochs, "runs": results},
+            args.results_dir, threads=args.threads)
+        print(f"wrote {md} and {js}")
     return 0
 
 
