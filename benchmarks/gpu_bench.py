@@ -35,7 +35,13 @@ to ``--rounds`` calls, fewer when the case's ``--case-budget`` seconds run out, 
 Peak memory: ``torch.cuda.max_memory_allocated`` over the warm-up call after
 ``reset_peak_memory_stats``, and its extra over what was allocated before the call (not
 measured on the CPU). A failing implementation (out of memory, a compile error) is recorded
-with its error and the others still run. On the CPU the compiled backend is ``cpp``.
+with its error and the others still run, but the run then ends with exit status 1: so does a
+check that errors or falls outside its tolerance (``CHECK_LIMITS``), a case whose runner
+raises, and a target that could not be assessed (no measurement) other than through a
+documented resource skip (a 1M case whose predicted time would overrun the budget, or a case
+left when the run's budget is spent). ``--strict-targets`` also fails on a missed target.
+Every failure is listed under "Failures" in the JSON and markdown. On the CPU the compiled
+backend is ``cpp``.
 ``MICRO_FAST_TUNE`` defaults to 0 here: the built-in defaults, nothing calibrated mid-run.
 
 Output: ``--out`` (JSON: the machine, every measurement, the checks and the targets) and
@@ -84,6 +90,38 @@ SIZES = {
            "spmm": (2000, 1500, 10_000), "spmm_d": 16, "eval": "small"},
 }
 KNN_1M_TARGET_S = 10.0
+#: check -> (bound, "min" or "max"): a measured check outside its bound fails the run
+CHECK_LIMITS = {"rows_with_same_neighbours_as_blocked_torch": (0.99, "min"),
+                "loss_rel_diff_vs_published": (1e-4, "max"),
+                "grad_rel_diff_vs_published": (1e-3, "max"),
+                "max_abs_diff_vs_torch_csr": (1e-4, "max")}
+#: |ours - dense| of the evaluation's recall@20 past this fails the run
+RECALL_TOLERANCE = 1e-4
+
+
+def check_failures(case: dict) -> list[str]:
+    """What is wrong with a finished case: implementations that raised, checks that raised or
+    fell outside their bounds."""
+    out = []
+    label = case.get("label", case.get("case"))
+    for name, r in case.get("impls", {}).items():
+        if "error" in r:
+            out.append(f"{label}: {name} failed: {r['error'][:200]}")
+    checks = case.get("checks", {})
+    if "error" in checks:
+        out.append(f"{label}: check failed: {checks['error'][:200]}")
+    for key, (bound, kind) in CHECK_LIMITS.items():
+        if key not in checks:
+            continue
+        v = checks[key]
+        if v is None or (kind == "min" and not v >= bound) or (kind == "max" and not v <= bound):
+            out.append(f"{label}: {key} = {v} outside its bound ({kind} {bound:g})")
+    if "recall@20" in checks and "recall@20_dense" in checks:
+        diff = abs(checks["recall@20"] - checks["recall@20_dense"])
+        if not diff <= RECALL_TOLERANCE:
+            out.append(f"{label}: recall@20 {checks['recall@20']:.6f} != dense "
+                       f"{checks['recall@20_dense']:.6f}")
+    return out
 
 
 class Bench:
@@ -102,6 +140,7 @@ class Bench:
         self.case_budget = args.case_budget
         self.budget = args.budget
         self.compile_backend = args.compile_backend
+        self.strict_targets = getattr(args, "strict_targets", False)
         self.t0 = time.perf_counter()
         self.out, self.md = args.out, args.md
         self.results: dict = {"device": str(self.device), "backend": self.backend,
@@ -109,7 +148,7 @@ class Bench:
                               "settings": {"rounds": self.rounds, "case_budget_s":
                                            self.case_budget, "budget_s": self.budget,
                                            "compile_backend": self.compile_backend},
-                              "cases": [], "targets": []}
+                              "cases": [], "targets": [], "failures": []}
 
     # --- clock and memory ------------------------------------------------------------
     def remaining(self) -> float:
@@ -185,14 +224,31 @@ class Bench:
     def add_case(self, case: dict) -> None:
         speedups(case)
         self.results["cases"].append(case)
+        for why in check_failures(case):
+            self.fail(why)
         self.write()
 
     def target(self, name: str, measured: float | None, required: str, met: bool | None,
                unit: str = "x") -> None:
-        if self.quick:  # tiny problems on whatever device: the targets are for the GPU run
-            met = None
-        self.results["targets"].append({"name": name, "measured": measured, "unit": unit,
-                                        "required": required, "met": met})
+        """Records a target. Without a measurement it is not assessed: a failure unless the
+        case it belongs to (the last one added) was skipped for a documented resource reason.
+        Quick runs (tiny problems) assess no target."""
+        entry = {"name": name, "measured": measured, "unit": unit, "required": required,
+                 "met": None if self.quick else met}
+        if not self.quick and measured is None:
+            last = self.results["cases"][-1] if self.results["cases"] else {}
+            if last.get("skipped") and last.get("resource_skip"):
+                entry["not_assessed"] = f"resource skip: {last['skipped']}"
+            else:
+                entry["not_assessed"] = "no measurement"
+                self.fail(f"target {name}: not assessed (no measurement)")
+        elif not self.quick and met is False and self.strict_targets:
+            self.fail(f"target {name}: missed ({measured:.3g}{unit}, required {required})")
+        self.results["targets"].append(entry)
+
+    def fail(self, why: str) -> None:
+        self.results["failures"].append(why)
+        print(f"  FAILURE: {why}", flush=True)
 
     def write(self) -> None:
         self.results["elapsed_s"] = time.perf_counter() - self.t0
@@ -299,7 +355,7 @@ def case_knn_1m(b: Bench) -> None:
             "notes": [f"published dense path: not run, its N x N float32 similarity matrix "
                       f"alone takes {_dense_size(n)}"]}
     if skip:
-        case["skipped"] = skip
+        case["skipped"], case["resource_skip"] = skip, True
         print(f"  {skip}")
     else:
         if not any(c["case"] == "knn" for c in b.results["cases"]):
@@ -387,7 +443,7 @@ def case_contrastive_1m(b: Bench) -> None:
             "notes": [f"published path: not run, it keeps [4096, N] exp-matrices of every "
                       f"chunk for autograd, 2 N^2 float32 = {_dense_size(n, 2)}"]}
     if skip:
-        case["skipped"] = skip
+        case["skipped"], case["resource_skip"] = skip, True
         print(f"  {skip}")
     else:
         z1, z2 = _views(n, d, b.device)
@@ -530,14 +586,22 @@ def markdown(res: dict) -> str:
     if res["targets"]:
         lines += ["| target | measured | required | met |", "| --- | --- | --- | --- |"]
         for t in res["targets"]:
-            met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
+            met = (t.get("not_assessed", "-") if t["met"] is None
+                   else ("yes" if t["met"] else "NO"))
             shown = "-" if t["measured"] is None else f"{t['measured']:.3g}{t['unit']}"
             lines.append(f"| {t['name']} | {shown} | {t['required']} | {met} |")
         lines.append("")
+    failures = res.get("failures", [])
+    lines += ["### Failures", ""]
+    lines += [f"- {f}" for f in failures] if failures else ["None."]
+    lines.append("")
     for case in res["cases"]:
         lines += [f"### {case['label']}", ""]
         if case.get("skipped"):
-            lines += [case["skipped"], ""]
+            lines += [case["skipped"] + (" (resource skip)" if case.get("resource_skip")
+                                         else ""), ""]
+        if case.get("failed"):
+            lines += [f"FAILED: {case['failed']}", ""]
         if case["impls"]:
             lines += ["| implementation | median ms | min ms | rounds | first call s | "
                       "peak MB | extra MB | micro_fast speedup |",
@@ -578,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-backend", default=None,
                    help="torch.compile backend of the compiled peer (default inductor; "
                         "quick: eager, to keep the rehearsal short)")
+    p.add_argument("--strict-targets", action="store_true",
+                   help="a missed target fails the run too (not only an unassessed one)")
     p.add_argument("--out", default=None, help="JSON file")
     p.add_argument("--md", default=None, help="markdown file")
     args = p.parse_args(argv)
@@ -594,27 +660,33 @@ def main(argv: list[str] | None = None) -> int:
     b = Bench(args)
     print(f"gpu_bench: device {b.device}, backend {b.backend}, cases {only}, budget "
           f"{b.budget:.0f} s", flush=True)
-    failed = []
     for name in CASES:
         if name not in only:
             continue
         if b.remaining() <= 0:
             b.results["cases"].append({"case": name, "label": name, "impls": {},
-                                       "skipped": "skipped: the run's budget is spent"})
+                                       "skipped": "skipped: the run's budget is spent",
+                                       "resource_skip": True})
             b.write()
             continue
         try:
             RUNNERS[name](b)
         except Exception as exc:  # noqa: BLE001 - the next case still runs
             traceback.print_exc()
-            failed.append(name)
             b.results["cases"].append({"case": name, "label": name, "impls": {},
-                                       "skipped": f"failed: {type(exc).__name__}: {exc}"})
+                                       "failed": f"{type(exc).__name__}: {exc}"})
+            b.fail(f"case {name} raised {type(exc).__name__}: {exc}")
             b.write()
             b.free()
     b.write()
     print(markdown(b.results))
-    return 1 if failed else 0
+    failures = b.results["failures"]
+    if failures:
+        print(f"gpu_bench: {len(failures)} failure(s):", file=sys.stderr)
+        for why in failures:
+            print(f"  {why}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

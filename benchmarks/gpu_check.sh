@@ -346,7 +346,7 @@ if has_stage epoch; then
   for f in config.json metrics.jsonl summary.json curves.png; do
     cp "$WORK/run-clothing/$f" "$LOGS/run-clothing/" 2>/dev/null || true
   done
-  record epoch "$(grep -E '^- (epoch|metrics):' "$LOGS/epoch.md" 2>/dev/null | head -n 1 |
+  record epoch "$(grep -E '^- (batch|epoch|metrics):' "$LOGS/epoch.md" 2>/dev/null | head -n 1 |
                  cut -c3-160)"
 fi
 

@@ -364,12 +364,16 @@ def build_report(out: Path, work: Path) -> tuple[str, list[str]]:
     bench = _json(out / "bench.json")
     if bench:
         summary.append("  targets: " + targets_line(bench))
+        failures = bench.get("failures", [])
+        summary.append(f"  benchmark failures: {len(failures)}")
+        for why in failures[:6]:
+            summary.append(f"    {why[:160]}")
         missed = [t for t in bench.get("targets", []) if t.get("met") is False]
         for t in missed[:4]:
             summary.append(f"    missed: {t['name']}: {t['measured']:.3g}{t['unit']} "
                            f"(required {t['required']})")
     for line in (epoch_md or "").splitlines():
-        if line.startswith("- epoch:") or line.startswith("- metrics:"):
+        if line.startswith(("- batch:", "- epoch", "- metrics:")):
             summary.append("  " + line[2:].split("; largest")[0][:150])
     summary.append(f"  report: {out / 'REPORT.md'}")
     return "\n".join(md) + "\n", summary
