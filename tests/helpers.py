@@ -1,55 +1,10 @@
-"""Assertions shared by the tests."""
+"""Fixtures shared by the tests: seeded problems and the thread harness for shard forms."""
 
 from __future__ import annotations
 
+import threading
+
 import torch
-
-
-def dense_similarity(queries, keys, normalize=False):
-    q, k = queries.detach().double(), keys.detach().double()
-    if normalize:
-        q = q / q.norm(dim=1, keepdim=True)
-        k = k / k.norm(dim=1, keepdim=True)
-    return q @ k.T
-
-
-def assert_topk_equal(values, indices, ref_values, ref_indices, sim, exclude_mask=None,
-                      exact=False, rtol=1e-5):
-    """Checks a top-k result against the reference.
-
-    Values agree within ``rtol`` relative to the similarity scale. Indices are identical; where
-    ``exact`` is false, a position may hold another key only when both keys' true similarities
-    (``sim``, float64) are tied within the tolerance, since two correct kernels may round a near
-    tie differently. Every returned pair is admissible and no key repeats in a row.
-    """
-    assert values.shape == ref_values.shape and indices.shape == ref_indices.shape
-    assert indices.dtype == torch.int64 and values.dtype == ref_values.dtype
-    scale = max(1.0, float(sim.abs().max())) if sim.numel() else 1.0
-    tol = rtol * scale
-    pad, ref_pad = indices < 0, ref_indices < 0
-    assert torch.equal(pad, ref_pad), "padding (-1) positions differ"
-    assert bool(torch.isneginf(values[pad]).all())
-    v, rv = values[~pad].double(), ref_values[~pad].double()
-    assert torch.allclose(v, rv, rtol=0, atol=tol), f"values differ by {(v - rv).abs().max()}"
-    if exact:
-        assert torch.equal(indices, ref_indices), "indices differ"
-    else:
-        diff = (indices != ref_indices) & ~pad
-        if bool(diff.any()):
-            rows = torch.nonzero(diff)[:, 0]
-            s_got = sim[rows, indices[diff]]
-            s_ref = sim[rows, ref_indices[diff]]
-            assert torch.allclose(s_got, s_ref, rtol=0, atol=4 * tol), (
-                "indices differ beyond a near tie")
-    safe = indices.clamp_min(0)
-    true_vals = torch.gather(sim, 1, safe)
-    assert torch.allclose(true_vals[~pad], values[~pad].double(), rtol=0, atol=4 * tol)
-    for r in range(indices.shape[0]):
-        row = indices[r][indices[r] >= 0]
-        assert row.unique().numel() == row.numel(), f"row {r} repeats a key"
-    if exclude_mask is not None and bool((~pad).any()):
-        rows = torch.nonzero(~pad)[:, 0]
-        assert not bool(exclude_mask[rows, indices[~pad]].any()), "an excluded pair was returned"
 
 
 def projection_problem(n: int, d: int, f: int, rows: list[int], seed: int):
@@ -59,3 +14,50 @@ def projection_problem(n: int, d: int, f: int, rows: list[int], seed: int):
     x, w, b = (torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_()
                for shape in ((n, d), (f, d), (f,)))
     return x, w, b, torch.tensor(rows)
+
+
+class ThreadShard:
+    """Shard ``index`` of ``count`` threads playing cooperating processes: ``logsumexp``
+    exchanges the partial row statistics on a shared board (the collective of a
+    ``RankShard``)."""
+
+    def __init__(self, index: int, count: int, barrier: threading.Barrier, board: list):
+        self.index, self.count, self._barrier, self._board = index, count, barrier, board
+
+    def logsumexp(self, partial: torch.Tensor, shift: float | None = None) -> torch.Tensor:
+        if shift is not None:  # the bound the op promises
+            finite = partial[torch.isfinite(partial)]
+            assert bool(((finite - shift).abs() <= 80).all()), (finite - shift).abs().max()
+        self._board[self.index] = partial
+        self._barrier.wait()
+        out = torch.logsumexp(torch.stack(list(self._board)), dim=0)
+        self._barrier.wait()  # everyone has read the board before it is reused
+        return out
+
+
+def run_shards(count: int, fn, inputs: list[torch.Tensor]):
+    """``fn(shard, *leaf copies of inputs)`` on ``count`` threads; returns the summed values,
+    the summed gradients w.r.t. each input, and each thread's value."""
+    barrier, board = threading.Barrier(count), [None] * count
+    results: list = [None] * count
+    errors: list = []
+
+    def work(i):
+        try:
+            xs = [x.detach().clone().requires_grad_() for x in inputs]
+            value = fn(ThreadShard(i, count, barrier, board), *xs)
+            results[i] = (value.detach(), torch.autograd.grad(value, xs))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    value = sum(r[0] for r in results)
+    grads = [sum(r[1][k] for r in results) for k in range(len(inputs))]
+    return value, grads, [r[0] for r in results]

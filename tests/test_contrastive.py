@@ -1,4 +1,5 @@
-"""contrastive_loss: every backend against the published chunked formulation and torch_ref,
+"""contrastive_loss: every backend (torch_ref included) and cpp SIMD build against the dense
+float64 statement of ``oracles.contrastive_exact`` and the published chunked formulation,
 gradients, memory without N x N buffers, bad input, and the fusion module."""
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+
+from bounds import assert_close
+from oracles import contrastive_exact
 
 import micro_fast as mf
 from micro_fast import backends
@@ -58,11 +62,18 @@ def _value_and_grads(z1, z2, **kw):
     return loss.detach(), ga, gb
 
 
+def _assert_exact(got, z1, z2, tau, symmetric=False):
+    """(loss, grad z1, grad z2) within the tolerance of the exact values."""
+    for name, g, e in zip(("loss", "z1 gradient", "z2 gradient"), got,
+                          contrastive_exact(z1, z2, tau, symmetric), strict=True):
+        assert_close(g, e, what=name)
+
+
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
 @given(n=st.integers(1, 300), d=st.integers(1, 256), tau=st.floats(0.05, 2.0),
        symmetric=st.booleans(), double=st.booleans(), block=st.sampled_from([None, 1, 24, 64]),
        seed=st.integers(0, 2**31 - 1))
-def test_backend_matches_reference(backend, n, d, tau, symmetric, double, block, seed):
+def test_backend_matches_exact(backend, n, d, tau, symmetric, double, block, seed):
     _needs(backend)
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if double else torch.float32
@@ -70,28 +81,25 @@ def test_backend_matches_reference(backend, n, d, tau, symmetric, double, block,
     z2 = torch.randn(n, d, generator=gen, dtype=dtype)
     got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, block_size=block,
                            backend=backend)
-    ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
-    rtol, atol = (1e-9, 1e-12) if double else (2e-4, 2e-5)
-    for a, b in zip(got, ref, strict=True):
-        assert torch.allclose(a, b, rtol=rtol, atol=atol * max(1.0, 1 / tau))
+    _assert_exact(got, z1, z2, tau, symmetric)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("tau", [0.05, 0.5, 2.0])
 def test_equals_published_formulation(symmetric, tau):
+    """The published chunked code (float64) and every backend are the exact loss."""
     gen = torch.Generator().manual_seed(0)
     z1 = torch.randn(260, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     z2 = torch.randn(260, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     ref = published_loss(z1, z2, tau, symmetric)
-    rg = torch.autograd.grad(ref, (z1, z2))
+    _assert_exact((ref.detach(), *torch.autograd.grad(ref, (z1, z2))), z1, z2, tau, symmetric)
     for backend in backends.available("cpu"):
         mod = backends.get(backend, torch.device("cpu"), op="topk_similarity")
         if not hasattr(mod, "contrastive_forward"):
             continue
         loss = mf.contrastive_loss(z1, z2, tau=tau, symmetric=symmetric, backend=backend)
-        g = torch.autograd.grad(loss, (z1, z2))
-        assert torch.allclose(loss, ref, rtol=1e-10)
-        assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-12) for a, b in zip(g, rg, strict=True))
+        _assert_exact((loss.detach(), *torch.autograd.grad(loss, (z1, z2))), z1, z2, tau,
+                      symmetric)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
@@ -101,14 +109,11 @@ def test_small_temperatures_stay_finite_and_exact(backend, tau):
     gen = torch.Generator().manual_seed(1)
     z1 = torch.randn(150, 8, generator=gen, dtype=torch.float64)
     z2 = torch.randn(150, 8, generator=gen, dtype=torch.float64)
-    n1, n2 = F.normalize(z1), F.normalize(z2)
-    s11 = (n1 @ n1.T / tau).masked_fill(torch.eye(150, dtype=torch.bool), float("-inf"))
-    s12 = n1 @ n2.T / tau
-    exact = (torch.logsumexp(torch.cat([s11, s12], 1), 1) - s12.diag()).mean()
-    got = mf.contrastive_loss(z1, z2, tau=tau, backend=backend)
-    assert torch.isfinite(got) and torch.allclose(got, exact, rtol=1e-10)
-    got32 = mf.contrastive_loss(z1.float(), z2.float(), tau=tau, backend=backend)
-    assert torch.isfinite(got32) and abs(float(got32) - float(exact)) < 1e-3 * float(exact)
+    for dtype in (torch.float64, torch.float32):
+        a, b = z1.to(dtype), z2.to(dtype)
+        got = _value_and_grads(a, b, tau=tau, backend=backend)
+        assert all(bool(torch.isfinite(t).all()) for t in got)
+        _assert_exact(got, a, b, tau)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
@@ -129,9 +134,7 @@ def test_every_simd_kernel(simd_isa):
     for tau in (0.02, 0.5):
         for symmetric in (False, True):
             got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="cpp")
-            ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
-            for a, b in zip(got, ref, strict=True):
-                assert torch.allclose(a, b, rtol=2e-4, atol=1e-5 / tau)
+            _assert_exact(got, z1, z2, tau, symmetric)
 
 
 @given(n=st.integers(1, 150), d=st.integers(1, 80), tau=st.floats(0.02, 2.0),
@@ -145,10 +148,7 @@ def test_every_simd_kernel_random_shapes(simd_isa, n, d, tau, symmetric, double,
                                                                         dtype=dtype)
     got = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, block_size=block,
                            backend="cpp")
-    ref = _value_and_grads(z1, z2, tau=tau, symmetric=symmetric, backend="torch_ref")
-    rtol, atol = (1e-9, 1e-11) if double else (2e-4, 1e-5)
-    for a, b in zip(got, ref, strict=True):
-        assert torch.allclose(a, b, rtol=rtol, atol=atol / tau), (a - b).abs().max()
+    _assert_exact(got, z1, z2, tau, symmetric)
 
 
 def test_every_simd_kernel_gradcheck(simd_isa):
@@ -229,15 +229,22 @@ def test_zero_rows_are_an_error_not_amplified_noise():
 
 
 def test_contrastive_fusion_module_matches_published_code():
+    """The module in float64 against the published attention fusion and chunked loss."""
     torch.manual_seed(4)
-    fusion = mf.nn.ContrastiveFusion(dim=8, tau=0.5)
-    image, text = torch.randn(50, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    fusion = mf.nn.ContrastiveFusion(dim=8, tau=0.5).double()
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randn(50, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    text = torch.randn(50, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     h, loss = fusion([image, text])
     att = torch.cat([fusion.query(image), fusion.query(text)], dim=-1)
     weight = torch.softmax(att, dim=-1)
     ref_h = weight[:, 0].unsqueeze(1) * image + weight[:, 1].unsqueeze(1) * text
     ref_loss = published_semi_loss(image, ref_h).mean() + published_semi_loss(text, ref_h).mean()
-    assert torch.allclose(h, ref_h) and torch.allclose(loss, ref_loss, rtol=1e-5)
+    assert torch.equal(h, ref_h)
+    # the loss of two views against the fused one: 2 x the exact loss's error
+    exact = [contrastive_exact(v, ref_h.detach(), 0.5)[0] for v in (image, text)]
+    assert_close(loss, exact[0] + exact[1], what="loss")
+    assert_close(ref_loss, exact[0] + exact[1], what="published loss")
     loss.backward()
     assert image.grad is not None and fusion.query[0].weight.grad is not None
 
@@ -249,9 +256,7 @@ def test_a_few_thousand_items(backend):
     z1, z2 = torch.randn(2500, 64, generator=gen), torch.randn(2500, 64, generator=gen)
     for symmetric in (False, True):
         got = _value_and_grads(z1, z2, symmetric=symmetric, backend=backend)
-        ref = _value_and_grads(z1, z2, symmetric=symmetric, backend="torch_ref")
-        for a, b in zip(got, ref, strict=True):
-            assert torch.allclose(a, b, rtol=2e-4, atol=1e-7)
+        _assert_exact(got, z1, z2, 0.5, symmetric)
 
 
 def test_auto_without_cpp_takes_torch_ref_not_numba(monkeypatch):
@@ -265,6 +270,7 @@ def test_auto_without_cpp_takes_torch_ref_not_numba(monkeypatch):
     assert get("auto", cpu, op="contrastive_forward").__name__.endswith("torch_ref")
     assert get("auto", cpu, op="spmm").__name__.endswith("numba")
     assert get("numba", cpu, op="contrastive_forward").__name__.endswith("numba")
-    z1, z2 = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 5, dtype=torch.float64)
-    assert torch.allclose(mf.contrastive_loss(z1, z2),
-                          mf.contrastive_loss(z1, z2, backend="torch_ref"), rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(6)
+    z1 = torch.randn(30, 5, generator=gen, dtype=torch.float64)
+    z2 = torch.randn(30, 5, generator=gen, dtype=torch.float64)
+    _assert_exact(_value_and_grads(z1, z2), z1, z2, 0.5)

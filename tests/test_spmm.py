@@ -1,12 +1,15 @@
-"""spmm / propagate / bipartite_graph: every backend against torch_ref, forward and both
-backwards, gradchecks, transpose caching, and bad input."""
+"""spmm / propagate / bipartite_graph: every backend (torch_ref included) against the dense float64
+statements of ``oracles.py``, forward and both backwards, gradchecks, transpose caching, and bad
+input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from bounds import assert_close
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles import bipartite_exact, propagate_exact, spmm_exact
 
 import micro_fast as mf
 from micro_fast import CSRGraph, backends
@@ -52,40 +55,44 @@ def graphs(draw, square=None):
     return CSRGraph.from_dense(dense), dense
 
 
+def _upstream(shape, dtype):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+
+
 def _run(graph, x, backend, values_grad=True):
     dev = device_of(backend)
     graph, x = graph.to(dev), x.to(dev)
     v = graph.values.clone().requires_grad_(values_grad)
     xr = x.clone().requires_grad_()
     y = mf.spmm(graph.with_values(v), xr, backend=backend)
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
-    (y * w.to(dev)).sum().backward()
+    (y * _upstream(y.shape, y.dtype).to(dev)).sum().backward()
     return y.cpu(), xr.grad.cpu(), None if v.grad is None else v.grad.cpu()
 
 
+def _assert_exact(got, dense, x):
+    y, gx, gv = got
+    ey, egx, egv = spmm_exact(dense, x, _upstream((dense.shape[0], x.shape[1]), x.dtype))
+    assert_close(y, ey, what="y")
+    assert_close(gx, egx, what="x gradient")
+    assert_close(gv, egv, what="values gradient")
+
+
 @pytest.mark.parametrize("backend", ["cuda", "cpp", "numba", "torch_ref"])
-@given(g=graphs(), d=st.sampled_from([1, 3, 16, 17, 64, 70, 130]))
-def test_spmm_matches_reference(backend, g, d):
+@given(g=graphs(), d=st.sampled_from([1, 3, 16, 17, 64, 70, 130]), seed=st.integers(0, 2**31 - 1))
+def test_spmm_matches_exact(backend, g, d, seed):
     require(backend)
     graph, dense = g
-    x = torch.randn(graph.shape[1], d, dtype=dense.dtype)
-    y, gx, gv = _run(graph, x, backend)
-    ry, rgx, rgv = _run(graph, x, "torch_ref")
-    tol = dict(rtol=1e-5, atol=1e-5) if dense.dtype == torch.float32 else {}
-    assert torch.allclose(y, dense @ x, **tol)
-    assert torch.allclose(y, ry, **tol) and torch.allclose(gx, rgx, **tol)
-    assert torch.allclose(gv, rgv, **tol)
+    x = torch.randn(graph.shape[1], d, generator=torch.Generator().manual_seed(seed),
+                    dtype=dense.dtype)
+    _assert_exact(_run(graph, x, backend), dense, x)
 
 
-@given(g=graphs(), d=st.sampled_from([1, 5, 16, 33, 64, 100, 130]))
-def test_every_simd_kernel(simd_isa, g, d):
+@given(g=graphs(), d=st.sampled_from([1, 5, 16, 33, 64, 100, 130]), seed=st.integers(0, 2**31 - 1))
+def test_every_simd_kernel(simd_isa, g, d, seed):
     graph, dense = g
-    x = torch.randn(graph.shape[1], d, dtype=dense.dtype)
-    y, gx, gv = _run(graph, x, "cpp")
-    ry, rgx, rgv = _run(graph, x, "torch_ref")
-    tol = dict(rtol=1e-5, atol=1e-5)
-    assert torch.allclose(y, ry, **tol) and torch.allclose(gx, rgx, **tol)
-    assert torch.allclose(gv, rgv, **tol)
+    x = torch.randn(graph.shape[1], d, generator=torch.Generator().manual_seed(seed),
+                    dtype=dense.dtype)
+    _assert_exact(_run(graph, x, "cpp"), dense, x)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
@@ -113,42 +120,52 @@ def test_gradcheck_spmm_and_propagate(backend, symmetric):
             lambda x, c=combine: mf.propagate(g, x, 2, combine=c, backend=backend), (x,))
 
 
-def test_propagate_matches_official_loops():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_propagate_matches_official_loops(dtype):
+    """Our propagate and the published torch.sparse.mm loops are both the exact products."""
     gen = torch.Generator().manual_seed(1)
     users = torch.randint(0, 30, (200,), generator=gen)
     items = torch.randint(0, 20, (200,), generator=gen)
-    g = mf.bipartite_graph(users, items, 30, 20, normalization="rw", self_loops=True)
+    g = mf.bipartite_graph(users, items, 30, 20, normalization="rw", self_loops=True,
+                           dtype=dtype)
     adj = g.to_torch_coo()
-    ego = torch.randn(50, 8, generator=gen)
+    ego = torch.randn(50, 8, generator=gen, dtype=dtype)
     outs, h = [ego], ego
     for _ in range(2):
         h = torch.sparse.mm(adj, h)
         outs.append(h)
-    expected = torch.stack(outs, dim=1).mean(dim=1)
-    assert torch.allclose(mf.propagate(g, ego, 2, combine="mean"), expected, atol=1e-6)
-    assert torch.allclose(mf.propagate(g, ego, 2, combine="last"), h, atol=1e-6)
-    assert torch.allclose(g @ ego, torch.sparse.mm(adj, ego), atol=1e-6)
+    published = {"mean": torch.stack(outs, dim=1).mean(dim=1), "last": h}
+    dense = g.to_dense()
+    for combine in ("mean", "last"):
+        exact, _ = propagate_exact(dense, ego, 2, combine)
+        assert_close(mf.propagate(g, ego, 2, combine=combine), exact, what=combine)
+        assert_close(published[combine], exact, what=f"published {combine}")
+    exact, _ = propagate_exact(dense, ego, 1, "last")
+    assert_close(g @ ego, exact, what="g @ x")
+    assert_close(torch.sparse.mm(adj, ego), exact, what="torch.sparse.mm")
 
 
 def test_lightgcn_module_matches_published_forward():
     gen = torch.Generator().manual_seed(2)
     users = torch.randint(0, 15, (80,), generator=gen)
     items = torch.randint(0, 10, (80,), generator=gen)
-    g = mf.bipartite_graph(users, items, 15, 10, normalization="sym")
-    model = mf.nn.LightGCN(15, 10, dim=6, layers=2)
+    g = mf.bipartite_graph(users, items, 15, 10, normalization="sym", dtype=torch.float64)
+    torch.manual_seed(2)
+    model = mf.nn.LightGCN(15, 10, dim=6, layers=2).double()
     u, i = model(g)
     ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    exact, _ = propagate_exact(g.to_dense(), ego, 2, "mean")
+    assert_close(torch.cat([u, i]), exact, what="LightGCN embeddings")
     adj, outs = g.to_torch_coo(), [ego]
     for _ in range(2):
         ego = torch.sparse.mm(adj, ego)
         outs.append(ego)
-    ref_u, ref_i = torch.split(torch.stack(outs, 1).mean(1), [15, 10])
-    assert torch.allclose(u, ref_u, atol=1e-6) and torch.allclose(i, ref_i, atol=1e-6)
+    assert_close(torch.stack(outs, 1).mean(1), exact, what="published loop")
     (u.sum() + i.square().sum()).backward()
     assert model.user_embedding.weight.grad is not None
     prop = mf.nn.GraphPropagation(layers=1)
-    x = torch.randn(25, 3)
-    assert torch.allclose(prop(g, x), torch.sparse.mm(adj, x), atol=1e-6)
+    x = torch.randn(25, 3, generator=gen, dtype=torch.float64)
+    assert_close(prop(g, x), propagate_exact(g.to_dense(), x, 1, "last")[0], what="module")
 
 
 def test_transpose_is_correct_and_built_once():
@@ -197,44 +214,36 @@ def test_bipartite_graph_matches_dense_formula(backend, normalization, self_loop
     g = mf.bipartite_graph(users, items, n_users, n_items, normalization=normalization,
                            self_loops=self_loops, dtype=torch.float64, backend=backend)
     g.validate()
-    r = torch.zeros(n_users, n_items, dtype=torch.float64)
-    r.index_put_((users, items), torch.ones(120, dtype=torch.float64), accumulate=True)
-    n = n_users + n_items
-    a = torch.zeros(n, n, dtype=torch.float64)
-    a[:n_users, n_users:] = r
-    a[n_users:, :n_users] = r.T
-    if self_loops:
-        a += torch.eye(n, dtype=torch.float64)
-    deg = a.sum(1)
-    if normalization == "sym":
-        s = torch.where(deg > 0, deg.pow(-0.5), torch.zeros_like(deg))
-        a = s[:, None] * a * s[None, :]
-    elif normalization == "rw":
-        s = torch.where(deg > 0, 1 / deg, torch.zeros_like(deg))
-        a = s[:, None] * a
-    assert torch.allclose(g.to_dense(), a)
+    a = bipartite_exact(users, items, n_users, n_items, normalization, self_loops,
+                        torch.float64)
+    assert torch.equal(g.to_dense() != 0, a.value != 0)
+    assert_close(g.to_dense(), a, what="adjacency")
+    a = a.value
     assert g.is_symmetric(atol=1e-12) == (normalization != "rw" or not bool((a != a.T).any()))
     assert (g.symmetric is True) == (normalization != "rw")
 
 
-@pytest.mark.parametrize("backend", ["cpp", "numba"])
+@pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
 @given(n_users=st.integers(0, 12), n_items=st.integers(0, 12), nnz=st.integers(0, 60),
        normalization=st.sampled_from(["sym", "rw", "none"]), self_loops=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_bipartite_graph_equals_reference(backend, n_users, n_items, nnz, normalization,
-                                          self_loops, seed):
+def test_bipartite_graph_equals_exact(backend, n_users, n_items, nnz, normalization,
+                                      self_loops, seed):
     require(backend, "bipartite_graph")
     gen = torch.Generator().manual_seed(seed)
     # many repeats of few pairs: duplicates, users or items without interactions
     nnz = nnz if n_users and n_items else 0
     users = torch.randint(0, max(n_users, 1), (nnz,), generator=gen)
     items = torch.randint(0, max(n_items, 1), (nnz,), generator=gen)
-    kw = dict(normalization=normalization, self_loops=self_loops, dtype=torch.float64)
-    got = mf.bipartite_graph(users, items, n_users, n_items, backend=backend, **kw)
-    ref = mf.bipartite_graph(users, items, n_users, n_items, backend="torch_ref", **kw)
-    assert torch.equal(got.indptr, ref.indptr)
-    assert torch.equal(got.indices, ref.indices)
-    torch.testing.assert_close(got.values, ref.values, rtol=1e-12, atol=0)
+    for dtype in (torch.float32, torch.float64):
+        got = mf.bipartite_graph(users, items, n_users, n_items, normalization=normalization,
+                                 self_loops=self_loops, dtype=dtype, backend=backend)
+        exact = bipartite_exact(users, items, n_users, n_items, normalization, self_loops,
+                                dtype)
+        stored = exact.value != 0
+        assert torch.equal(got.to_dense() != 0, stored)
+        rows, cols = torch.nonzero(stored, as_tuple=True)
+        assert_close(got.values, exact[rows, cols], what="values")
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch_ref", "numba"])
