@@ -17,8 +17,10 @@ from torch import nn
 
 
 def published_norm_adj(users: np.ndarray, items: np.ndarray, n_users: int,
-                       n_items: int) -> torch.Tensor:
-    """D^-1 (A + I) of the user-item graph, built with scipy as published, as a COO tensor."""
+                       n_items: int, dtype: type = np.float32) -> torch.Tensor:
+    """D^-1 (A + I) of the user-item graph, built with scipy as published (a repeated pair
+    counts once), as a COO tensor of ``dtype`` (float32 as published; float64 for parity
+    tests in float64)."""
     r = sp.dok_matrix((n_users, n_items), dtype=np.float32)
     for u, i in zip(users.tolist(), items.tolist(), strict=True):
         r[u, i] = 1.0
@@ -31,7 +33,7 @@ def published_norm_adj(users: np.ndarray, items: np.ndarray, n_users: int,
     rowsum = np.array(adj.sum(1))
     d_inv = np.power(rowsum, -1).flatten()
     d_inv[np.isinf(d_inv)] = 0.0
-    norm = sp.diags(d_inv).dot(adj).tocoo().astype(np.float32)
+    norm = sp.diags(d_inv).dot(adj).tocoo().astype(dtype)
     idx = torch.from_numpy(np.vstack((norm.row, norm.col)).astype(np.int64))
     return torch.sparse_coo_tensor(idx, torch.from_numpy(norm.data), (n, n))
 

@@ -64,14 +64,20 @@ def run_ops(knn_graph, topk_similarity, full_ranking) -> dict[str, torch.Tensor]
     return out
 
 
+def contrastive_inputs() -> dict[str, torch.Tensor]:
+    """float32 views ``z1``, ``z2`` (the two-view loss), ``h1``, ``h2`` and weights ``w`` (the
+    fusion loss), the same on every rank and in the test's exact reference."""
+    gen = torch.Generator().manual_seed(11)
+    return {"z1": torch.randn(517, 24, generator=gen), "z2": torch.randn(517, 24, generator=gen),
+            "h1": torch.randn(517, 24, generator=gen), "h2": torch.randn(517, 24, generator=gen),
+            "w": torch.rand(517, 2, generator=gen) + 0.1}
+
+
 def run_contrastive(contrastive_loss, contrastive_fusion_loss) -> dict[str, torch.Tensor]:
     """Values and gradients of the contrastive losses through the given implementations
     (``for_ddp`` is passed when the implementations take it)."""
     out: dict[str, torch.Tensor] = {}
-    gen = torch.Generator().manual_seed(11)
-    base = {"z1": torch.randn(517, 24, generator=gen), "z2": torch.randn(517, 24, generator=gen),
-            "h1": torch.randn(517, 24, generator=gen), "h2": torch.randn(517, 24, generator=gen),
-            "w": torch.rand(517, 2, generator=gen) + 0.1}
+    base = contrastive_inputs()
     for dtype in (torch.float32, torch.float64):
         tag = str(dtype).split(".")[-1]
         x = {k: v.to(dtype).requires_grad_() for k, v in base.items()}

@@ -61,3 +61,32 @@ def run_shards(count: int, fn, inputs: list[torch.Tensor]):
     value = sum(r[0] for r in results)
     grads = [sum(r[1][k] for r in results) for k in range(len(inputs))]
     return value, grads, [r[0] for r in results]
+
+
+#: Float64 parity of whole model steps against a reference written in plain torch: both sides
+#: are exact in float64 up to summation order over chains of tens of operations with
+#: reductions of up to a few hundred terms (about 1e-14 of each tensor's largest entry
+#: observed); a factor of 10 or more above that still separates a real difference (a wrong
+#: term is 1e-4 or more).
+PARITY = 1e-12
+
+
+def assert_parity(got: torch.Tensor, expected: torch.Tensor, what: str = "result",
+                  floor: float = 0.0) -> None:
+    """|got - expected| <= PARITY x the largest |expected| entry (float64 model parity), or x
+    ``floor`` if that is larger: the size of the terms of a result that cancels (a gradient
+    that is zero in exact arithmetic is rounding noise of its terms' size)."""
+    assert got.shape == expected.shape, (what, got.shape, expected.shape)
+    scale = max(float(expected.abs().max()) if expected.numel() else 0.0, floor)
+    err = float((got - expected).abs().max()) if got.numel() else 0.0
+    assert err <= PARITY * scale, f"{what}: differs by {err:.3g} (scale {scale:.3g})"
+
+
+def assert_gradients_parity(got, expected, what: str = "gradient") -> None:
+    """``assert_parity`` for the gradients of one step: a gradient below 1e-3 of the step's
+    largest (one whose terms cancel) is held to PARITY x 1e-3 of that largest."""
+    pairs = [(a, b) for a, b in zip(got, expected, strict=True)
+             if a is not None and b is not None]
+    largest = max((float(b.abs().max()) for _, b in pairs if b.numel()), default=0.0)
+    for j, (a, b) in enumerate(pairs):
+        assert_parity(a, b, f"{what} {j}", floor=1e-3 * largest)

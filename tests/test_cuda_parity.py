@@ -1,29 +1,44 @@
-"""The CUDA backend against torch_ref on the CPU, for every op with a CUDA kernel: values and
-gradients on random and adversarial shapes (odd sizes, k = N, exclusions with empty and fully
-excluded rows, tiny tau), gradcheck in float64 on the GPU. Skipped without a CUDA device; the
-names carry "cuda" so that ``pytest -k cuda`` selects them (benchmarks/gpu_check.sh)."""
+"""The CUDA backend against the dense float64 statements of ``oracles.py``, for every op with a
+CUDA kernel: values and gradients on random and adversarial shapes (odd sizes, k = N, exclusions
+with empty and fully excluded rows, tiny tau), top-k indices exactly (or by a near tie certified
+from the exact scores), gradcheck in float64 on the GPU. Skipped without a CUDA device; the
+names carry "cuda" so that ``pytest -k cuda`` selects them (benchmarks/gpu_check.sh).
+
+``MICRO_FAST_PARITY_DRY_RUN=cpp`` runs the same checks with CPU tensors and the cpp backend, so
+that the checks themselves are exercised on a machine without a GPU."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from bounds import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import (
+    assert_topk,
+    assert_topk_sets,
+    contrastive_exact,
+    fusion_exact,
+    knn_graph_exact,
+    propagate_exact,
+    ranking_metrics,
+    similarity_scores,
+)
 
 import micro_fast as mf
 from micro_fast import CSRGraph, backends
 from micro_fast.metrics import full_ranking
 
-pytestmark = pytest.mark.skipif("cuda" not in backends.available("cuda"),
+DRY_RUN = os.environ.get("MICRO_FAST_PARITY_DRY_RUN")
+BACKEND = DRY_RUN or "cuda"
+CUDA = torch.device("cpu" if DRY_RUN else "cuda")
+pytestmark = pytest.mark.skipif(BACKEND not in backends.available(CUDA),
                                 reason="needs a CUDA device and the cuda backend")
-CUDA = torch.device("cuda")
+on_gpu = pytest.mark.skipif(DRY_RUN is not None, reason="a CUDA-only behaviour")
 # each example runs a few kernels on the GPU: keep the property runs short
 few = settings(max_examples=15, deadline=None)
-
-
-def _tol(dtype, tau=1.0):
-    return (dict(rtol=1e-9, atol=1e-11 / tau) if dtype == torch.float64
-            else dict(rtol=2e-4, atol=2e-5 / tau))
 
 
 @few
@@ -42,31 +57,26 @@ def test_topk_similarity_cuda(m, n, d, symmetric, double, masked, seed):
         mask = torch.rand(m, n_keys, generator=gen) < 0.3
         mask[0] = True  # a row with nothing left: padded
         exclude = CSRGraph.from_dense(mask.to(dtype))
-    ref_v, ref_i = mf.topk_similarity(q, keys, k, exclude=exclude, backend="torch_ref")
     got_v, got_i = mf.topk_similarity(q.to(CUDA), None if keys is None else keys.to(CUDA), k,
                                       exclude=None if exclude is None else exclude.to(CUDA),
-                                      backend="cuda")
-    assert torch.allclose(got_v.cpu(), ref_v, **_tol(dtype), equal_nan=False)
-    # indices agree wherever the values are not tied to rounding
-    finite = torch.isfinite(ref_v)
-    assert torch.equal(torch.isfinite(got_v.cpu()), finite)
-    assert bool(((got_i.cpu() == ref_i) | ~finite | (got_v.cpu() - ref_v).abs().le(
-        1e-5 if dtype == torch.float32 else 1e-12)).all())
+                                      backend=BACKEND)
+    assert_topk(got_v.cpu(), got_i.cpu(), q, keys, k, exclude=exclude)
 
 
-def test_knn_graph_and_its_gradient_cuda():
-    for dtype in (torch.float32, torch.float64):
-        x = torch.rand(301, 17, dtype=dtype) - 0.3
-        w = torch.rand(301 * 10, dtype=dtype)
-        ref = x.clone().requires_grad_()
-        g_ref = mf.knn_graph(ref, 10, backend="torch_ref")
-        (g_ref.values * w).sum().backward()
-        got = x.to(CUDA).requires_grad_()
-        g = mf.knn_graph(got, 10, backend="cuda")
-        (g.values * w.to(CUDA)).sum().backward()
-        assert torch.equal(g.indices.cpu(), g_ref.indices)
-        assert torch.allclose(g.values.detach().cpu(), g_ref.values.detach(), **_tol(dtype))
-        assert torch.allclose(got.grad.cpu(), ref.grad, **_tol(dtype))
+@pytest.mark.parametrize("normalization", ["sym", "rw"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_knn_graph_and_its_gradient_cuda(normalization, dtype):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(301, 17, generator=gen, dtype=dtype) - 0.3
+    w = torch.rand(301 * 10, generator=gen, dtype=dtype)
+    got = x.to(CUDA).requires_grad_()
+    g = mf.knn_graph(got, 10, normalization=normalization, backend=BACKEND)
+    (g.values * w.to(CUDA)).sum().backward()
+    idx = g.indices.cpu().reshape(301, 10)
+    assert_topk_sets(idx, similarity_scores(x, None, True), dtype)
+    values, grad = knn_graph_exact(x, idx, normalization, w)
+    assert_close(g.values.detach().cpu().reshape(301, 10), values, what="values")
+    assert_close(got.grad.cpu(), grad, what="gradient")
 
 
 @few
@@ -77,29 +87,41 @@ def test_contrastive_loss_cuda(n, d, tau, symmetric, double, seed):
     gen = torch.Generator().manual_seed(seed)
     z = [torch.randn(n, d, generator=gen, dtype=dtype) for _ in range(2)]
 
-    def value_and_grads(device, backend):
-        a, b = (t.to(device).requires_grad_() for t in z)
-        loss = mf.contrastive_loss(a, b, tau=tau, symmetric=symmetric, backend=backend)
-        return [t.cpu() for t in (loss.detach(), *torch.autograd.grad(loss, (a, b)))]
-
-    for got, ref in zip(value_and_grads(CUDA, "cuda"),
-                        value_and_grads(torch.device("cpu"), "torch_ref"), strict=True):
-        assert torch.allclose(got, ref, **_tol(dtype, tau)), (got - ref).abs().max()
+    a, b = (t.to(CUDA).requires_grad_() for t in z)
+    loss = mf.contrastive_loss(a, b, tau=tau, symmetric=symmetric, backend=BACKEND)
+    got = [t.cpu() for t in (loss.detach(), *torch.autograd.grad(loss, (a, b)))]
+    for g, e, what in zip(got, contrastive_exact(*z, tau, symmetric),
+                          ("loss", "z1 gradient", "z2 gradient"), strict=True):
+        assert_close(g, e, what=what)
 
 
-def test_contrastive_fusion_loss_cuda():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_contrastive_fusion_loss_cuda(dtype):
     gen = torch.Generator().manual_seed(2)
-    views = [torch.randn(257, 33, generator=gen, dtype=torch.float64) for _ in range(2)]
-    w = torch.softmax(torch.randn(257, 2, generator=gen, dtype=torch.float64), dim=1)
+    views = [torch.randn(257, 33, generator=gen, dtype=dtype) for _ in range(2)]
+    w = torch.softmax(torch.randn(257, 2, generator=gen, dtype=dtype), dim=1)
+    xs = [t.to(CUDA).requires_grad_() for t in (*views, w)]
+    loss = mf.contrastive_fusion_loss(xs[:2], xs[2], backend=BACKEND)
+    got = [t.cpu() for t in (loss.detach(), *torch.autograd.grad(loss, xs))]
+    exact_loss, exact_views, exact_w = fusion_exact(views, w, 0.5)
+    for g, e in zip(got, [exact_loss, *exact_views, exact_w], strict=True):
+        assert_close(g, e)
 
-    def value_and_grads(device, backend):
-        xs = [t.to(device).requires_grad_() for t in (*views, w)]
-        loss = mf.contrastive_fusion_loss(xs[:2], xs[2], backend=backend)
-        return [t.cpu() for t in (loss.detach(), *torch.autograd.grad(loss, xs))]
 
-    for got, ref in zip(value_and_grads(CUDA, "cuda"),
-                        value_and_grads(torch.device("cpu"), "torch_ref"), strict=True):
-        assert torch.allclose(got, ref, rtol=1e-9, atol=1e-11)
+@pytest.mark.parametrize("combine", ["last", "mean"])
+def test_propagate_cuda(combine):
+    gen = torch.Generator().manual_seed(5)
+    dense = torch.randn(400, 400, generator=gen) * (torch.rand(400, 400, generator=gen) < 0.02)
+    dense[:, 3] = torch.rand(400, generator=gen)  # a dense column: a long transposed row
+    dense[7] = 0  # an empty row
+    x = torch.randn(400, 70, generator=gen)
+    g = CSRGraph.from_dense(dense).to(CUDA)
+    xs = x.to(CUDA).requires_grad_()
+    y = mf.propagate(g, xs, 2, combine=combine, backend=BACKEND)
+    y.sum().backward()
+    exact_y, exact_grad = propagate_exact(dense, x, 2, combine)
+    assert_close(y.detach().cpu(), exact_y, what="y")
+    assert_close(xs.grad.cpu(), exact_grad, what="gradient")
 
 
 def test_gradcheck_cuda():
@@ -109,10 +131,10 @@ def test_gradcheck_cuda():
     for symmetric in (False, True):
         assert torch.autograd.gradcheck(
             lambda a, b, s=symmetric: mf.contrastive_loss(a, b, tau=0.3, symmetric=s,
-                                                          backend="cuda"), (z1, z2))
+                                                          backend=BACKEND), (z1, z2))
     q = torch.randn(29, 4, generator=gen, dtype=torch.float64).to(CUDA).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a: mf.topk_similarity(a, None, 5, normalize=True, backend="cuda")[0], (q,))
+        lambda a: mf.topk_similarity(a, None, 5, normalize=True, backend=BACKEND)[0], (q,))
     dense = (torch.rand(23, 23, generator=gen) < 0.2).double() * torch.rand(23, 23,
                                                                            generator=gen)
     graph = CSRGraph.from_dense(dense).to(CUDA)
@@ -120,20 +142,23 @@ def test_gradcheck_cuda():
     x = torch.randn(23, 6, generator=gen, dtype=torch.float64).to(CUDA).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda vv, xx: mf.propagate(graph.with_values(vv), xx, 2, combine="mean",
-                                    backend="cuda"), (v, x))
+                                    backend=BACKEND), (v, x))
 
 
 def test_full_ranking_cuda():
     gen = torch.Generator().manual_seed(4)
-    users, items = torch.randn(150, 8, generator=gen), torch.randn(90, 8, generator=gen)
-    seen = CSRGraph.from_dense((torch.rand(150, 90, generator=gen) < 0.1).float())
-    held = CSRGraph.from_dense((torch.rand(150, 90, generator=gen) < 0.05).float())
-    ref = full_ranking(users, items, seen, held, (5, 20), backend="torch_ref")
-    got = full_ranking(users.to(CUDA), items.to(CUDA), seen.to(CUDA), held.to(CUDA), (5, 20),
-                       backend="cuda")
-    assert got == pytest.approx(ref, rel=1e-6, abs=1e-9)
+    users = torch.randint(-3, 4, (150, 8), generator=gen).double()  # exact scores, many ties
+    items = torch.randint(-3, 4, (90, 8), generator=gen).double()
+    seen = torch.rand(150, 90, generator=gen) < 0.1
+    held = torch.rand(150, 90, generator=gen) < 0.05
+    got = full_ranking(users.to(CUDA), items.to(CUDA), CSRGraph.from_dense(seen.double()).to(CUDA),
+                       CSRGraph.from_dense(held.double()).to(CUDA), (5, 20), backend=BACKEND)
+    sets = [[set(torch.nonzero(r).flatten().tolist()) for r in m] for m in (seen, held)]
+    expected = ranking_metrics((users @ items.T).tolist(), *sets, (5, 20), "standard")
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
+@on_gpu
 def test_cuda_op_path_never_synchronizes():
     """Under torch.cuda.set_sync_debug_mode("error") a host read-back raises: the ops' forward
     and backward (value checks included) must not do one."""
@@ -157,6 +182,7 @@ def test_cuda_op_path_never_synchronizes():
     assert z1.grad is not None and bool(torch.isfinite(z1.grad).all())
 
 
+@on_gpu
 def test_cuda_bad_values_fail_at_the_next_synchronization(tmp_path):
     """NaN input on the GPU is asserted on the device; run in a child process, since a failed
     device assertion leaves the CUDA context unusable."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from bounds import Bounded, assert_close
+from oracles import contrastive_exact, fusion_exact
 
 import micro_fast as mf
 from micro_fast import distributed
@@ -119,28 +121,45 @@ def test_sharded_ops_equal_single_process(tmp_path):
             assert torch.equal(got[key], value), f"rank {rank}: {key} differs"
 
 
-def test_sharded_contrastive_losses_sum_to_the_single_process_ones(tmp_path):
+def _exact_contrastive(inputs: dict[str, torch.Tensor]) -> dict[str, Bounded]:
+    """The keys of ``dist_worker.run_contrastive``, from the dense float64 statements."""
+    out: dict[str, Bounded] = {}
+    for dtype in (torch.float32, torch.float64):
+        tag = str(dtype).split(".")[-1]
+        x = {k: v.to(dtype) for k, v in inputs.items()}
+        for symmetric in (False, True):
+            value, g1, g2 = contrastive_exact(x["z1"], x["z2"], 0.4, symmetric)
+            for name, t in (("value", value), ("grad_z1", g1), ("grad_z2", g2)):
+                out[f"{tag}/single{int(symmetric)}/{name}"] = t
+        value, (gh1, gh2), gw = fusion_exact([x["h1"], x["h2"]], x["w"], 0.5)
+        for name, t in (("value", value), ("grad_h1", gh1), ("grad_h2", gh2), ("grad_w", gw)):
+            out[f"{tag}/fusion/{name}"] = t
+    return out
+
+
+def test_sharded_contrastive_losses_sum_to_the_exact_ones(tmp_path):
     """Each rank's part (loss / W, its share of the gradients) sums over the 2 ranks to the
-    single-process loss and gradients: float64 to rounding, float32 within 1e-5; with
-    for_ddp every rank holds the full value and W x its share."""
+    exact loss and gradients (each part rounds its own share: twice the single computation's
+    tolerance); with for_ddp every rank holds the full value and W x its share."""
     import dist_worker
 
     results = _launch("contrastive", tmp_path, timeout=240)
     for rc, output, _ in results:
         assert rc == 0, output
-    expected = dist_worker.run_contrastive(mf.contrastive_loss, mf.contrastive_fusion_loss)
+    expected = _exact_contrastive(dist_worker.contrastive_inputs())
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for key, value in expected.items():
-        tol = dict(rtol=1e-10, atol=1e-13) if key.startswith("float64") else dict(rtol=1e-5,
-                                                                                 atol=1e-7)
-        total = ranks[0][key] + ranks[1][key]
-        assert torch.allclose(total, value, **tol), (key, (total - value).abs().max())
+    assert set(ranks[0]) == {*expected, *(f"ddp/{k}" for k in expected)}
+    for key, exact in expected.items():
+        dtype = ranks[0][key].dtype
+        twice = Bounded(exact.value, 2 * exact.err, exact.u)
+        assert_close(ranks[0][key] + ranks[1][key], twice, dtype, what=key)
         assert not torch.equal(ranks[0][key], ranks[1][key]) or key.endswith("value")
         ddp = [r[f"ddp/{key}"] for r in ranks]
         if key.endswith("value"):
-            assert all(torch.allclose(v, value, **tol) for v in ddp), key
+            for v in ddp:
+                assert_close(v, twice, dtype, what=f"ddp/{key}")
         else:  # DistributedDataParallel averages: the mean of the ranks' gradients is the full
-            assert torch.allclose((ddp[0] + ddp[1]) / 2, value, **tol), key
+            assert_close((ddp[0] + ddp[1]) / 2, twice, dtype, what=f"ddp/{key}")
 
 
 def _records(run: Path) -> list[dict]:

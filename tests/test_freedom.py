@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_gradients_parity, assert_parity
 from hypothesis import given
 from hypothesis import strategies as st
 from reference_freedom import ReferenceFREEDOM, knn_adjacency
@@ -106,16 +107,15 @@ def test_training_step_and_scores_equal_mmrec_in_float64(float64, backend):
     batch = BPRSampler(ds.train, batch_size=64, seed=0).sample()
     loss, parts = model.loss(graph, *batch)
     ref_loss = ref.loss(ref.masked_adj(kept), *batch)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9)
+    assert_parity(loss, ref_loss, "loss")
     params = [model.user_embedding, model.item_embedding, *model.features.values(),
               *(t for m in model.projections.values() for t in (m.weight, m.bias))]
     grads = torch.autograd.grad(loss, params)
     ref_grads = torch.autograd.grad(ref_loss, ref.parameters())
-    for a, b in zip(grads, ref_grads, strict=True):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-12), (a - b).abs().max()
+    assert_gradients_parity(grads, ref_grads)
     full = interaction_graph(users, items, ds.n_users, ds.n_items, torch.float64)
     u, i = model.embeddings(full)
-    assert torch.allclose(u @ i.T, ref.scores(), rtol=1e-9, atol=1e-12)
+    assert_parity(u @ i.T, ref.scores(), "scores")
 
 
 def test_frozen_item_graph_transpose_is_built_once():

@@ -1,4 +1,5 @@
-"""numba_cuda backend: its kernels against torch_ref in the CUDA simulator, a PTX compile check,
+"""numba_cuda backend: its kernels against the dense float64 statements of ``oracles.py`` in the
+CUDA simulator, a PTX compile check,
 its place among the backends, and its torch functions on a real GPU when there is one.
 
 ``NUMBA_ENABLE_CUDASIM`` must be set before numba is imported, and the rest of the suite uses
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_topk_equal, dense_similarity
+from bounds import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import assert_topk, spmm_exact
 
 import micro_fast as mf
 from micro_fast import CSRGraph, backends
@@ -132,6 +134,15 @@ def _t(*arrays):
     return [None if a is None else torch.from_numpy(a) for a in arrays]
 
 
+def _exact(indptr, indices, values, m, n, x, upstream=None):
+    """``oracles.spmm_exact`` for a CSR matrix given as arrays."""
+    dense = torch.zeros(m, n, dtype=torch.from_numpy(values).dtype)
+    rows = np.repeat(np.arange(m), np.diff(indptr))
+    dense[torch.from_numpy(rows), torch.from_numpy(indices)] = torch.from_numpy(values)
+    return spmm_exact(dense, torch.from_numpy(x),
+                      None if upstream is None else torch.from_numpy(upstream))
+
+
 @st.composite
 def csr_problems(draw, max_rows=7):
     m = draw(st.integers(1, max_rows))
@@ -162,8 +173,7 @@ def test_sim_spmm(p, threads):
     x = rng.standard_normal((n, d)).astype(dtype)
     y = np.full((m, d), np.nan, dtype=dtype)  # every element must be written
     nc.launch_spmm(indptr, indices, values, x, y, threads=threads)
-    ref = torch_ref.spmm(*_t(indptr, indices, values, x)).numpy()
-    np.testing.assert_allclose(y, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    assert_close(torch.from_numpy(y), _exact(indptr, indices, values, m, n, x)[0], what="y")
 
 
 @sim_only
@@ -175,8 +185,9 @@ def test_sim_sddmm(p, threads):
     b = rng.standard_normal((n, d)).astype(dtype)
     out = np.full(indices.size, np.nan, dtype=dtype)
     nc.launch_sddmm(indptr, indices, a, b, out, threads=threads)
-    ref = torch_ref.sddmm(*_t(indptr, indices, a, b)).numpy()
-    np.testing.assert_allclose(out, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    values = np.ones(indices.size, dtype=dtype)  # the structure; sddmm ignores the values
+    assert_close(torch.from_numpy(out), _exact(indptr, indices, values, m, n, b, a)[2],
+                 what="sddmm")
 
 
 @st.composite
@@ -208,11 +219,11 @@ def topk_problems(draw):
         mask = rng.random((m, n)) < (0.5 if exclude == "full_rows" else exclude)
         if exclude == "full_rows":
             mask[rng.random(m) < 0.5] = True
-    # integer and constant features give exact sums: the result must match bit for bit
-    return queries, keys, k, mask, kind in ("integer", "constant")
+    # integer and constant features give exact sums: the exact ranking, ties to the smaller index
+    return queries, keys, k, mask
 
 
-def _check_topk(queries, keys, k, mask, exact, **launch):
+def _check_topk(queries, keys, k, mask, **launch):
     m = queries.shape[0]
     dtype = queries.dtype
     exclude = None if mask is None else _csr(mask)
@@ -220,15 +231,8 @@ def _check_topk(queries, keys, k, mask, exact, **launch):
     indices = np.full((m, k), -7, dtype=np.int64)
     nc.launch_topk(queries, keys, k, values, indices, exclude=exclude, **launch)
     q, y = _t(queries, keys)
-    rv, ri = torch_ref.topk_similarity(q, y, k, None if exclude is None else _t(*exclude), None)
-    if exact:
-        assert np.array_equal(indices, ri.numpy()), (indices, ri)
-        assert np.array_equal(values, rv.numpy()), (values, rv)
-    else:
-        sim = dense_similarity(q, q if y is None else y)
-        assert_topk_equal(torch.from_numpy(values), torch.from_numpy(indices), rv, ri, sim,
-                          None if mask is None else torch.from_numpy(mask), exact=False,
-                          rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert_topk(torch.from_numpy(values), torch.from_numpy(indices), q, y, k,
+                exclude=None if mask is None else torch.from_numpy(mask))
     return values, indices
 
 
@@ -245,10 +249,10 @@ def test_sim_topk(p, threads, block_rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sim_topk_ties_go_to_the_smaller_index(dtype):
     x = np.ones((3, 2), dtype=dtype)
-    v, i = _check_topk(x, np.ones((7, 2), dtype=dtype), 7, None, True, threads=3)
+    v, i = _check_topk(x, np.ones((7, 2), dtype=dtype), 7, None, threads=3)
     assert np.array_equal(i, np.tile(np.arange(7), (3, 1))) and np.all(v == 2)
     # k < n: a tie with the list's worst entry and a larger index must not enter it
-    v, i = _check_topk(x, np.ones((7, 2), dtype=dtype), 2, None, True, threads=2)
+    v, i = _check_topk(x, np.ones((7, 2), dtype=dtype), 2, None, threads=2)
     assert np.array_equal(i, np.tile([0, 1], (3, 1)))
 
 
@@ -261,20 +265,20 @@ def test_sim_topk_exclude_whole_rows_and_padding(dtype):
     mask = np.zeros((4, 5), dtype=bool)
     mask[0] = True  # nothing left: all padding
     mask[2, 1:] = True  # one key left
-    v, i = _check_topk(q, keys, 5, mask, True, threads=2)
+    v, i = _check_topk(q, keys, 5, mask, threads=2)
     assert np.all(i[0] == -1) and np.all(np.isneginf(v[0]))
     assert i[2, 0] == 0 and np.all(i[2, 1:] == -1) and np.all(np.isneginf(v[2, 1:]))
     assert np.all(i[[1, 3]] >= 0)  # k == n: full rows
     # an exclude list without entries is no exclusion
     empty = np.zeros((4, 5), dtype=bool)
-    _check_topk(q, keys, 5, empty, True, threads=4)
+    _check_topk(q, keys, 5, empty, threads=4)
 
 
 @sim_only
 def test_sim_default_launch_configurations():
     rng = np.random.default_rng(2)
     x = rng.integers(-2, 3, (2, 3)).astype(np.float64)
-    _check_topk(x, None, 2, None, True)  # 32 threads for a short row
+    _check_topk(x, None, 2, None)  # 32 threads for a short row
     indptr, indices = _csr(np.array([[True, False], [True, True]]))
     values = np.array([1.0, 2.0, -1.0])
     y = np.empty((2, 3))
@@ -341,10 +345,9 @@ def test_sim_torch_functions_glue(monkeypatch):
     v, i = nc.topk_similarity(q, keys, 2, (empty.indptr, empty.indices), None)
     assert torch.equal(i, torch_ref.topk_similarity(q, keys, 2, None, None)[1])
     a = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-    y = nc.spmm(ex.indptr, ex.indices, ex.values, keys)
-    assert torch.allclose(y, torch_ref.spmm(ex.indptr, ex.indices, ex.values, keys))
-    out = nc.sddmm(ex.indptr, ex.indices, a, keys)
-    assert torch.allclose(out, torch_ref.sddmm(ex.indptr, ex.indices, a, keys))
+    exact = spmm_exact(ex.to_dense(), keys, a)
+    assert_close(nc.spmm(ex.indptr, ex.indices, ex.values, keys), exact[0], what="spmm")
+    assert_close(nc.sddmm(ex.indptr, ex.indices, a, keys), exact[2], what="sddmm")
     assert torch.equal(nc.spmm(empty.indptr, empty.indices, empty.values, keys),
                        torch.zeros(5, 3, dtype=torch.float64))
     assert nc.sddmm(empty.indptr, empty.indices, a, keys).shape == (0,)
@@ -376,11 +379,8 @@ def test_gpu_topk_similarity(dtype, symmetric):
     mask = torch.rand(300, n, generator=gen) < 0.3
     mask[5] = True  # a fully excluded row
     ex = CSRGraph.from_dense(mask.double())
-    sim = dense_similarity(q, q if keys is None else keys)
     for k in (1, 10, n):
         for block in (None, 7):
-            rv, ri = mf.topk_similarity(q, keys, k, exclude=ex, block_size=block,
-                                        backend="torch_ref")
             qc, kc = q.cuda(), None if keys is None else keys.cuda()
             side = torch.cuda.Stream()
             with torch.cuda.stream(side):  # runs on torch's current stream, whichever it is
@@ -388,7 +388,7 @@ def test_gpu_topk_similarity(dtype, symmetric):
                                           backend="numba_cuda")
             side.synchronize()
             assert v.device.type == "cuda"
-            assert_topk_equal(v.cpu(), i.cpu(), rv, ri, sim, mask)
+            assert_topk(v.cpu(), i.cpu(), q, keys, k, exclude=mask)
             assert bool((i[5] == -1).all())
 
 
@@ -413,17 +413,14 @@ def test_gpu_spmm_forward_and_backward(dtype, d):
     g = CSRGraph.from_dense(dense)
     x = torch.randn(50, d, generator=gen, dtype=dtype)
     w = torch.randn(70, d, generator=gen, dtype=dtype)
-    results = []
-    for backend, dev in (("torch_ref", "cpu"), ("numba_cuda", "cuda")):
-        gd = g.to(dev)
-        v = gd.values.clone().requires_grad_()
-        xr = x.to(dev).clone().requires_grad_()
-        y = mf.spmm(gd.with_values(v), xr, backend=backend)
-        (y * w.to(dev)).sum().backward()
-        results.append([t.detach().cpu() for t in (y, xr.grad, v.grad)])
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
-    for got, ref in zip(results[1], results[0], strict=True):
-        assert torch.allclose(got, ref, **tol)
+    gd = g.to("cuda")
+    v = gd.values.clone().requires_grad_()
+    xr = x.cuda().clone().requires_grad_()
+    y = mf.spmm(gd.with_values(v), xr, backend="numba_cuda")
+    (y * w.cuda()).sum().backward()
+    for got, exact, what in zip((y, xr.grad, v.grad), spmm_exact(dense, x, w),
+                                ("y", "x gradient", "values gradient"), strict=True):
+        assert_close(got.detach().cpu(), exact, what=what)
 
 
 @gpu

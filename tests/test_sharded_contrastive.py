@@ -7,12 +7,13 @@ test_distributed.py."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
+from bounds import Bounded, assert_close
+from helpers import run_shards
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles import contrastive_exact, fusion_exact
 
 import micro_fast as mf
 from micro_fast import backends
@@ -20,61 +21,14 @@ from micro_fast import backends
 BACKENDS = backends.available("cpu")  # cpp splits its tiles; the others compute it all
 
 
-class ThreadShard:
-    """Shard ``index`` of ``count`` threads: logsumexp exchanges the partials on a board."""
-
-    def __init__(self, index: int, count: int, barrier: threading.Barrier, board: list):
-        self.index, self.count, self._barrier, self._board = index, count, barrier, board
-
-    def logsumexp(self, partial: torch.Tensor, shift: float | None = None) -> torch.Tensor:
-        if shift is not None:  # the bound the op promises
-            finite = partial[torch.isfinite(partial)]
-            assert bool(((finite - shift).abs() <= 80).all()), (finite - shift).abs().max()
-        self._board[self.index] = partial
-        self._barrier.wait()
-        out = torch.logsumexp(torch.stack(list(self._board)), dim=0)
-        self._barrier.wait()  # everyone has read the board before it is reused
-        return out
-
-
-def run_shards(count: int, fn, inputs: list[torch.Tensor]):
-    """fn(shard, *leaf copies of inputs) on ``count`` threads; returns the summed values and
-    summed gradients w.r.t. each input, and each thread's value."""
-    barrier, board = threading.Barrier(count), [None] * count
-    results: list = [None] * count
-    errors: list = []
-
-    def work(i):
-        try:
-            xs = [x.detach().clone().requires_grad_() for x in inputs]
-            value = fn(ThreadShard(i, count, barrier, board), *xs)
-            results[i] = (value.detach(), torch.autograd.grad(value, xs))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    value = sum(r[0] for r in results)
-    grads = [sum(r[1][k] for r in results) for k in range(len(inputs))]
-    return value, grads, [r[0] for r in results]
-
-
-def single(fn, inputs):
-    xs = [x.detach().clone().requires_grad_() for x in inputs]
-    value = fn(None, *xs)
-    return value.detach(), torch.autograd.grad(value, xs)
-
-
-def _close(a, b, double, tau=0.5):
-    """Float32 sums of exp(s / tau) terms: the rounding grows with 1 / tau."""
-    rtol, atol = (1e-10, 1e-12) if double else (2e-5, 1e-6)
-    assert torch.allclose(a, b, rtol=rtol, atol=atol / tau), (a - b).abs().max()
+def _assert_exact(value, grads, exact, count):
+    """The parts' sum against the exact loss and gradients: each of the ``count`` parts rounds
+    its own share, so the sum carries up to ``count`` times the single computation's error."""
+    expected_value, *expected_grads = exact
+    scaled = [Bounded(e.value, e.err * count, e.u) for e in (expected_value, *expected_grads)]
+    assert_close(value, scaled[0], what="loss")
+    for j, (g, e) in enumerate(zip(grads, scaled[1:], strict=True)):
+        assert_close(g, e, what=f"gradient {j}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -92,12 +46,10 @@ def test_contrastive_parts_sum_to_the_whole(backend, n, d, count, symmetric, tau
                                    backend=backend, shard=shard)
 
     value, grads, parts = run_shards(count, fn, z)
-    ref_value, ref_grads = single(fn, z)
-    _close(value, ref_value, double, tau)
-    for g, r in zip(grads, ref_grads, strict=True):
-        _close(g, r, double, tau)
+    exact = contrastive_exact(*z, tau, symmetric)
+    _assert_exact(value, grads, exact, count)
     for p in parts:  # every part is loss / count
-        _close(p * count, ref_value, double, tau)
+        assert_close(p * count, Bounded(exact[0].value, exact[0].err * count, exact[0].u))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -115,10 +67,8 @@ def test_fusion_parts_sum_to_the_whole(backend, n, d, m, count, strategy, double
                                           backend=backend, strategy=strategy, shard=shard)
 
     value, grads, _ = run_shards(count, fn, [*views, w])
-    ref_value, ref_grads = single(fn, [*views, w])
-    _close(value, ref_value, double)
-    for g, r in zip(grads, ref_grads, strict=True):
-        _close(g, r, double)
+    loss, view_grads, weights_grad = fusion_exact(views, w, 0.5)
+    _assert_exact(value, grads, (loss, *view_grads, weights_grad), count)
 
 
 @pytest.mark.skipif("cpp" not in backends.available(), reason="cpp not available")
