@@ -26,6 +26,19 @@ def pytest_addoption(parser):
                           "one this CPU runs) or a comma list such as avx2,generic")
 
 
+_LOAD_AT_SESSION_START = os.getloadavg() if hasattr(os, "getloadavg") else None
+_SESSION_START = time.time()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The load average before the suite started and when it ended (the results JSON's
+    ``machine_info``; report.py puts the first in the provenance header)."""
+    machine_info["load_average_at_session_start"] = _LOAD_AT_SESSION_START
+    machine_info["session_start_unix"] = _SESSION_START
+    machine_info["load_average_at_session_end"] = (os.getloadavg() if hasattr(os, "getloadavg")
+                                                   else None)
+
+
 def pytest_configure(config):
     sizes.set_current(config.getoption("--bench-size"))
     isas.set_selected(config.getoption("--bench-isa"))

@@ -311,7 +311,15 @@ def write_report(data: dict, out: Path, machine: dict | None = None,
     out.mkdir(parents=True, exist_ok=True)
     pngs = plot(data, out)
     prov = _provenance()
-    record = prov.record((machine or {}).get("threads"))
+    run = data.get("machine_info", {})
+    extra = {}
+    if run.get("load_average_at_session_start") is not None:  # the suite's, not this process's
+        extra["load_average_at_start"] = run["load_average_at_session_start"]
+    if run.get("session_start_unix"):
+        extra["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                         time.gmtime(run["session_start_unix"]))
+        extra["elapsed_s"] = round(time.time() - run["session_start_unix"], 1)
+    record = prov.record((machine or {}).get("threads"), **extra)
     (out / "provenance.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     text = prov.markdown_header(record, title) + "\n" + summarize(data, machine, ceil)
     if pngs:
