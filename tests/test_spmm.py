@@ -168,6 +168,22 @@ def test_lightgcn_module_matches_published_forward():
     assert_close(prop(g, x), propagate_exact(g.to_dense(), x, 1, "last")[0], what="module")
 
 
+@pytest.mark.parametrize("backend", ["cpp", "numba", "torch_ref"])
+@pytest.mark.parametrize("normalization", ["sym", "rw"])
+def test_backward_through_declared_graphs(backend, normalization):
+    """bipartite_graph declares its result symmetric ("sym": its own transpose) or not ("rw"):
+    the backward must use the transpose exactly when it differs."""
+    require(backend)
+    gen = torch.Generator().manual_seed(8)
+    users = torch.randint(0, 20, (90,), generator=gen)
+    items = torch.randint(0, 15, (90,), generator=gen)
+    g = mf.bipartite_graph(users, items, 20, 15, normalization=normalization,
+                           self_loops=True, dtype=torch.float64)
+    assert g.symmetric is (normalization == "sym")
+    x = torch.randn(35, 6, generator=gen, dtype=torch.float64)
+    _assert_exact(_run(g, x, backend), g.to_dense(), x)
+
+
 def test_transpose_is_correct_and_built_once():
     gen = torch.Generator().manual_seed(3)
     dense = torch.randn(30, 20, generator=gen) * (torch.rand(30, 20, generator=gen) < 0.2)

@@ -112,6 +112,43 @@ def test_backward_is_sparse_and_matches_the_exact_gradient(backend, dtype):
     assert_close(keys.grad, gk, what="keys gradient")
 
 
+@pytest.mark.parametrize("backend", backends.available("cpu"))
+def test_padded_entries_take_no_gradient(backend):
+    """Rows with fewer admissible keys than k are padded with (-inf, -1): a gradient arriving
+    at a padded entry reaches no key."""
+    gen = torch.Generator().manual_seed(6)
+    q = torch.randn(40, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(30, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(40, 30, generator=gen) < 0.8  # most rows keep fewer than 10 keys
+    v, i = topk_similarity(q, keys, 10, exclude=CSRGraph.from_dense(mask.double()),
+                           backend=backend)
+    assert bool((i < 0).any())
+    w = torch.randn(v.shape, generator=gen, dtype=torch.float64)  # nonzero on padding too
+    gq, gk = torch.autograd.grad(v, (q, keys), grad_outputs=w)
+    eq, ek = similarity_grads(q, keys, i, w, normalize=False)
+    assert_close(gq, eq, what="queries gradient")
+    assert_close(gk, ek, what="keys gradient")
+
+
+def test_backward_row_chunks_cover_every_row(monkeypatch):
+    """The backward gathers the keys of a few thousand rows at a time: every row of every
+    chunk gets its gradient (chunks of 7 rows here)."""
+    import importlib
+
+    op = importlib.import_module("micro_fast.ops.topk_similarity")  # the module, not the op
+    monkeypatch.setattr(op, "_BACKWARD_ROWS", 7)
+    gen = torch.Generator().manual_seed(7)
+    for keys in (None, torch.randn(25, 4, generator=gen, dtype=torch.float64)):
+        q = torch.randn(50, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+        ks = None if keys is None else keys.clone().requires_grad_()
+        v, i = topk_similarity(q, ks, 3)
+        w = torch.randn(v.shape, generator=gen, dtype=torch.float64)
+        grads = torch.autograd.grad(v, [q] if ks is None else [q, ks], grad_outputs=w)
+        expected = [e for e in similarity_grads(q, ks, i, w, normalize=False) if e is not None]
+        for g, e in zip(grads, expected, strict=True):
+            assert_close(g, e)
+
+
 def test_rows_with_too_few_candidates_are_padded(cpu_backend):
     x = torch.randn(6, 3)
     eye = CSRGraph.from_dense(torch.ones(6, 6) - torch.eye(6))  # only the diagonal remains
