@@ -10,6 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from bounds import assert_close
+from oracles import (
+    assert_topk,
+    assert_topk_sets,
+    bipartite_exact,
+    contrastive_exact,
+    fusion_exact,
+    knn_graph_exact,
+    similarity_scores,
+    spmm_exact,
+)
 
 import micro_fast as mf
 from micro_fast import backends
@@ -42,7 +53,7 @@ def _ops(backend: str):
         xs = x.clone().requires_grad_()
         out = mf.spmm(graph, xs, backend=backend)
         out.square().sum().backward()
-        return out.detach(), xs.grad
+        return out.detach(), xs.grad, graph.indptr, graph.indices, graph.values.detach()
 
     ops = {
         "topk": lambda: mf.topk_similarity(y, x, 15, exclude=seen, backend=backend),
@@ -122,9 +133,44 @@ def test_results_do_not_depend_on_thread_count_or_run(backend):
         torch.set_num_threads(before)
     for threads in (2, 4):
         for name, got in results[threads].items():
-            ref = results[1][name]
             if name in THREAD_ORDER_OPS or backend == "torch_ref":
-                for a, b in zip(got, ref, strict=True):
-                    assert torch.allclose(a, b, rtol=1e-5, atol=0), name
+                _assert_exact(name, got)  # each thread count within rounding of the exact
             else:
-                assert _equal(got, ref), f"{name} differs between 1 and {threads} threads"
+                assert _equal(got, results[1][name]), \
+                    f"{name} differs between 1 and {threads} threads"
+    for name, got in results[1].items():
+        _assert_exact(name, got)
+
+
+def _assert_exact(name: str, got) -> None:
+    """The result of ``_ops``'s op ``name`` against the dense float64 statements."""
+    x, y, seen, users, items = _inputs()
+    if name == "topk":
+        assert_topk(*got, y, x, 15, exclude=seen)
+    elif name == "topk_self":
+        assert_topk(*got, x, None, 15)
+    elif name == "knn_graph":
+        indices, values, grad = got
+        idx = indices.reshape(700, 10)
+        assert_topk_sets(idx, similarity_scores(x, None, True), x.dtype)
+        exact_values, exact_grad = knn_graph_exact(x, idx, "sym",
+                                                   torch.arange(7000, dtype=x.dtype))
+        assert_close(values.reshape(700, 10), exact_values, what=name)
+        assert_close(grad, exact_grad, what=f"{name} gradient")
+    elif name == "spmm":
+        out, grad, indptr, indices, values = got
+        graph = mf.CSRGraph(indptr, indices, values, shape=(700, 700))
+        exact_out, exact_grad, _ = spmm_exact(graph.to_dense(), x, 2 * out)
+        assert_close(out, exact_out, what=name)
+        assert_close(grad, exact_grad, what=f"{name} gradient")
+    elif name == "bipartite_graph":
+        exact = bipartite_exact(users, items, 300, 700, "sym", False, torch.float32)
+        rows, cols = torch.nonzero(exact.value, as_tuple=True)
+        assert_close(got[0], exact[rows, cols], what=name)
+    elif name == "contrastive":
+        assert_close(got[0], contrastive_exact(x, x.flip(0), 0.5)[0], what=name)
+    elif name == "contrastive_fusion":
+        weights = torch.softmax(x[:, :2], dim=1)
+        assert_close(got[0], fusion_exact([x, x.flip(0)], weights, 0.5)[0], what=name)
+    else:
+        raise AssertionError(f"no exact statement for {name}")

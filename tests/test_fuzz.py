@@ -206,6 +206,11 @@ def csr_graphs(draw, n_rows: int, n_cols: int, dtype=torch.float32):
     return mf.CSRGraph.from_dense(vals), mask
 
 
+def _generator(data) -> torch.Generator:
+    """A torch generator seeded from the example (so that a failing case replays)."""
+    return torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+
+
 def _bad_values(*tensors: torch.Tensor) -> bool:
     return any(t.numel() and not bool(torch.isfinite(t).all()) for t in tensors)
 
@@ -256,7 +261,7 @@ def test_topk_similarity(data, backend, valid):
         exclude, mask = data.draw(csr_graphs(q.shape[0], n), label="exclude")
     if valid:
         assert not _bad_values(q) and not _overflows(q, q if keys is None else keys)
-    w = torch.randn(q.shape[0], max(k, 1), dtype=q.dtype)
+    w = torch.randn(q.shape[0], max(k, 1), dtype=q.dtype, generator=_generator(data))
 
     def run(b):
         qs = q.clone().requires_grad_()
@@ -289,7 +294,7 @@ def test_knn_graph_values_and_gradients(data, backend, valid):
                   else st.integers(1, x.shape[0]), label="k")
     norm = "laplacian" if fault == "normalization" else data.draw(
         st.sampled_from(["sym", "rw", "none"]), label="normalization")
-    w = torch.randn(max(x.shape[0], 1) * max(k, 1), dtype=x.dtype)
+    w = torch.randn(max(x.shape[0], 1) * max(k, 1), dtype=x.dtype, generator=_generator(data))
     if valid and norm != "none":
         # a degree (a sum of kept cosines) within rounding of zero makes the normalization
         # ill-conditioned: not drawn; "sym" is undefined for a negative one (an error is due)
@@ -435,7 +440,8 @@ def test_contrastive_loss(data, backend, valid):
         gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
         z2 = torch.randn(z1.shape, generator=gen, dtype=z1.dtype)
     if fault == "shape":
-        z2 = torch.randn(z1.shape[0] + 1, z1.shape[1], dtype=z1.dtype)
+        z2 = torch.randn(z1.shape[0] + 1, z1.shape[1], dtype=z1.dtype,
+                         generator=_generator(data))
     tau = -0.5 if fault == "tau" else data.draw(st.sampled_from([0.02, 0.05, 0.5, 2.0]),
                                                 label="tau")
     symmetric = data.draw(st.booleans(), label="symmetric")
