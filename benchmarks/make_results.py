@@ -17,8 +17,10 @@ load average. The folder's ``README.md`` indexes them (rewritten after every run
 Every step runs as a subprocess with ``MICRO_FAST_BENCH_STRICT=1`` (a missing optional peer
 fails instead of skipping); a step that exits non-zero is a failed step, the others still
 run, and the driver exits 1. The durations in ``STEPS`` were measured on a 2-core AMD EPYC
-Zen 5 VM (2 threads); ``--wait-idle S`` waits up to S seconds before each step for the
-1-minute load average to fall below 0.5, so that other work does not sit in the timings.
+Zen 5 VM (2 threads). ``--wait-idle S`` waits up to S seconds before each step (holding the
+lock) until the CPUs are idle (under 10% busy over 5 s), so that other work does not sit in the
+timings; and every step records how much CPU time other processes used while it ran (the
+index shows it: a result measured beside other work says so).
 """
 
 from __future__ import annotations
@@ -107,12 +109,38 @@ def steps(out: Path) -> list[Step]:
     ]
 
 
-def _idle(limit_s: float) -> None:
-    if limit_s <= 0 or not hasattr(os, "getloadavg"):
-        return
-    end = time.time() + limit_s
-    while os.getloadavg()[0] >= 0.5 and time.time() < end:
-        time.sleep(10)
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_fraction(seconds: float = 5.0) -> float:
+    a = _cpu_jiffies()
+    time.sleep(seconds)
+    b = _cpu_jiffies()
+    if a is None or b is None or b[1] == a[1]:
+        return 0.0
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def _idle(limit_s: float) -> float:
+    """Waits up to ``limit_s`` for the CPUs to be idle; returns the seconds waited."""
+    t0 = time.time()
+    while limit_s > 0 and time.time() - t0 < limit_s and _busy_fraction() > 0.10:
+        pass
+    return time.time() - t0
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 @contextlib.contextmanager
@@ -131,18 +159,35 @@ def _locked(path: str | None):
 
 
 def run_step(step: Step, out: Path, lock: str | None, wait_idle: float) -> tuple[int, float]:
+    """Runs a step's commands; records in ``out/steps.json`` its duration and the CPU time
+    that other processes used meanwhile (all CPUs' busy time less this step's own)."""
     env = dict(os.environ, MICRO_FAST_BENCH_STRICT="1", MICRO_FAST_RESULTS_DIR=str(out),
                MICRO_FAST_BENCH_THREADS="2", PYTHONUNBUFFERED="1", **step.env)
-    t0 = time.time()
+    rc = 0
     with _locked(lock):
-        _idle(wait_idle)
-        t0 = time.time()
+        waited = _idle(wait_idle)
+        t0, own0, cpu0 = time.time(), _children_cpu_s(), _cpu_jiffies()
         for cmd in step.commands:
             print("+ " + " ".join(cmd), flush=True)
             rc = subprocess.run(cmd, env=env, cwd=HERE.parent).returncode
             if rc != 0:
-                return rc, time.time() - t0
-    return 0, time.time() - t0
+                break
+        secs, own, cpu1 = time.time() - t0, _children_cpu_s() - own0, _cpu_jiffies()
+    other = None
+    if cpu0 and cpu1:
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        other = max(0.0, (cpu1[0] - cpu0[0]) / hz - own)
+    log = out / "steps.json"
+    try:
+        runs = json.loads(log.read_text())
+    except (OSError, ValueError):
+        runs = {}
+    runs[step.name] = {"rc": rc, "seconds": round(secs, 1), "own_cpu_s": round(own, 1),
+                       "other_cpu_s": None if other is None else round(other, 1),
+                       "waited_for_idle_s": round(waited, 1),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    log.write_text(json.dumps(runs, indent=1) + "\n")
+    return rc, secs
 
 
 def write_index(out: Path, all_steps: list[Step]) -> Path:
@@ -150,8 +195,15 @@ def write_index(out: Path, all_steps: list[Step]) -> Path:
     lines = [f"# Results: {out.name}", "",
              "Written by `python benchmarks/make_results.py` (one step per artifact; "
              "`--only STEP` reruns one). Each artifact starts with its provenance header.", "",
-             "| step | artifact | what | date (UTC) | commit | run time |",
-             "|---|---|---|---|---|---|"]
+             "`other CPU` is the CPU time other processes used while the step ran (all CPUs' "
+             "busy time less the step's own): near zero, the step had the machine to itself.",
+             "",
+             "| step | artifact | what | date (UTC) | commit | run time | other CPU |",
+             "|---|---|---|---|---|---|---|"]
+    try:
+        runs = json.loads((out / "steps.json").read_text())
+    except (OSError, ValueError):
+        runs = {}
     for s in all_steps:
         if s.name == "tune":
             continue
@@ -160,7 +212,7 @@ def write_index(out: Path, all_steps: list[Step]) -> Path:
         else:
             path, prov_path = out / f"{s.name}.md", out / f"{s.name}.json"
         if not path.exists():
-            lines.append(f"| {s.name} | not produced | {s.what} | | | |")
+            lines.append(f"| {s.name} | not produced | {s.what} | | | | |")
             continue
         try:
             data = json.loads(prov_path.read_text())
@@ -172,9 +224,14 @@ def write_index(out: Path, all_steps: list[Step]) -> Path:
         except (OSError, ValueError):
             commit, date, elapsed = "?", "?", None
         rel = path.relative_to(out)
-        shown = "" if elapsed is None else f"{float(elapsed) / 60:.1f} min"
+        run = runs.get(s.name, {})
+        secs = run.get("seconds", elapsed)
+        shown = "" if secs is None else f"{float(secs) / 60:.1f} min"
+        other = run.get("other_cpu_s")
+        if run.get("rc"):
+            shown += f" (its last run failed, exit {run['rc']}: this artifact is older)"
         lines.append(f"| {s.name} | [{rel}]({rel}) | {s.what} | {date} | {commit} | "
-                     f"{shown} |")
+                     f"{shown} | {'' if other is None else f'{other:.0f} s'} |")
     index = out / "README.md"
     index.write_text("\n".join(lines) + "\n")
     return index
