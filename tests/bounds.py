@@ -13,21 +13,27 @@ computation with unit roundoff ``u`` accumulates along the same formula:
   ``u sqrt(n) sum |terms|``: the expected error of a float sum whose rounding errors have random
   signs (Higham & Mary, "A new approach to probabilistic rounding error analysis", 2019). The
   worst case is ``n u sum |terms|``; blocked and SIMD sums (what the kernels do) stay near the
-  expected one, and that is the one a tolerance must not exceed by more than 10x;
+  expected one;
 * an exponential adds ``C_EXP`` ulps (the compiled kernels use polynomial exponentials).
 
-The tolerance of a comparison is ``TOL_FACTOR`` times the bound (``tolerance``). Products that
+The tolerance of a comparison is ``TOL_FACTOR`` times the bound (``tolerance``): 5x the expected
+error of a float32 kernel, and 5x the sum of the two expected errors (10x one) when a float64
+kernel meets the float64 exact statement, whose own rounding is of the same size. Products that
 land in the subnormal range lose relative precision; ``floor`` adds their absolute error.
+``MICRO_FAST_TOLERANCE_LOG=FILE`` appends the largest error-to-tolerance ratio of every
+comparison to FILE, to see how much of the tolerance real errors use.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
-#: Tolerance = TOL_FACTOR x the expected error (``tolerance``); the issue's ceiling is 10.
-TOL_FACTOR = 8.0
+#: Tolerance = TOL_FACTOR x the expected error (``tolerance``). Over the fuzz and op suites
+#: (hypothesis "dev" profile, 17,500 comparisons) the largest error seen was 1.2x the bound.
+TOL_FACTOR = 5.0
 #: Rounding of an exponential in ulps (polynomial approximations are accurate to 1-2 ulps).
 C_EXP = 4.0
 
@@ -233,6 +239,11 @@ def assert_close(got: torch.Tensor, expected: Bounded, kernel_dtype: torch.dtype
     if not bool(ok.any()):
         return 0.0
     ratio = (diff[ok] / tol[ok]).max()
+    if os.environ.get("MICRO_FAST_TOLERANCE_LOG"):
+        # the largest error-to-tolerance ratio of each comparison, to see how much of the
+        # tolerance real errors use (tests/README.md)
+        with open(os.environ["MICRO_FAST_TOLERANCE_LOG"], "a") as log:
+            log.write(f"{dtype}\t{what}\t{float(ratio):.4g}\n")
     if bool(ratio > 1):
         worst = int(torch.argmax(torch.where(ok, diff / tol, torch.zeros_like(diff))))
         idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), g.shape))
