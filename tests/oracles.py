@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from bounds import Bounded, cat, matmul, normalize_rows, tolerance
 
 

@@ -12,10 +12,9 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from bounds import assert_close
 from hypothesis import given
 from hypothesis import strategies as st
-
-from bounds import assert_close
 from oracles import contrastive_exact
 
 import micro_fast as mf

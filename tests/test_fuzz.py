@@ -1,8 +1,9 @@
 """Fuzzing every public op on every CPU backend (torch_ref included) with adversarial inputs,
 against the independent dense statements of ``oracles.py``.
 
-Each op has two tests: one draws valid inputs, the other invalid ones. A valid case must return the oracle's values within the tolerance its dtype, reductions
-and magnitudes allow (``bounds.py``); raising on it is a failure. An invalid case must raise a
+Each op has two tests: one draws valid inputs, the other invalid ones. A valid case must return
+the oracle's values within the tolerance its dtype, reductions and magnitudes allow
+(``bounds.py``); raising on it is a failure. An invalid case must raise a
 documented exception (ValueError / TypeError naming the argument, MemoryBudgetError), the same
 class as torch_ref raises: never a crash, a hang, silent garbage or acceptance. Valid inputs:
 empty and one-row tensors, k equal to the number of keys, all-equal and duplicated rows (ties
@@ -25,10 +26,6 @@ from bounds import Bounded, assert_close, tolerance
 from helpers import run_shards
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
-
-import micro_fast as mf
-from micro_fast import backends
-from micro_fast.memory import MemoryBudgetError
 from oracles import (
     assert_topk,
     assert_topk_sets,
@@ -44,6 +41,10 @@ from oracles import (
     similarity_scores,
     spmm_exact,
 )
+
+import micro_fast as mf
+from micro_fast import backends
+from micro_fast.memory import MemoryBudgetError
 
 BACKENDS = backends.available("cpu")
 CPU = torch.device("cpu")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference_micro
 import torch
 from helpers import assert_gradients_parity, assert_parity
-
-import reference_micro
 
 import micro_fast as mf
 from micro_fast.models import MICRO

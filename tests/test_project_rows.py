@@ -9,7 +9,6 @@ from bounds import assert_close
 from helpers import projection_problem
 from hypothesis import given
 from hypothesis import strategies as st
-
 from oracles import project_rows_exact
 
 import micro_fast as mf
@@ -52,7 +51,8 @@ def _check(backend, problem):
     ez, egx, egw, egb = project_rows_exact(x, w, b, rows, g)
     assert_close(z, ez, what="z")
     names = ("x gradient", "weight gradient", "bias gradient")
-    for got, exact, name in zip(ours, (egx, egw, egb), names):
+    for got, exact, name in zip(ours, (egx, egw, egb)[:len(ours)], names[:len(ours)],
+                                strict=True):
         assert_close(torch.zeros_like(exact.value) if got is None else got, exact, what=name)
     outside = torch.ones(x.shape[0], dtype=torch.bool)
     outside[rows] = False

@@ -55,6 +55,7 @@ CONTRASTIVE = ("tests/test_contrastive.py",)
 FUSION = ("tests/test_contrastive_fusion.py",)
 # the op's tests and the fuzzing of the op against its exact oracle
 TOPK_OP = TOPK + ("tests/test_fuzz.py::test_topk_similarity",)
+METRICS = ("tests/test_metrics.py", "tests/test_fuzz.py::test_full_ranking")
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- C++ kernels: top-k similarity -------------------------------------------------------
@@ -232,6 +233,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "forward: the left-out diagonal pair uses the block-local index, not the global one",
            CONTRASTIVE),
     # --- Python op layers ----------------------------------------------------------------------
+    Mutant("ops-topk-keys-grad-scaled", "micro_fast/ops/topk_similarity.py",
+           "contrib = g.unsqueeze(2) * queries[r0:r1].unsqueeze(1)",
+           "contrib = g.unsqueeze(2) * queries[r0:r1].unsqueeze(1) * (1 + 1e-4)",
+           "gradient scaled by 1 + 1e-4: the keys' gradient of the top-k values", TOPK_OP),
+    Mutant("ops-knn-columns-unsorted", "micro_fast/ops/knn_graph.py",
+           "order = torch.argsort(indices, dim=1)",
+           "order = torch.arange(k, device=indices.device).expand(n, k)",
+           "the kNN graph keeps each row's neighbours in rank order, not sorted by column "
+           "(an invalid CSR structure)",
+           ("tests/test_fuzz.py::test_knn_graph_values_and_gradients",)),
+    Mutant("checks-overflow-limit-too-high", "micro_fast/ops/_checks.py",
+           "limit = torch.finfo(queries.dtype).max / 4",
+           "limit = torch.finfo(queries.dtype).max * 4",
+           "bad input accepted: inner products that overflow pass the magnitude check",
+           ("tests/test_fuzz.py::test_topk_similarity",)),
     Mutant("ops-topk-grad-keys-misaligned", "micro_fast/ops/topk_similarity.py",
            "grad_q[r0:r1] = torch.bmm(g.unsqueeze(1), keys[idx]).squeeze(1)",
            "grad_q[r0:r1] = torch.bmm(g.unsqueeze(1), keys[idx.flip(1)]).squeeze(1)",
@@ -293,7 +309,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "    if graph.symmetric:\n        return graph.indptr",
            "    if graph.symmetric is not None:\n        return graph.indptr",
            "backward: a graph declared not symmetric (an 'rw' bipartite graph) is used as its "
-           "own transpose", SPMM + ("tests/test_models.py",)),
+           "own transpose", SPMM),
     # --- CSRGraph ------------------------------------------------------------------------------
     Mutant("graph-transpose-values-unpermuted", "micro_fast/graph.py",
            "return CSRGraph._from_structure(t, self.values[perm], self.symmetric)",
@@ -315,17 +331,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "torch.arange(2, kmax + 2, dtype=torch.float64, device=device)",
            "torch.arange(3, kmax + 3, dtype=torch.float64, device=device)",
            "metric off by one rank: the DCG discount of rank j is 1 / log2(j + 2)",
-           ("tests/test_fuzz.py",), "full_ranking"),
+           METRICS),
     Mutant("metrics-cutoff-one-rank-short", "micro_fast/metrics.py",
            "h = cum[:, kk - 1]",
            "h = cum[:, max(kk - 2, 0)]",
            "metric off by one rank: hits (recall, precision, hit, published NDCG) are counted "
-           "to rank K - 1", ("tests/test_fuzz.py",), "full_ranking"),
+           "to rank K - 1", METRICS),
     Mutant("metrics-ideal-dcg-one-rank-long", "micro_fast/metrics.py",
            "ideal = cdisc[(n_target.clamp_max(kk) - 1).long()]",
            "ideal = cdisc[n_target.clamp_max(kk - 1).long()]",
            "metric off by one rank: users with fewer than K targets get the ideal DCG of one "
-           "more", ("tests/test_fuzz.py",), "full_ranking"),
+           "more", METRICS),
     # --- distributed shard merging -------------------------------------------------------------
     Mutant("dist-merge-tie-reversed", "micro_fast/distributed.py",
            "torch.iinfo(torch.int64).max, i), dim=1,\n                             stable=True)",
