@@ -1,6 +1,7 @@
 """The GPU parity checks run on the CPU (``MICRO_FAST_PARITY_DRY_RUN=cpp``: the same checks with
 CPU tensors and the cpp backend), so that a lent GPU's first test file cannot fail, or pass, on
-the logic of its own checks."""
+the logic of its own checks. (No "cuda" in the name: the GPU check selects the CUDA tests with
+``-k cuda``.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from micro_fast import backends
 
 
 @pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
-def test_cuda_parity_checks_pass_on_the_cpu_backend():
+def test_gpu_parity_checks_pass_on_the_cpu_backend():
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, MICRO_FAST_PARITY_DRY_RUN="cpp")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
