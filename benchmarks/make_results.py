@@ -48,7 +48,7 @@ class Step:
     name: str
     what: str
     commands: list[list[str]]
-    minutes: float  # measured on the 2-core Zen 5 VM, 2 threads
+    minutes: float  # expected duration, measured on the 2-core Zen 5 VM with 2 threads
     env: dict[str, str] = field(default_factory=dict)
     suite: bool = False  # writes a folder (micro-fast bench), not NAME.md/.json
 
@@ -61,51 +61,52 @@ def steps(out: Path) -> list[Step]:
              "before anything is timed so that no calibration lands inside a measurement; no "
              "artifact (every header shows the choices in force)",
              [[PY, "-m", "micro_fast.cli", "tune", "--threads", "1"],
-              [PY, "-m", "micro_fast.cli", "tune", "--threads", "2"]], 0.2),
+              [PY, "-m", "micro_fast.cli", "tune", "--threads", "2"]], 0.2),  # ~10 s
         Step("suite-small", "micro-fast bench --size small, every ISA this CPU runs",
              [[*BENCH, "--size", "small", "--isa", "all", "--out", f"{o}/suite-small"]],
-             4, suite=True),
+             4, suite=True),  # 3.9 min measured (every ISA)
         Step("suite-paper-knn", "kNN at the published sizes: self-join against FAISS, the "
              "published dense path, blocked torch, scikit-learn; queries != keys against FAISS "
              "and blocked torch",
              [[*BENCH, "--size", "paper", "--ops", "knn", "--isa", "best", "--out",
-               f"{o}/suite-paper-knn"]], 6, suite=True),
+               f"{o}/suite-paper-knn"]], 10, suite=True),  # 9.6 min measured
         Step("suite-paper-spmm", "spmm at Baby and Clothing sizes against torch COO/CSR and "
              "scipy",
              [[*BENCH, "--size", "paper", "--ops", "spmm", "--isa", "best", "--out",
-               f"{o}/suite-paper-spmm"]], 3, suite=True),
+               f"{o}/suite-paper-spmm"]], 1.5, suite=True),  # 1.3 min measured
         Step("suite-paper-contrastive", "the contrastive and fusion losses at N = 7,050 and "
              "23,033 against the published chunked loss and its torch.compile form",
              [[*BENCH, "--size", "paper", "--ops", "contrastive", "--isa", "best", "--out",
-               f"{o}/suite-paper-contrastive"]], 14, suite=True),
+               f"{o}/suite-paper-contrastive"]], 9, suite=True),  # 8.9 min measured
         Step("suite-paper-train", "a whole MICRO epoch at Baby size against the published "
              "step, both timed whole with the same fused Adam; evaluation",
              [[*BENCH, "--size", "paper", "--ops", "train", "--isa", "best", "--out",
-               f"{o}/suite-paper-train"]], 7, suite=True),
+               f"{o}/suite-paper-train"]], 5, suite=True),  # 4.9 min measured
         Step("isa-table", "the hot paths per instruction set against their peers, the "
              "published code also in a process of its own (the huge-page effect)",
-             [[PY, str(HERE / "isa_table.py"), *art, "isa-table"]], 9),
+             [[PY, str(HERE / "isa_table.py"), *art, "isa-table"]], 7),  # 6.9 min measured
         Step("freedom-epoch", "FREEDOM against MMRec's computation at Baby size",
-             [[PY, str(HERE / "freedom_epoch.py"), *art, "freedom-epoch"]], 3),
+             [[PY, str(HERE / "freedom_epoch.py"), *art, "freedom-epoch"]], 1),  # 1.0 min
         Step("lattice-epoch", "LATTICE against MMRec's port at Baby size",
-             [[PY, str(HERE / "lattice_epoch.py"), *art, "lattice-epoch"]], 5),
+             [[PY, str(HERE / "lattice_epoch.py"), *art, "lattice-epoch"]], 3.2),  # 3.2 min
         Step("compile-step", "MICRO's step eager and under torch.compile",
              [[PY, str(HERE / "compile_step.py"), "--sizes", "medium,baby", *art,
-               "compile-step"]], 6),
+               "compile-step"]], 3),  # 1.0 min with a warm inductor cache, more cold
         Step("distributed-train", "MICRO over 2 gloo ranks against one process with 2 "
              "threads and one with 1",
              [[PY, str(HERE / "distributed_train.py"), "--sizes", "medium,baby", *art,
-               "distributed-train"]], 6),
+               "distributed-train"]], 4),  # 3.9 min measured
         Step("distributed-knn", "the kNN graph of 200,000 items over 2 ranks against one "
              "process with 2 threads and one with 1",
              [[PY, str(HERE / "distributed_knn.py"), "--n", "200000", *art,
-               "distributed-knn"]], 2),
+               "distributed-knn"]], 1),  # 0.7 min measured
         *[Step(f"real-tiktok-{m}", f"{m} on TikTok (real features), MMRec's evaluation, "
                "published defaults, early stopping",
                [[PY, str(HERE / "validate_real.py"), "--only", f"tiktok/{m}", "--evaluation",
                  "mmrec", "--require-data", *art, f"real-tiktok-{m}"]],
                minutes)
-          for m, minutes in (("micro", 12), ("lattice", 8), ("freedom", 8), ("lightgcn", 2))],
+          # measured: micro 7.0 min, lattice 0.5, freedom 1.3, lightgcn 0.8
+          for m, minutes in (("micro", 7), ("lattice", 0.5), ("freedom", 1.5), ("lightgcn", 1))],
     ]
 
 
