@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import torch
 
@@ -90,3 +95,19 @@ def assert_gradients_parity(got, expected, what: str = "gradient") -> None:
     largest = max((float(b.abs().max()) for _, b in pairs if b.numel()), default=0.0)
     for j, (a, b) in enumerate(pairs):
         assert_parity(a, b, f"{what} {j}", floor=1e-3 * largest)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_pytest(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """pytest in a child process that imports the same ``micro_fast`` as this one.
+
+    The child runs from an empty directory: ``python -m`` puts its working directory first on
+    ``sys.path``, and from the checkout's root that would import the source tree (no compiled
+    extensions in a non-editable install) instead of the installed package."""
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), *args],
+            cwd=cwd, env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)

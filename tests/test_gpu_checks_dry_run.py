@@ -5,24 +5,18 @@ the logic of its own checks. (No "cuda" in the name: the GPU check selects the C
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT, run_pytest
 
 from micro_fast import backends
 
 
 @pytest.mark.skipif("cpp" not in backends.available(), reason="cpp backend not built")
 def test_gpu_parity_checks_pass_on_the_cpu_backend():
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, MICRO_FAST_PARITY_DRY_RUN="cpp")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(root / "tests" / "test_cuda_parity.py")],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_pytest([str(ROOT / "tests" / "test_cuda_parity.py")],
+                      {"MICRO_FAST_PARITY_DRY_RUN": "cpp"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     passed = re.search(r"(\d+) passed", out)

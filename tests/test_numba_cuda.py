@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from bounds import assert_close
+from helpers import run_pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracles import assert_topk, spmm_exact
@@ -43,12 +42,8 @@ SIM_SETTINGS = settings(max_examples=15, deadline=None)
 
 @not_in_sim
 def test_kernels_in_the_cuda_simulator():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_sim_",
-         str(Path(__file__).resolve())],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_pytest(["-k", "test_sim_", str(Path(__file__).resolve())],
+                      {"NUMBA_ENABLE_CUDASIM": "1"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     passed = re.search(r"(\d+) passed", out)
