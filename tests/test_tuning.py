@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from helpers import assert_parity
 
 import micro_fast as mf
 from micro_fast import tuning
@@ -94,7 +95,7 @@ def test_fusion_strategy_choice_is_what_the_op_runs(cache):
     w = torch.softmax(torch.randn(300, 2, generator=gen, dtype=torch.float64), dim=1)
     fused = mf.contrastive_fusion_loss(views, w, strategy="fused")
     separate = mf.contrastive_fusion_loss(views, w, strategy="separate")
-    assert torch.allclose(fused, separate, rtol=1e-10)
+    assert_parity(fused, separate, "fusion loss")
     for choice, expected in (("separate", separate), ("fused", fused)):
         _write(cache, _fake_entry(**{"contrastive_fusion.strategy": choice}))
         tuning.forget()
