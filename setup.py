@@ -8,6 +8,9 @@
 Neither part links libtorch. A failure of an optional part never fails the install: the
 reason is written to ``micro_fast/_build_info.json`` and shown by ``micro-fast info``.
 
+Both compile their sources in parallel, ``MICRO_FAST_BUILD_JOBS`` at a time (default: every
+CPU).
+
 A second install from the same tree (``pip install .`` after ``pip install .``, the README's
 test command after its main command) reuses the extensions in ``build/`` when nothing that
 goes into them changed: their sources and every header under ``csrc/``, the compile and link
@@ -25,9 +28,10 @@ import subprocess
 import sys
 import sysconfig
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from glob import glob
 
-from pybind11.setup_helpers import Pybind11Extension
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -35,6 +39,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CUDA_ENV = os.environ.get("MICRO_FAST_CUDA", "").strip()
 SANITIZE = os.environ.get("MICRO_FAST_SANITIZE", "").strip()
 DEFAULT_CUDA_ARCHS = "80;90"
+
+
+def _build_jobs() -> int:
+    try:
+        jobs = int(os.environ.get("MICRO_FAST_BUILD_JOBS") or 0)
+    except ValueError:
+        jobs = 0
+    return jobs if jobs > 0 else (os.cpu_count() or 1)
 
 
 def _rel(pattern: str) -> list[str]:
@@ -184,13 +196,23 @@ class OptionalBuildExt(build_ext):
                     os.path.join(HERE, "csrc")]
         common = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
                   "--expt-relaxed-constexpr", *gencode] + [f"-I{i}" for i in includes]
-        objects = []
-        for src in ext.sources:
-            obj = os.path.join(tmp_dir, os.path.basename(src) + ".o")
-            cmd = [nvcc, "-c", src, "-o", obj, *common]
+        objects = [os.path.join(tmp_dir, os.path.basename(src) + ".o") for src in ext.sources]
+        commands = [[nvcc, "-c", src, "-o", obj, *common]
+                    for src, obj in zip(ext.sources, objects, strict=True)]
+
+        def compile_one(cmd: list[str]) -> subprocess.CompletedProcess:
+            # output captured per file so that parallel compilers do not interleave their logs
+            return subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
+
+        with ThreadPoolExecutor(max_workers=min(_build_jobs(), len(commands))) as pool:
+            done = list(pool.map(compile_one, commands))
+        for cmd, proc in zip(commands, done, strict=True):
             print(" ".join(cmd))
-            subprocess.run(cmd, check=True, cwd=HERE)
-            objects.append(obj)
+            print(proc.stdout + proc.stderr, end="")
+        for cmd, proc in zip(commands, done, strict=True):
+            if proc.returncode != 0:
+                raise RuntimeError(f"nvcc failed on {cmd[2]} (exit {proc.returncode}): "
+                                   f"{(proc.stdout + proc.stderr)[-2000:]}")
         cmd = [nvcc, "-shared", "-o", out_path, *objects, "-cudart", "static", *gencode,
                "-Xlinker", "-lrt", "-Xlinker", "-ldl", "-Xlinker", "-lpthread"]
         print(" ".join(cmd))
@@ -209,6 +231,9 @@ class OptionalBuildExt(build_ext):
             with open(os.path.join(target, "_build_info.json"), "w") as fh:
                 json.dump(info, fh, indent=1)
 
+
+# the C++ core's sources compile in parallel too (pybind11 patches the compiler's compile)
+ParallelCompile("MICRO_FAST_BUILD_JOBS", default=0).install()
 
 compile_args, link_args = _cpp_flags()
 extensions: list[Extension] = [

@@ -12,8 +12,8 @@
 # status pass|fail|timeout|skipped, seconds, exit code, timeout, note; a failing or stopped
 # stage does not stop the next ones):
 #   build      MICRO_FAST_CUDA=1 MICRO_FAST_CUDA_ARCHS=<the GPU's compute capability, e.g. 90>
-#              pip install --no-build-isolation --no-deps -e .  (setup.py build_ext --inplace
-#              if pip fails), then `import micro_fast._cuda`
+#              MICRO_FAST_BUILD_JOBS=$(nproc) python setup.py build_ext --inplace (no pip;
+#              every source compiled in parallel), then `import micro_fast._cuda`
 #   info       micro-fast info
 #   tests      pytest -k "cuda and not simulator" over tests/: the cuda cases of test_spmm.py
 #              and every test of test_numba_cuda.py on the real GPU (not its simulator
@@ -35,8 +35,12 @@
 # the parsed sanitizer results and the training run's metrics. The run's checkpoints stay in
 # the work folder.
 #
+# The gate: after the build, unless `import micro_fast._cuda` works and `auto` runs top-k, spmm
+# and the contrastive loss on CUDA tensors with the cuda kernels, the tests, sanitize, bench and
+# epoch stages fail with the reason ("no cuda backend") instead of measuring a fallback.
+#
 # Dry run (GPU_CHECK_DRY_RUN=1 or --dry-run), for a machine without a GPU: no build, no GPU;
-# it runs `micro-fast info`, collects the CUDA test selection, runs a stage that must time out
+# a build that times out and the gate that must close after it, then `micro-fast info`, collects the CUDA test selection, runs a stage that must time out
 # (the timeout bookkeeping), the sanitizer-log parser on canned logs, gpu_sanitize_ops.py,
 # gpu_bench.py and gpu_epoch.py on the CPU (--device cpu, tiny problems), and the report.
 #
@@ -52,7 +56,7 @@ T_START=$(now)
 # --- budgets (seconds) ------------------------------------------------------------------------
 TOTAL_S=${GPU_CHECK_TOTAL_S:-480}          # the whole check; stage timeouts are cut to fit it
 REPORT_RESERVE_S=${GPU_CHECK_REPORT_RESERVE_S:-12}   # kept for the report at the end
-BUILD_S=${GPU_CHECK_BUILD_S:-100}
+BUILD_S=${GPU_CHECK_BUILD_S:-90}
 INFO_S=${GPU_CHECK_INFO_S:-20}
 TESTS_S=${GPU_CHECK_TESTS_S:-75}
 MEMCHECK_S=${GPU_CHECK_MEMCHECK_S:-40}
@@ -229,22 +233,19 @@ if has_stage build; then
 print('; '.join(f'{k}: {v}' for k, v in b.status().items()))"
     record import "$(last_line "$LAST_LOG")"
   else
-    CC=$("$PY" -c "import torch; M, m = torch.cuda.get_device_capability(0); print(f'{M}{m}')" \
+    # the GPU's compute capability (GPU_ARCH, not CC: CC names the C compiler to the build)
+    GPU_ARCH=$("$PY" -c "import torch; M, m = torch.cuda.get_device_capability(0); print(f'{M}{m}')" \
          2>/dev/null | tail -n 1)
-    if [ -z "$CC" ] && command -v nvidia-smi >/dev/null 2>&1; then
-      CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 |
-           tr -d ' .')
+    if [ -z "$GPU_ARCH" ] && command -v nvidia-smi >/dev/null 2>&1; then
+      GPU_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null |
+                 head -n 1 | tr -d ' .')
     fi
-    if [ -n "$CC" ]; then export MICRO_FAST_CUDA_ARCHS=$CC; fi
-    export MICRO_FAST_CUDA=1 PY
-    build_cmd() {
-      echo "MICRO_FAST_CUDA=$MICRO_FAST_CUDA MICRO_FAST_CUDA_ARCHS=${MICRO_FAST_CUDA_ARCHS:-default}"
-      "$PY" -m pip install --no-build-isolation --no-deps -e . && return 0
-      echo "pip install failed: trying setup.py build_ext --inplace"
-      MICRO_FAST_INPLACE_INFO=1 "$PY" setup.py build_ext --inplace
-    }
-    export -f build_cmd
-    run_stage build "$BUILD_S" bash -c build_cmd
+    if [ -n "$GPU_ARCH" ]; then export MICRO_FAST_CUDA_ARCHS=$GPU_ARCH; fi
+    # no pip (nothing to resolve or download): both extensions in place, every source file
+    # compiled in parallel (about 40 s of CPU in all; the slowest file, bindings.cu, 13 s)
+    export MICRO_FAST_CUDA=1 MICRO_FAST_INPLACE_INFO=1 PY
+    export MICRO_FAST_BUILD_JOBS=${MICRO_FAST_BUILD_JOBS:-$(nproc 2>/dev/null || echo 4)}
+    run_stage build "$BUILD_S" "$PY" setup.py build_ext --inplace
     if [ "$LAST_STATUS" = pass ]; then
       IMPORT=$("$PY" -c "import micro_fast._cuda; from micro_fast import backends; \
 print('cuda:', backends.status()['cuda'], '| numba_cuda:', backends.status()['numba_cuda'])" \
@@ -255,6 +256,57 @@ print('cuda:', backends.status()['cuda'], '| numba_cuda:', backends.status()['nu
     fi
     record build "archs ${MICRO_FAST_CUDA_ARCHS:-default}; $IMPORT"
   fi
+fi
+
+# --- the gate: the GPU stages measure the cuda kernels or say that they cannot ----------------
+# cuda_gate prints why `auto` would not run CUDA tensors on the cuda kernels (nothing when it
+# would); with the gate closed, tests, sanitize, bench and epoch fail with that reason instead
+# of passing on a fallback (numba_cuda or torch_ref)
+cuda_gate() {
+  "$PY" - 2>&1 <<'PY' | tail -n 1
+import torch
+try:
+    import micro_fast._cuda  # noqa: F401
+except Exception as exc:
+    raise SystemExit(print(f"import micro_fast._cuda failed: {type(exc).__name__}: {exc}"))
+from micro_fast import backends
+if not torch.cuda.is_available():
+    raise SystemExit(print("torch sees no CUDA device"))
+for op in ("topk_similarity", "spmm", "contrastive_forward"):
+    name = backends.get("auto", torch.device("cuda"), op=op).__name__.rsplit(".", 1)[-1]
+    if name != "cuda":
+        raise SystemExit(print(f"auto runs {op} on CUDA tensors with {name}, not cuda"))
+PY
+}
+# gated NAME [EXPECTED]: with the gate closed, records NAME as failed without running it
+gated() {
+  [ -z "$NO_CUDA" ] && return 1
+  LAST_STATUS=fail LAST_RC=- LAST_SECS=0 LAST_LIMIT=0 LAST_LOG=/dev/null
+  record "$1" "not run: no cuda backend ($NO_CUDA)" "${2:-pass}"
+  return 0
+}
+NO_CUDA=""
+if [ "$DRY_RUN" = 1 ]; then
+  # the gate after a build that cannot finish: it must close, and close the stages after it
+  run_stage selftest_slow_build 2 sleep 30
+  record selftest_slow_build "a build past its timeout (dry-run self-test)" timeout
+  GATE=$(CUDA_VISIBLE_DEVICES="" cuda_gate)  # as after a failed build: no usable GPU
+  if [ -n "$GATE" ]; then
+    LAST_STATUS=pass NOTE="closed as it must: $GATE"
+  else
+    LAST_STATUS=fail NOTE="open without a cuda build"
+  fi
+  LAST_RC=- LAST_SECS=0 LAST_LIMIT=0 LAST_LOG=/dev/null
+  record selftest_gate "$NOTE"
+  NO_CUDA=$GATE
+  gated selftest_gated_stage fail || { LAST_STATUS=pass; record selftest_gated_stage \
+    "ran although the gate was closed" fail; }
+  NO_CUDA=""  # the dry-run stages below run on the CPU
+else
+  NO_CUDA=$(cuda_gate)
+  if [ -z "$NO_CUDA" ]; then LAST_STATUS=pass; else LAST_STATUS=fail; fi
+  LAST_RC=- LAST_SECS=0 LAST_LIMIT=0 LAST_LOG=/dev/null
+  record gate "${NO_CUDA:-open: auto runs top-k, spmm and the contrastive loss with cuda}"
 fi
 
 MF=(micro-fast)
@@ -274,7 +326,7 @@ if has_stage tests; then
     # the timeout bookkeeping: this stage must end as a timeout after about 2 s
     run_stage selftest_timeout 2 sleep 30
     record selftest_timeout "must time out (dry-run self-test)" timeout
-  else
+  elif ! gated tests; then
     run_stage tests "$TESTS_S" "$PY" -m pytest "${SELECT[@]}" --junitxml="$OUT/tests.xml"
     record tests "$(last_line "$LAST_LOG")"
   fi
@@ -298,6 +350,7 @@ $(sanitizer_note "$LOGS/canned_memcheck.log" canned-sample)"
     done
   else
     for tool in $SANITIZER_TOOLS; do
+      gated "sanitize_$tool" && continue
       case $tool in
         memcheck) budget=$MEMCHECK_S; extra=() ;;
         racecheck) budget=$RACECHECK_S; extra=(--dtypes float32) ;;
@@ -312,7 +365,7 @@ $(sanitizer_note "$LOGS/canned_memcheck.log" canned-sample)"
   fi
 fi
 
-if has_stage bench; then
+if has_stage bench && ! gated bench; then
   if [ "$DRY_RUN" = 1 ]; then
     DEV=(--device cpu --quick)
   else
@@ -332,7 +385,7 @@ if has_stage bench; then
   record bench "$($REPORT targets "$OUT/bench.json" 2>&1 | tail -n 1)"
 fi
 
-if has_stage epoch; then
+if has_stage epoch && ! gated epoch; then
   if [ "$DRY_RUN" = 1 ]; then
     DEV=(--device cpu --quick)
   else

@@ -100,6 +100,10 @@ def steps(out: Path) -> list[Step]:
              "process with 2 threads and one with 1",
              [[PY, str(HERE / "distributed_knn.py"), "--n", "200000", *art,
                "distributed-knn"]], 1),  # 0.7 min measured
+        Step("cuda-resources", "registers, spills and shared memory of every CUDA kernel for "
+             "sm_80 and sm_90 (nvcc -Xptxas -v; no GPU needed), and the CUDA build's cost",
+             [[PY, str(HERE / "cuda_resources.py"), "--archs", "80;90", *art,
+               "cuda-resources"]], 1),
         *[Step(f"real-tiktok-{m}", f"{m} on TikTok (real features), MMRec's evaluation, "
                "published defaults, early stopping",
                [[PY, str(HERE / "validate_real.py"), "--only", f"tiktok/{m}", "--evaluation",

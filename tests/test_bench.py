@@ -182,3 +182,27 @@ def test_make_results_lists_every_step(tmp_path):
                           "nope", "--results-dir", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_cuda_resources_reads_registers_and_spills_per_kernel():
+    import cuda_resources
+
+    log = "\n".join([
+        "ptxas info    : 0 bytes gmem",
+        "ptxas info    : Compiling entry function '_Z4tileILi8EEvPf' for 'sm_90'",
+        "ptxas info    : Function properties for _Z4tileILi8EEvPf",
+        "    16 bytes stack frame, 20 bytes spill stores, 36 bytes spill loads",
+        "ptxas info    : Used 140 registers, used 1 barriers, 8448 bytes smem, 400 bytes cmem[0]",
+        "ptxas info    : Compiling entry function '_Z5mergev' for 'sm_80'",
+        "ptxas info    : Function properties for _Z5mergev",
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads",
+        "ptxas info    : Used 32 registers, used 0 barriers, 368 bytes cmem[0]",
+    ])
+    tile, merge = cuda_resources.parse_ptxas(log, "x.cu")
+    assert (tile.name, tile.arch, tile.registers, tile.spill_stores, tile.spill_loads,
+            tile.stack, tile.smem) == ("_Z4tileILi8EEvPf", "sm_90", 140, 20, 36, 16, 8448)
+    assert (merge.arch, merge.registers, merge.spill_stores, merge.smem) == ("sm_80", 32, 0, 0)
+    compiles = [cuda_resources.Compile("x.cu", "sm_90", True, 2.0, 1.5, log)]
+    text = cuda_resources.report([tile, merge], compiles, 2.0, 1, 128, "nvcc test")
+    over = text.split("### Over 128 registers or spilling")[1].split("### Every kernel")[0]
+    assert "_Z4tileILi8EEvPf" in over and "_Z5mergev" not in over
