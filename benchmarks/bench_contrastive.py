@@ -144,7 +144,8 @@ def test_contrastive_fusion(benchmark, run_case, impl, n, mode):
 
     runs = base_impl
     if base_impl == "cpp_auto":
-        runs = "cpp_fused" if mf.tuning.fused_fusion_loss() else "cpp_separate"
+        strategy = mf.dispatch.plan("contrastive_fusion", "cpp", "cpu").strategy
+        runs = f"cpp_{strategy}"
         benchmark.extra_info["runs"] = runs.split("_")[1]
     if runs == "cpp_fused":
         macs = work.fusion_macs(n, D, 2, backward)

@@ -116,7 +116,7 @@ def test_spmm(benchmark, run_case, impl, spec, d, mode):
         fn = _peer_fn(impl, g, _x(g, d, backward), backward)
     _record(benchmark, g, d, mode)
     if backend == "auto":
-        benchmark.extra_info["runs"] = mf.tuning.backend_for("spmm", "auto", torch.device("cpu"))
+        benchmark.extra_info["runs"] = mf.dispatch.plan("spmm", "auto", "cpu").backend
     # one product takes milliseconds: every case, peers included, gets the same SPMM_ROUNDS
     run_case(fn, rounds=SPMM_ROUNDS, warmup=sizes.WARMUP, isa=isa, op="spmm", impl=impl,
              graph=name, d=d, mode=mode, n=g.shape[0], nnz=g.nnz)

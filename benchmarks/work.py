@@ -38,10 +38,9 @@ def kernel_block(op: str, rows: int) -> int:
     """Rows per tile the cpp kernel of ``op`` uses for a problem of ``rows`` rows."""
     block = None
     try:
-        from micro_fast import tuning
+        from micro_fast import dispatch
 
-        if tuning.enabled():
-            block = tuning.sized_block(op, tuning.choice(f"{op}.block_size"), rows)
+        block = dispatch.plan(op, "cpp", "cpu", rows=rows).block_size
     except Exception:  # noqa: BLE001 - no tuning: the compiled default
         block = None
     block = block or DEFAULT_BLOCK[op]

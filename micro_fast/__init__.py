@@ -15,7 +15,7 @@ if "torch" not in _sys.modules:
     # pages. THP_MEM_ALLOC_ENABLE=0 in the environment keeps torch's default.
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from micro_fast import backends, nn, tuning  # noqa: E402
+from micro_fast import backends, dispatch, nn, tuning  # noqa: E402
 from micro_fast.graph import CSRGraph
 from micro_fast.ops import (
     bipartite_graph,
@@ -31,7 +31,7 @@ from micro_fast.ops import (
 
 __version__ = "0.1.0"
 
-__all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph",
+__all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph", "dispatch",
            "contrastive_fusion_loss", "contrastive_loss",
            "knn_graph", "nn",
            "project_rows", "propagate", "sample_edges", "spmm", "topk_similarity", "tuning"]

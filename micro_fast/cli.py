@@ -17,7 +17,7 @@ def _info(_args: argparse.Namespace) -> int:
     import torch
 
     import micro_fast
-    from micro_fast import backends, tuning
+    from micro_fast import backends, dispatch, tuning
     from micro_fast.backends import cpp
 
     print(f"micro_fast {micro_fast.__version__}")
@@ -45,6 +45,9 @@ def _info(_args: argparse.Namespace) -> int:
         print(f"  {name:<10} {why}")
     for line in tuning.describe():
         print(line)
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        for line in dispatch.describe(device):
+            print(line)
     return 0
 
 

@@ -16,8 +16,8 @@ measured times. ``micro-fast tune`` re-runs the calibration and prints the table
 defaults are used and nothing is measured or written. For a given choice results are
 deterministic, bit for bit.
 
-Calibration measures at the backend level (array in, array out), so this module sits between
-the backends and the ops that consult it.
+Calibration measures at the backend level (array in, array out): this module sits between the
+backends and ``micro_fast.dispatch``, which turns the choices into each op's plan.
 """
 
 from __future__ import annotations
@@ -182,12 +182,31 @@ def cached_entry(threads: int | None = None) -> dict | None:
     return _read_cache().get(_key_str(machine_key(threads)))
 
 
+_peeking = threading.local()
+
+
+@contextlib.contextmanager
+def without_calibration() -> Iterator[None]:
+    """Inside, ``choices()`` never measures: it returns the cached choices, or the defaults
+    where none are cached (for ``micro-fast info``)."""
+    before = getattr(_peeking, "on", False)
+    _peeking.on = True
+    try:
+        yield
+    finally:
+        _peeking.on = before
+
+
 def choices() -> dict[str, object]:
     """The choices in force for this machine and thread count (calibrating them first if that
     was never done); the defaults when tuning is off or there is no compiled core."""
+    defaults = {d.name: d.default for d in DECISIONS}
     if not enabled() or "cpp" not in backends.available():
-        return {d.name: d.default for d in DECISIONS}
+        return defaults
     key = _key_str(machine_key())
+    if getattr(_peeking, "on", False):
+        entry = _memo.get(key) or _read_cache().get(key)
+        return dict(defaults, **entry["choices"]) if entry else defaults
     entry = _memo.get(key)
     if entry is None:
         with _lock:
@@ -252,38 +271,6 @@ def forget() -> None:
     _memo.clear()
 
 
-# --- what ops ask -------------------------------------------------------------------------
-
-def backend_for(op: str, backend: str, device: torch.device) -> str:
-    """The backend that ``backend="auto"`` runs ``op`` with on ``device``: the measured choice
-    where there is one, else ``backend`` unchanged."""
-    decision = {"spmm": "spmm.backend", "sddmm": "spmm.backend",
-                "project_rows": "project_rows.backend"}.get(op)
-    if backend != "auto" or device.type != "cpu" or decision is None:
-        return backend
-    chosen = choice(decision)
-    return chosen if chosen in backends.available("cpu") else backend
-
-
-def block_size(op: str, impl: object) -> int | None:
-    """The measured tile size of ``op`` for the compiled CPU backend, else ``None`` (the
-    backend's own default)."""
-    if getattr(impl, "__name__", "").rsplit(".", 1)[-1] != "cpp":
-        return None
-    return choice(f"{op}.block_size")
-
-
-def sized_block(op: str, measured: int | None, rows: int) -> int | None:
-    """``measured`` (from ``block_size``) for a problem of ``rows`` rows, if it has at least
-    as many as the calibration measured it on; else ``None`` (the backend's default)."""
-    return measured if measured is not None and rows >= CALIBRATION_ROWS[op] else None
-
-
-def fused_fusion_loss() -> bool:
-    """Whether ``contrastive_fusion_loss`` runs the fused-view kernel (else separate losses)."""
-    return choice("contrastive_fusion.strategy") == "fused"
-
-
 # --- the measurements ---------------------------------------------------------------------
 
 def time_candidates(runs: dict[object, Callable[[], object]]) -> dict[object, float]:
@@ -304,8 +291,15 @@ def _unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1).contiguous()
 
 
+def _module(name: str):
+    # the modules themselves, not dispatch.plan: a plan consults the choices being measured
+    from micro_fast import dispatch
+
+    return dispatch.module(name)
+
+
 def _cpp():
-    return backends.get("cpp", torch.device("cpu"), op="contrastive_forward")
+    return _module("cpp")
 
 
 def _only_cpp(values: tuple) -> Callable[[], list]:
@@ -367,7 +361,7 @@ def _prepare_fusion_strategy(strategy: str, made: dict) -> Callable[[], object]:
 
 
 def _prepare_topk_block(block: int, _made: dict) -> Callable[[], object]:
-    impl = backends.get("cpp", torch.device("cpu"))
+    impl = _module("cpp")
     x = _unit_rows(CALIBRATION_ROWS["topk_similarity"], 64, 5)
     return lambda: impl.topk_similarity(x, None, 10, None, block)
 
@@ -383,13 +377,13 @@ def _prepare_spmm_backend(name: str, _made: dict) -> Callable[[], object]:
         n_users, n_items, nnz = 20_000, 10_000, 100_000
         users = torch.randint(0, n_users, (nnz,), generator=gen)
         items = torch.randint(0, n_items, (nnz,), generator=gen)
-        impl = backends.get("torch_ref", torch.device("cpu"), op="bipartite_graph")
+        impl = _module("torch_ref")
         indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, "sym",
                                                        False, "sum", torch.float32)
         x = torch.randn(n_users + n_items, 64, generator=gen)
         _spmm_inputs["graph"] = (indptr, indices, values, x)
     indptr, indices, values, x = _spmm_inputs["graph"]
-    impl = backends.get(name, torch.device("cpu"), op="spmm")
+    impl = _module(name)
 
     def run():
         y = impl.spmm(indptr, indices, values, x)
@@ -398,8 +392,13 @@ def _prepare_spmm_backend(name: str, _made: dict) -> Callable[[], object]:
     return run
 
 
-def _spmm_candidates() -> list:
-    return [b for b in ("cpp", "numba") if b in backends.available("cpu")]
+def _backend_candidates(op: str) -> Callable[[], list]:
+    """The backends ``micro_fast.dispatch`` offers for ``op`` on CPU tensors, to be measured."""
+    def candidates() -> list:
+        from micro_fast import dispatch
+
+        return dispatch.measured_candidates(op, "cpu")
+    return candidates
 
 
 def _prepare_project_rows_backend(name: str, _made: dict) -> Callable[[], object]:
@@ -409,7 +408,7 @@ def _prepare_project_rows_backend(name: str, _made: dict) -> Callable[[], object
     x, w = torch.randn(4096, 1024, generator=gen), torch.randn(64, 1024, generator=gen)
     rows = torch.randperm(4096, generator=gen)[:1800].sort().values
     g = torch.randn(1800, 64, generator=gen)
-    impl = backends.get(name, torch.device("cpu"), op="project_rows_forward")
+    impl = _module(name)
 
     def run():
         impl.project_rows_forward(x, rows, w, None)
@@ -428,10 +427,10 @@ DECISIONS: tuple[Decision, ...] = (
     Decision("topk_similarity.block_size", "rows per tile of the top-k search (cpp)", 256,
              _only_cpp((128, 256, 512)), _prepare_topk_block),
     Decision("spmm.backend", "backend of spmm / propagate on CPU tensors with backend='auto'",
-             "cpp", _spmm_candidates, _prepare_spmm_backend),
+             "cpp", _backend_candidates("spmm"), _prepare_spmm_backend),
     Decision("project_rows.backend", "backend of project_rows on CPU tensors with "
              "backend='auto' (the compiled kernels or torch's products)", "cpp",
-             _only_cpp(("cpp", "torch_ref")), _prepare_project_rows_backend),
+             _backend_candidates("project_rows"), _prepare_project_rows_backend),
 )
 
 

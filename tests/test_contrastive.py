@@ -260,15 +260,15 @@ def test_a_few_thousand_items(backend):
 
 def test_auto_without_cpp_takes_torch_ref_not_numba(monkeypatch):
     """numba's contrastive kernels are slower than torch_ref's products: auto skips them."""
-    from micro_fast.backends import cpp, get
+    from micro_fast import dispatch
+    from micro_fast.backends import cpp
 
     if "numba" not in backends.available():
         pytest.skip("numba not available")
     monkeypatch.setattr(cpp, "is_available", lambda: (False, "disabled by the test"))
-    cpu = torch.device("cpu")
-    assert get("auto", cpu, op="contrastive_forward").__name__.endswith("torch_ref")
-    assert get("auto", cpu, op="spmm").__name__.endswith("numba")
-    assert get("numba", cpu, op="contrastive_forward").__name__.endswith("numba")
+    assert dispatch.plan("contrastive", "auto", "cpu").backend == "torch_ref"
+    assert dispatch.plan("spmm", "auto", "cpu").backend == "numba"
+    assert dispatch.plan("contrastive", "numba", "cpu").backend == "numba"
     gen = torch.Generator().manual_seed(6)
     z1 = torch.randn(30, 5, generator=gen, dtype=torch.float64)
     z2 = torch.randn(30, 5, generator=gen, dtype=torch.float64)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from oracles import assert_topk, spmm_exact
 
 import micro_fast as mf
-from micro_fast import CSRGraph, backends
+from micro_fast import CSRGraph, backends, dispatch
 from micro_fast.backends import numba_cuda as nc
 from micro_fast.backends import torch_ref
 
@@ -75,7 +75,7 @@ def test_cpu_tensors_never_get_it(monkeypatch, op):
     monkeypatch.setattr(nc, "is_available", lambda: (True, ""))
     assert "numba_cuda" in backends.available()
     assert "numba_cuda" not in backends.available("cpu")
-    assert all(backends._load(b).supports(torch.device("cpu")) for b in backends.available("cpu"))
+    assert all(dispatch.module(b).supports(torch.device("cpu")) for b in backends.available("cpu"))
     assert backends.get("auto", torch.device("cpu"), op=op).supports(torch.device("cpu"))
     with pytest.raises(ValueError, match="does not run on cpu tensors"):
         backends.get("numba_cuda", torch.device("cpu"), op="spmm")
@@ -428,6 +428,5 @@ def test_gpu_empty_inputs():
 
 @gpu
 def test_gpu_auto_prefers_cuda_then_numba_cuda():
-    mod = backends.get("auto", torch.device("cuda"), op="spmm")
     expected = "cuda" if "cuda" in backends.available() else "numba_cuda"
-    assert mod.__name__.rsplit(".", 1)[1] == expected
+    assert dispatch.plan("spmm", "auto", "cuda").backend == expected

@@ -54,82 +54,56 @@ the gradients, so that ``count`` processes' partial results combine into the who
     the op passes (``m``, ``n``, ``d``, ``k``, ``nnz``, ``views``, ``elem`` = bytes per value),
     which the ops add to their budget check (``micro_fast.memory``).
 
-A backend may lack an op (``hasattr``); ``get(..., op=...)`` then falls through to the next,
-as it does for an op in the backend's ``AUTO_SKIP`` (one it has, but slower than the next).
+Which backend runs an op, and with which tile size, is decided in one place:
+``micro_fast.dispatch`` (each backend's offers, ``auto``'s order, the measured choices).
 ``torch_ref`` is the ground truth every other backend is tested against.
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import torch
 
-from micro_fast.errors import InputError, UnavailableError
-
-#: Preference order of ``backend="auto"``.
-BACKENDS: tuple[str, ...] = ("cuda", "numba_cuda", "cpp", "numba", "torch_ref")
-
-_modules: dict[str, ModuleType] = {}
+from micro_fast.errors import InputError
 
 
-def _load(name: str) -> ModuleType:
-    if name not in _modules:
-        if name not in BACKENDS:
-            raise InputError(f"backend must be one of {('auto', *BACKENDS)}, got {name!r}")
-        _modules[name] = importlib.import_module(f"{__name__}.{name}")
-    return _modules[name]
+def __getattr__(name: str):
+    if name == "BACKENDS":  # the registered backends, in auto's order (micro_fast.dispatch)
+        from micro_fast import dispatch
+
+        return dispatch.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def status() -> dict[str, str]:
     """Maps every backend to ``"available"`` or the reason it is not."""
-    out = {}
-    for name in BACKENDS:
-        try:
-            ok, why = _load(name).is_available()
-        except Exception as exc:  # an import failure is a reason, not a crash
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        out[name] = "available" if ok else why
-    return out
+    from micro_fast import dispatch
+
+    return dispatch.status()
 
 
 def available(device: torch.device | str | None = None) -> list[str]:
     """Names of the backends that can run on this machine, in ``auto`` preference order; with
     ``device``, only those that run on its tensors (``"cpu"``: not ``cuda`` nor ``numba_cuda``,
     even where they are available)."""
+    from micro_fast import dispatch
+
     names = [name for name, why in status().items() if why == "available"]
     if device is not None:
         device = torch.device(device)
-        names = [name for name in names if _load(name).supports(device)]
+        names = [name for name in names if dispatch.module(name).supports(device)]
     return names
 
 
-def get(backend: str, device: torch.device, op: str = "topk_similarity",
-        fallback: str | None = None) -> ModuleType:
-    """The backend module that runs ``op`` on tensors of ``device``; ``"auto"`` picks the
-    fastest that has it. A named backend without ``op`` is an error, or with ``fallback``
-    (``"torch_ref"``, for an op whose kernel is one dense product) that backend instead."""
-    if backend == "auto":
-        for name in BACKENDS:
-            try:
-                mod = _load(name)
-                # supports() first: it is cheap, while is_available() may initialize a driver
-                # (numba_cuda) that a CPU tensor never needs
-                if (mod.supports(device) and mod.is_available()[0] and hasattr(mod, op)
-                        and op not in getattr(mod, "AUTO_SKIP", ())):
-                    return mod
-            except ImportError:
-                continue
-        raise RuntimeError(f"no backend runs {op} on device {device}")  # torch_ref runs all
-    mod = _load(backend)
-    ok, why = mod.is_available()
-    if not ok:
-        raise UnavailableError(f"backend {backend!r} is not available: {why}")
-    if not mod.supports(device):
-        raise InputError(f"backend {backend!r} does not run on {device.type} tensors")
-    if not hasattr(mod, op):
-        if fallback is not None:
-            return get(fallback, device, op)
-        raise InputError(f"backend {backend!r} has no {op} kernel")
-    return mod
+def get(backend: str, device: torch.device, op: str = "topk_similarity") -> ModuleType:
+    """The backend module that runs ``op`` (an op of ``micro_fast.dispatch.OPS`` or one of its
+    kernels, e.g. ``"contrastive_forward"``) on tensors of ``device``: for ``"auto"`` the one
+    ``micro_fast.dispatch.plan`` chooses; a named backend is checked (available, runs on the
+    device, offers the op)."""
+    from micro_fast import dispatch
+
+    name = dispatch.OP_OF_KERNEL.get(op, op)
+    if name not in dispatch.KERNELS:
+        raise InputError(f"op must be one of {dispatch.OPS} or their kernels, got {op!r}")
+    return dispatch.plan(name, backend, device).module

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from micro_fast import backends, memory
+from micro_fast import dispatch, memory
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import FLOAT_DTYPES
@@ -48,7 +48,7 @@ def bipartite_kernel(users: torch.Tensor, items: torch.Tensor, n_users: int, n_i
     for name, ids, hi in (("users", users, n_users), ("items", items, n_items)):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= hi):
             raise InputError(f"{name}: index out of range [0, {hi})")
-    impl = backends.get(backend, users.device, op="bipartite_graph")
+    impl = dispatch.module(backend)
     indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, normalization,
                                                    self_loops, duplicates, dtype)
     dev = users.device
@@ -96,9 +96,9 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
     nnz = 2 * users.numel() + (n_users + n_items if self_loops else 0)
     memory.check("bipartite_graph", nnz * 40 + (n_users + n_items) * 16,
                  f"about {nnz} nonzeros")
-    impl = backends.get(backend, users.device, op="bipartite_graph")
+    name = dispatch.plan("bipartite_graph", backend, users.device).backend
     indptr, indices, values = bipartite_kernel(users, items, n_users, n_items, normalization,
                                                self_loops, duplicates, dtype,
-                                               impl.__name__.rsplit(".", 1)[-1])
+                                               name)
     return CSRGraph(indptr, indices, values, (n_users + n_items, n_users + n_items),
                     symmetric=normalization != "rw", validate=False)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory, tuning
+from micro_fast import dispatch, memory
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import (
     any_true,
@@ -108,7 +108,7 @@ def fusion_lse_kernel(views: list[torch.Tensor], weights: torch.Tensor, u: torch
     ``views``, ``weights`` and the fused view's norms [N, 1] are only checked here (out of the
     compiler's sight)."""
     check_fusion_values(views, weights, fused_norm)
-    impl = backends.get(backend, u.device, op="contrastive_fusion_forward")
+    impl = dispatch.module(backend)
     return impl.contrastive_fusion_forward(u.detach().contiguous(), coef.detach().contiguous(),
                                            tau, block_size).to(u.device)
 
@@ -123,7 +123,7 @@ def fusion_lse_backward_kernel(u: torch.Tensor, coef: torch.Tensor, lse: torch.T
                                grad: torch.Tensor, tau: float, block_size: int | None,
                                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of ``sum(grad * lse)`` w.r.t. ``u`` and ``coef`` (recomputing backward)."""
-    impl = backends.get(backend, u.device, op="contrastive_fusion_forward")
+    impl = dispatch.module(backend)
     grad_u, grad_coef = impl.contrastive_fusion_backward(
         u.contiguous(), coef.contiguous(), tau, lse, grad.to(u.dtype).contiguous(), block_size)
     return grad_u.to(u.device), grad_coef.to(u.device)
@@ -149,27 +149,9 @@ def _fusion_backward(ctx, grad):
 fusion_lse_kernel.register_autograd(_fusion_backward, setup_context=_setup_fusion)
 
 
-@torch.compiler.assume_constant_result
-def _plan(backend: str, device: str, strategy: str, sharded: bool) -> tuple[str | None, int | None]:
-    """(the fused kernel's backend name or None for separate losses, its measured block size):
-    constants to the compiler."""
-    impl = _fused_backend(backend, torch.device(device))
-    if strategy == "separate" or (strategy == "auto" and impl is not None and not sharded
-                                  and not tuning.fused_fusion_loss()):
-        impl = None
-    if impl is None:
-        return None, None
-    return impl.__name__.rsplit(".", 1)[-1], tuning.block_size("contrastive_fusion", impl)
-
-
 def fuse_views(views: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """The fused view :math:`h = \\sum_k a_{:,k} H_k` [N, d]."""
     return sum(weights[:, k:k + 1] * v for k, v in enumerate(views))
-
-
-def _fused_backend(backend: str, device: torch.device):
-    impl = backends.get(backend, device, op="contrastive_forward")
-    return impl if hasattr(impl, "contrastive_fusion_forward") else None
 
 
 def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor, *,
@@ -224,10 +206,10 @@ def contrastive_fusion_loss(views: Sequence[torch.Tensor], weights: torch.Tensor
     block_size = check_block_size(block_size)
     if strategy not in STRATEGIES:
         raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    name, measured = _plan(backend, str(views[0].device), strategy, shard is not None)
-    measured = tuning.sized_block("contrastive_fusion", measured, n)
-    impl = None if name is None else backends.get(name, views[0].device,
-                                                  op="contrastive_fusion_forward")
+    plan = dispatch.plan("contrastive_fusion", backend, views[0].device, rows=n,
+                         strategy=strategy, sharded=shard is not None)
+    name, measured = plan.backend, plan.block_size
+    impl = plan.module if plan.strategy == "fused" else None
     d, elem = views[0].shape[1], views[0].element_size()
     # stacked normalized views and their gradients, and the backend's working memory
     memory.check("contrastive_fusion_loss",

@@ -37,7 +37,7 @@ from typing import Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory, tuning
+from micro_fast import dispatch, memory
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import (
     check_block_size,
@@ -139,7 +139,7 @@ def contrastive_loss_kernel(z1: torch.Tensor, z2: torch.Tensor, n1: torch.Tensor
     for label, z in ((label1, z1), (label2, z2)):
         check_values(label, z)
         check_nonzero_rows(label, z)
-    impl = backends.get(backend, n1.device, op="contrastive_forward")
+    impl = dispatch.module(backend)
     n1, n2 = n1.detach().contiguous(), n2.detach().contiguous()
     lse1, lse2 = impl.contrastive_forward(n1, n2, tau, symmetric, block_size)
     lse1 = lse1.to(n1.device)
@@ -160,7 +160,7 @@ def contrastive_loss_backward_kernel(n1: torch.Tensor, n2: torch.Tensor, lse1: t
                                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of ``grad * loss`` w.r.t. the normalized views (the kernel's recomputing
     backward and the diagonal terms)."""
-    impl = backends.get(backend, n1.device, op="contrastive_forward")
+    impl = dispatch.module(backend)
     n = n1.shape[0]
     n1, n2 = n1.contiguous(), n2.contiguous()
     weight = grad.to(n1.dtype) / (2 * n if symmetric else n)
@@ -193,14 +193,6 @@ def _contrastive_backward(ctx, grad, _grad_lse1, _grad_lse2):
 
 contrastive_loss_kernel.register_autograd(_contrastive_backward,
                                           setup_context=_setup_contrastive)
-
-
-@torch.compiler.assume_constant_result
-def resolve(backend: str, device: str, op: str) -> tuple[str, int | None]:
-    """(backend name, measured block size or None) for ``op`` on ``device`` (constants to the
-    compiler: they depend on the machine, not on the data)."""
-    impl = backends.get(backend, torch.device(device), op="contrastive_forward")
-    return impl.__name__.rsplit(".", 1)[-1], tuning.block_size(op, impl)
 
 
 def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
@@ -239,10 +231,9 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         raise InputError(f"z1 must be non-empty, got shape {tuple(z1.shape)}")
     tau = check_tau(tau)
     block_size = check_block_size(block_size)
-    name, measured = resolve(backend, str(z1.device), "contrastive")
-    impl = backends.get(name, z1.device, op="contrastive_forward")
     n, d, elem = z1.shape[0], z1.shape[1], z1.element_size()
-    measured = tuning.sized_block("contrastive", measured, n)
+    plan = dispatch.plan("contrastive", backend, z1.device, rows=n)
+    impl, name, measured = plan.module, plan.backend, plan.block_size
     # normalized views and their gradients, and the backend's working memory
     memory.check("contrastive_loss", 4 * n * d * elem
                  + memory.workspace(impl, "contrastive_loss", n=n, d=d, elem=elem),

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import torch
 
-from micro_fast import backends, tuning
+from micro_fast import dispatch
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import any_true, check_float_2d
 
 
 def _impl(backend: str, device: torch.device):
     # a backend without the kernel (numba, the GPU ones) runs torch's: one dense product
-    return backends.get(backend, device, op="project_rows_forward", fallback="torch_ref")
+    # (micro_fast.dispatch.NAMED_FALLBACK)
+    return dispatch.plan("project_rows", backend, device).module
 
 
 def _check_rows(rows: torch.Tensor, n: int) -> None:
@@ -147,5 +148,5 @@ def project_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if rows.device != x.device:
         raise InputError(f"rows is on {rows.device} but x is on {x.device}")
     # "auto" on a CPU: whichever of the compiled kernels and torch's was measured faster here
-    impl = _impl(tuning.backend_for("project_rows", backend, x.device), x.device)
-    return project_rows_kernel(x, rows, weight, bias, impl.__name__.rsplit(".", 1)[-1])
+    plan = dispatch.plan("project_rows", backend, x.device)
+    return project_rows_kernel(x, rows, weight, bias, plan.backend)

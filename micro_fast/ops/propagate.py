@@ -50,7 +50,7 @@ def propagate(graph: CSRGraph, x: torch.Tensor, layers: int, *, combine: str = "
         return x
     memory.check("propagate", (layers + 2) * graph.shape[0] * x.shape[1] * x.element_size()
                  + graph.nnz * 24, f"{layers} layers of [{graph.shape[0]}, {x.shape[1]}]")
-    name = resolve_backend(backend, str(x.device))
+    name = resolve_backend(backend, x.device)
     # each product is one micro_fast::spmm node: its backward saves its input only when the
     # graph's values need a gradient, as one fused node would
     h = x

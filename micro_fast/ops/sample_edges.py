@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from micro_fast import backends
+from micro_fast import dispatch
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.ops._checks import FLOAT_DTYPES, any_true
 
@@ -28,7 +28,7 @@ def sample_edges_kernel(weights: torch.Tensor, m: int, seed: int, backend: str) 
     positive = int((w > 0).sum())
     if positive < m:
         raise InputError(f"weights has {positive} positive entries, fewer than m = {m}")
-    impl = backends.get(backend, weights.device, op="sample_edges")
+    impl = dispatch.module(backend)
     return impl.sample_edges(w.double().contiguous(), m, seed).to(weights.device)
 
 
@@ -68,5 +68,5 @@ def sample_edges(weights: torch.Tensor, m: int, *, seed: int | None = None,
         raise InputError(f"seed must be a non-negative int, got {seed!r}")
     elif seed >= 2**63:
         raise InputError(f"seed must be below 2**63, got {seed!r}")
-    impl = backends.get(backend, weights.device, op="sample_edges")
-    return sample_edges_kernel(weights, m, seed, impl.__name__.rsplit(".", 1)[-1])
+    name = dispatch.plan("sample_edges", backend, weights.device).backend
+    return sample_edges_kernel(weights, m, seed, name)

@@ -25,19 +25,15 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
-from micro_fast import backends, memory, tuning
+from micro_fast import dispatch, memory
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import check_float_2d
 
 
-@torch.compiler.assume_constant_result
-def resolve_backend(backend: str, device: str) -> str:
-    """The backend name ``backend`` runs spmm with on ``device`` (a constant to the compiler:
-    it depends on the machine, not on the data)."""
-    dev = torch.device(device)
-    name = tuning.backend_for("spmm", backend, dev)
-    return backends.get(name, dev, op="spmm").__name__.rsplit(".", 1)[-1]
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend ``backend`` runs spmm with on ``device`` (``micro_fast.dispatch``)."""
+    return dispatch.plan("spmm", backend, device).backend
 
 
 @torch.library.custom_op("micro_fast::spmm", mutates_args=())
@@ -50,12 +46,12 @@ def spmm_kernel(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
 
 
 def _product(indptr, indices, values, x, backend: str) -> torch.Tensor:
-    impl = backends.get(backend, x.device, op="spmm")
+    impl = dispatch.module(backend)
     return impl.spmm(indptr, indices, values.detach().contiguous(), x.detach().contiguous())
 
 
 def _sampled(indptr, indices, a, b, backend: str) -> torch.Tensor:
-    impl = backends.get(backend, a.device, op="sddmm")
+    impl = dispatch.module(backend)
     return impl.sddmm(indptr, indices, a.contiguous(), b.contiguous())
 
 
@@ -171,7 +167,7 @@ def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Te
         [M, d] tensor of ``x``'s dtype.
     """
     check_operands(graph, x)
-    name = resolve_backend(backend, str(x.device))
+    name = resolve_backend(backend, x.device)
     # output, and in backward the gradient of x and the transposed structure
     memory.check("spmm", (graph.shape[0] + x.shape[0]) * x.shape[1] * x.element_size()
                  + graph.nnz * 24, f"[{graph.shape[0]}, {x.shape[1]}] output, {graph.nnz} nonzeros")

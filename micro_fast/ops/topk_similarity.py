@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from micro_fast import backends, memory, tuning
+from micro_fast import dispatch, memory
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import (
@@ -58,7 +58,7 @@ def topk_kernel(queries: torch.Tensor, keys: torch.Tensor | None, raw_queries: t
             if normalized:
                 check_nonzero_rows(name, raw)
     check_no_overflow(queries, queries if keys is None else keys)
-    impl = backends.get(backend, queries.device)
+    impl = dispatch.module(backend)
     exclude = None if exclude_indptr is None else (exclude_indptr, exclude_indices)
     values, indices = impl.topk_similarity(
         queries.detach().contiguous(), None if keys is None else keys.detach().contiguous(),
@@ -162,13 +162,7 @@ class TopkInputs(NamedTuple):
     exclude: tuple[torch.Tensor, torch.Tensor] | None
     block_size: int | None
     impl: object                 # the backend module
-
-
-@torch.compiler.assume_constant_result
-def _resolve(backend: str, device: str) -> tuple[str, int | None]:
-    """(backend name, measured block size or None): constants to the compiler."""
-    impl = backends.get(backend, torch.device(device))
-    return impl.__name__.rsplit(".", 1)[-1], tuning.block_size("topk_similarity", impl)
+    backend: str                 # its name (micro_fast.dispatch)
 
 
 def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
@@ -199,11 +193,11 @@ def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
     check_k(k, n)
     block_size = check_block_size(block_size)
     excl = check_exclude(exclude, queries.shape[0], n, queries.device)
-    name, measured = _resolve(backend, str(queries.device))
-    impl = backends.get(name, queries.device)
-    block_size = block_size or tuning.sized_block("topk_similarity", measured,
-                                                  queries.shape[0])
     m, elem = queries.shape[0], queries.element_size()
+    plan = dispatch.plan("topk_similarity", backend, queries.device, rows=m,
+                         work=m * n * queries.shape[1])
+    impl = plan.module
+    block_size = block_size or plan.block_size
     # the [M, k] outputs and the backend's working memory, before anything is allocated
     memory.check("topk_similarity",
                  m * k * (elem + 8) + memory.workspace(impl, "topk_similarity", m=m, n=n,
@@ -221,7 +215,7 @@ def prepare(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
         keys = queries
     if eager_checks and not normalize:  # unit rows: every inner product is at most 1 in size
         check_no_overflow(queries, keys)
-    return TopkInputs(queries, keys, symmetric, k, excl, block_size, impl)
+    return TopkInputs(queries, keys, symmetric, k, excl, block_size, impl, plan.backend)
 
 
 def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 10, *,
@@ -242,7 +236,7 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
         normalize: L2-normalize the rows first (differentiably); zero rows are an error.
         block_size: rows per block (memory/speed trade-off); ``None``: the size measured
             fastest here (``micro_fast.tuning``) or the backend's default.
-        backend: ``"auto"`` or one of ``micro_fast.backends.BACKENDS``.
+        backend: ``"auto"`` (``micro_fast.dispatch``) or one of ``micro_fast.backends.BACKENDS``.
         names: what ``queries`` and ``keys`` are called in error messages.
 
     Returns:
@@ -253,4 +247,4 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None = None, k: 
     excl = t.exclude or (None, None)
     return topk_kernel(t.queries, None if t.symmetric else t.keys, queries,
                        None if t.symmetric else keys, k, excl[0], excl[1], t.block_size,
-                       t.impl.__name__.rsplit(".", 1)[-1], bool(normalize), *names)
+                       t.backend, bool(normalize), *names)

@@ -18,14 +18,8 @@ from micro_fast.backends.numba.contrastive import (
 from micro_fast.backends.numba.sparse import bipartite_graph, sddmm, spmm
 from micro_fast.backends.numba.topk import topk_similarity
 
-__all__ = ["AUTO_SKIP", "bipartite_graph", "contrastive_backward", "contrastive_forward",
+__all__ = ["bipartite_graph", "contrastive_backward", "contrastive_forward",
            "is_available", "sddmm", "spmm", "supports", "topk_similarity"]
-
-#: Ops that ``backend="auto"`` does not take from this backend (``backend="numba"`` still
-#: runs them): numba's contrastive loss, scalar loops where torch_ref's blocked products call
-#: BLAS, took 1.8 to 4x torch_ref's time forward + backward at N = 1,000 to 7,050 (d = 64,
-#: 2 threads, Zen 5), and the fused-view loss 2 to 4x.
-AUTO_SKIP = frozenset({"contrastive_forward", "contrastive_backward"})
 
 
 def is_available() -> tuple[bool, str]:
