@@ -110,6 +110,32 @@ REGISTRY: list[Backend] = [
 ]
 
 _modules: dict[str, ModuleType] = {}
+# derived from REGISTRY by _reindex (plans are made on every eager call: no scans there)
+_offers: dict[tuple[str, str], Offer] = {}
+_auto_order: dict[str, tuple[tuple[str, Offer], ...]] = {}
+_bounds: dict[str, int] = {}
+
+
+def _reindex() -> None:
+    _offers.clear()
+    _auto_order.clear()
+    _bounds.clear()
+    for op in OPS:
+        order, bounds = [], []
+        for b in REGISTRY:
+            o = b.offer(op)
+            if o is None:
+                continue
+            _offers[(b.name, op)] = o
+            if o.auto:
+                order.append((b.name, o))
+            if o.max_work is not None:
+                bounds.append(o.max_work)
+        _auto_order[op] = tuple(order)
+        _bounds[op] = min(bounds) if bounds else -1
+
+
+_reindex()
 
 
 def register(backend: Backend, *, before: str | None = None) -> None:
@@ -122,12 +148,14 @@ def register(backend: Backend, *, before: str | None = None) -> None:
     unregister(backend.name)
     names = [b.name for b in REGISTRY]
     REGISTRY.insert(names.index(before) if before in names else len(REGISTRY), backend)
+    _reindex()
 
 
 def unregister(name: str) -> None:
     """Removes a backend (no error if there is none of that name)."""
     REGISTRY[:] = [b for b in REGISTRY if b.name != name]
     _modules.pop(name, None)
+    _reindex()
 
 
 def names() -> tuple[str, ...]:
@@ -175,44 +203,31 @@ def _runs_on(name: str, device: torch.device) -> bool:
 def candidates(op: str, device: torch.device | str, *, work: int = 0) -> list[str]:
     """The backends ``auto`` may plan for ``op`` on ``device`` here, in preference order."""
     device = torch.device(device)
-    out = []
-    for b in REGISTRY:
-        o = b.offer(op)
-        if o is None or not o.auto or (o.max_work is not None and work > o.max_work):
-            continue
-        if _runs_on(b.name, device):
-            out.append(b.name)
-    return out
+    return [name for name, o in _auto_order[op]
+            if (o.max_work is None or work <= o.max_work) and _runs_on(name, device)]
 
 
 def measured_candidates(op: str, device: torch.device | str = "cpu") -> list[str]:
     """The backends ``micro_fast.tuning`` measures against each other for ``op`` (an op of
     ``MEASURED_BACKEND``) on ``device``, in preference order (the first is the default)."""
-    return [name for name in candidates(op, device)
-            if entry(name).offer(op).measured]
+    return [name for name in candidates(op, device) if _offers[(name, op)].measured]
 
 
 @torch.compiler.assume_constant_result
 def _work_bound(op: str) -> int:
     """The smallest ``max_work`` of the op's offers (-1: none)."""
-    bounds = []
-    for b in REGISTRY:
-        o = b.offer(op)
-        if o is not None and o.max_work is not None:
-            bounds.append(o.max_work)
-    return min(bounds) if bounds else -1
+    return _bounds[op]
 
 
 def _named(op: str, name: str, device: torch.device) -> str:
     """The backend that runs ``op`` when ``name`` is asked for (checked)."""
-    b = entry(name)
-    mod = module(name)
+    mod = module(name)  # an unknown name raises here
     ok, why = mod.is_available()
     if not ok:
         raise UnavailableError(f"backend {name!r} is not available: {why}")
     if not mod.supports(device):
         raise InputError(f"backend {name!r} does not run on {device.type} tensors")
-    if b.offer(op) is None:
+    if (name, op) not in _offers:
         if op in NAMED_FALLBACK:
             return _named(op, NAMED_FALLBACK[op], device)
         raise InputError(f"backend {name!r} has no {KERNELS[op][0]} kernel")
@@ -220,16 +235,17 @@ def _named(op: str, name: str, device: torch.device) -> str:
 
 
 def _auto(op: str, device: torch.device, over_bound: bool) -> str:
-    bound = _work_bound(op)
-    found = candidates(op, device, work=bound + 1 if over_bound and bound >= 0 else 0)
-    if not found:
-        raise RuntimeError(f"no backend runs {op} on device {device}")  # torch_ref runs all
     decision = MEASURED_BACKEND.get(op)
     if decision is not None and device.type == "cpu":
         chosen = tuning.choice(decision)
-        if chosen in found:
+        o = _offers.get((chosen, op))
+        if o is not None and o.auto and not (over_bound and o.max_work is not None) \
+                and _runs_on(chosen, device):
             return chosen
-    return found[0]
+    for name, o in _auto_order[op]:
+        if (o.max_work is None or not over_bound) and _runs_on(name, device):
+            return name
+    raise RuntimeError(f"no backend runs {op} on device {device}")  # torch_ref runs all
 
 
 def _decide(op: str, backend: str, device: str, over_bound: bool,
@@ -238,14 +254,14 @@ def _decide(op: str, backend: str, device: str, over_bound: bool,
     if op == "contrastive_fusion":
         # the fused-view kernel runs with the backend of the contrastive loss, where it has one
         name = _decide("contrastive", backend, device, over_bound, "auto")[0]
-        offer = entry(name).offer(op)
+        offer = _offers.get((name, op))
         if offer is None or strategy == "separate" or (
                 strategy == "auto" and tuning.choice("contrastive_fusion.strategy") != "fused"):
             return name, None, "separate"
         measured = tuning.choice(f"{op}.block_size") if offer.tuned_block else None
         return name, measured, "fused"
     name = _auto(op, dev, over_bound) if backend == "auto" else _named(op, backend, dev)
-    offer = entry(name).offer(op)
+    offer = _offers.get((name, op))
     measured = tuning.choice(f"{op}.block_size") if offer and offer.tuned_block else None
     return name, measured, None
 

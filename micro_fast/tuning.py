@@ -185,6 +185,12 @@ def cached_entry(threads: int | None = None) -> dict | None:
 _peeking = threading.local()
 
 
+def _cpp_available() -> bool:
+    from micro_fast.backends import cpp
+
+    return cpp.is_available()[0]
+
+
 @contextlib.contextmanager
 def without_calibration() -> Iterator[None]:
     """Inside, ``choices()`` never measures: it returns the cached choices, or the defaults
@@ -201,7 +207,7 @@ def choices() -> dict[str, object]:
     """The choices in force for this machine and thread count (calibrating them first if that
     was never done); the defaults when tuning is off or there is no compiled core."""
     defaults = {d.name: d.default for d in DECISIONS}
-    if not enabled() or "cpp" not in backends.available():
+    if not enabled() or not _cpp_available():
         return defaults
     key = _key_str(machine_key())
     if getattr(_peeking, "on", False):
