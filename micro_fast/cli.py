@@ -68,6 +68,7 @@ def _tune(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     isas = cpp.supported_isas() if args.all_isas else [cpp.simd_isa()]
+    busy = False
     try:
         for isa in isas:
             cpp.set_simd_isa(isa)
@@ -75,8 +76,13 @@ def _tune(args: argparse.Namespace) -> int:
             entry = tuning.calibrate(write=True, log=lambda line: print(f"  {line}",
                                                                          flush=True))
             print("\n".join(tuning.describe(entry)))
+            busy = busy or bool(entry.get("busy"))
     finally:
         cpp.set_simd_isa("auto")
+    if busy:
+        print("micro-fast tune: the machine was busy (see above); run it again when it is idle",
+              file=sys.stderr)
+        return 3
     return 0
 
 

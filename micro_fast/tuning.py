@@ -13,7 +13,9 @@ else ``$XDG_CACHE_HOME/micro_fast``, else ``~/.cache/micro_fast``), one entry pe
 SIMD instruction set of the compiled core, thread count and library version, with the
 measured times. ``micro-fast tune`` re-runs the calibration and prints the table;
 ``micro-fast info`` shows the cached choices. ``MICRO_FAST_TUNE=0`` turns it off: the built-in
-defaults are used and nothing is measured or written. For a given choice results are
+defaults are used and nothing is measured or written. A measurement taken on a busy machine
+(``BUSY_OTHERS``, ``BUSY_SPREAD``) is repeated, then discarded: its decision keeps the default
+and nothing is cached. Under torchrun only local rank 0 measures. For a given choice results are
 deterministic, bit for bit.
 
 Calibration measures at the backend level (array in, array out): this module sits between the
@@ -50,6 +52,16 @@ CALIBRATION_ROWS = {"contrastive": 3072, "contrastive_fusion": 4096, "topk_simil
 #: Calibration rounds (after one warm-up per candidate): each round times every candidate once,
 #: in turns, so a slow spell of a shared machine hits them alike; a candidate's fastest counts.
 REPEATS = 5
+#: A decision is measured on a busy machine when other processes used more than this share of
+#: the CPUs while it was timed (from /proc/stat, less this process's own CPU time) ...
+BUSY_OTHERS = 0.25
+#: ... or when a candidate's median timed call is this much slower than its fastest.
+BUSY_SPREAD = 0.5
+#: Busy measurements are repeated this many times; still busy, the decision keeps its default
+#: and the result is not cached (the next process measures again).
+BUSY_RETRIES = 2
+#: Under torchrun, the ranks other than local rank 0 wait this long for its measurement.
+RANK_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -218,18 +230,53 @@ def choices() -> dict[str, object]:
         with _lock:
             entry = _memo.get(key)
             if entry is None:
-                entry = _read_cache().get(key)
-                if entry is None or set(entry.get("choices", {})) != {d.name for d in DECISIONS}:
+                entry = _usable(_read_cache().get(key))
+                if entry is None and not _owner():
+                    entry = _wait_for_owner(key) or _defaults_entry(
+                        "local rank 0 of this job did not measure in time")
+                if entry is None:
                     with _locked():
-                        entry = _read_cache().get(key)
-                        if entry is None or set(entry.get("choices", {})) != {
-                                d.name for d in DECISIONS}:
+                        entry = _usable(_read_cache().get(key))
+                        if entry is None:
                             print(f"micro_fast: measuring the fastest kernels for this machine "
                                   f"once ({key}; cached in {cache_path()}; "
                                   "MICRO_FAST_TUNE=0 skips)", file=sys.stderr)
                             entry = calibrate(write=True)
                 _memo[key] = entry
     return entry["choices"]
+
+
+def _run_id() -> str | None:
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def _owner() -> bool:
+    """Whether this process measures: not a torchrun rank other than local rank 0."""
+    return os.environ.get("LOCAL_RANK", "0") in ("", "0")
+
+
+def _usable(entry: dict | None) -> dict | None:
+    """A complete cached entry, unless it was measured on a busy machine for another job."""
+    if not entry or set(entry.get("choices", {})) != {d.name for d in DECISIONS}:
+        return None
+    provisional = entry.get("provisional")
+    return entry if provisional is None or provisional == _run_id() else None
+
+
+def _wait_for_owner(key: str) -> dict | None:
+    deadline = time.monotonic() + RANK_WAIT_S
+    while time.monotonic() < deadline:
+        entry = _usable(_read_cache().get(key))
+        if entry is not None:
+            return entry
+        time.sleep(0.2)
+    return None
+
+
+def _defaults_entry(why: str) -> dict:
+    print(f"micro_fast: using the built-in kernel choices ({why})", file=sys.stderr)
+    return {"key": machine_key(), "choices": {d.name: d.default for d in DECISIONS},
+            "seconds": {}, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "defaults": why}
 
 
 def choice(name: str) -> object:
@@ -240,9 +287,12 @@ def choice(name: str) -> object:
 def calibrate(write: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Measures every decision's candidates with the current ISA and thread count, and (with
     ``write``) stores the result in the cache. Returns the entry: ``key``, ``choices``,
-    ``seconds`` (per decision, per candidate) and ``date``."""
+    ``seconds`` (per decision, per candidate) and ``date``; ``busy`` (decision -> why) when
+    a decision was measured on a busy machine even after ``BUSY_RETRIES`` retries: it keeps
+    its default, and the entry is not cached (under torchrun it is, for that job only)."""
     made: dict[str, object] = {}
     seconds: dict[str, dict[str, float]] = {}
+    busy: dict[str, str] = {}
     t_start = time.perf_counter()
     for d in DECISIONS:
         cands = d.candidates()
@@ -250,21 +300,40 @@ def calibrate(write: bool = True, log: Callable[[str], None] | None = None) -> d
             made[d.name] = cands[0] if cands else d.default
             seconds[d.name] = {}
             continue
-        times = time_candidates({c: d.prepare(c, made) for c in cands})
+        runs = {c: d.prepare(c, made) for c in cands}
+        for _ in range(BUSY_RETRIES + 1):
+            stats: dict = {}
+            with _load_monitor() as load:
+                times = time_candidates(runs, stats)
+            why = _busy_reason(load, stats)
+            if why is None:
+                break
         best = min(times, key=times.get)
         default_t = times.get(d.default)
-        if default_t is not None and times[best] > default_t * (1 - MARGIN):
+        if why is not None or (default_t is not None
+                               and times[best] > default_t * (1 - MARGIN)):
             best = d.default
+        if why is not None:
+            busy[d.name] = why
         made[d.name] = best
         seconds[d.name] = {str(c): t for c, t in times.items()}
         if log:
             log(f"{d.name}: " + ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in times.items())
-                + f" -> {best}")
+                + f" -> {best}" + (f" (default: measured on a busy machine, {why})"
+                                   if why else ""))
     key = machine_key()
     entry = {"key": key, "choices": made, "seconds": seconds,
              "date": time.strftime("%Y-%m-%d %H:%M:%S"),
              "calibration_s": round(time.perf_counter() - t_start, 2)}
-    if write:
+    if busy:
+        entry["busy"] = busy
+        print(f"micro_fast: the machine was busy while measuring {', '.join(busy)} "
+              f"({next(iter(busy.values()))}): kept the defaults there, and "
+              + ("cached them for this torchrun job only" if _run_id()
+                 else "not cached (the next process measures again)"), file=sys.stderr)
+    if busy and _run_id():
+        entry["provisional"] = _run_id()  # the other ranks of this job adopt it, no one else
+    if write and (not busy or _run_id()):
         data = _read_cache()
         data[_key_str(key)] = entry
         _write_cache(data)
@@ -279,17 +348,52 @@ def forget() -> None:
 
 # --- the measurements ---------------------------------------------------------------------
 
-def time_candidates(runs: dict[object, Callable[[], object]]) -> dict[object, float]:
-    """The fastest of ``REPEATS`` timed calls of each candidate, timed in turns."""
+def time_candidates(runs: dict[object, Callable[[], object]],
+                    stats: dict | None = None) -> dict[object, float]:
+    """The fastest of ``REPEATS`` timed calls of each candidate, timed in turns; ``stats``
+    receives ``spread``, the largest median-over-fastest ratio less one of a candidate."""
     for fn in runs.values():
         fn()
-    best = {c: float("inf") for c in runs}
+    calls: dict[object, list[float]] = {c: [] for c in runs}
     for _ in range(REPEATS):
         for c, fn in runs.items():
             t0 = time.perf_counter()
             fn()
-            best[c] = min(best[c], time.perf_counter() - t0)
-    return best
+            calls[c].append(time.perf_counter() - t0)
+    if stats is not None:
+        stats["spread"] = max(sorted(t)[len(t) // 2] / max(min(t), 1e-12) - 1
+                              for t in calls.values())
+    return {c: min(t) for c, t in calls.items()}
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (/proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def _load_monitor() -> Iterator[dict]:
+    """Measures, around its block, the share of the CPUs that other processes used."""
+    out: dict = {}
+    wall0, own0, all0 = time.perf_counter(), time.process_time(), _busy_cpu_seconds()
+    yield out
+    wall, own = time.perf_counter() - wall0, time.process_time() - own0
+    all1 = _busy_cpu_seconds()
+    if all0 is not None and all1 is not None and wall > 0:
+        out["others"] = max(0.0, (all1 - all0) - own) / (wall * (os.cpu_count() or 1))
+
+
+def _busy_reason(load: dict, stats: dict) -> str | None:
+    if load.get("others", 0.0) > BUSY_OTHERS:
+        return f"other processes used {100 * load['others']:.0f}% of the CPUs"
+    if stats.get("spread", 0.0) > BUSY_SPREAD:
+        return f"timed calls spread by {100 * stats['spread']:.0f}%"
+    return None
 
 
 def _unit_rows(n: int, d: int, seed: int) -> torch.Tensor:

@@ -90,12 +90,13 @@ def test_a_registered_backend_is_planned_calibrated_and_chosen(monkeypatch, tmp_
     measured: list[dict] = []
     real_time = tuning.time_candidates
 
-    def time_candidates(runs):
-        times = real_time(runs)
+    def time_candidates(runs, stats=None):
+        times = real_time(runs, stats)
         measured.append(dict(times))
         return {c: (0.0 if c == "fake" else t) for c, t in times.items()}
 
     monkeypatch.setattr(tuning, "time_candidates", time_candidates)
+    monkeypatch.setattr(tuning, "_busy_reason", lambda load, stats: None)
     dispatch.register(dispatch.Backend("fake", _fake_module(calls),
                                        (dispatch.Offer("spmm"),)))
     try:

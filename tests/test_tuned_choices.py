@@ -35,6 +35,7 @@ def cache(tmp_path, monkeypatch):
     # measured tile sizes apply to problems at least this large: small enough for a test
     for op in tuning.CALIBRATION_ROWS:
         monkeypatch.setitem(tuning.CALIBRATION_ROWS, op, 64)
+    monkeypatch.setattr(tuning, "_busy_reason", lambda load, stats: None)
     tuning.forget()
     yield tmp_path
     tuning.forget()
