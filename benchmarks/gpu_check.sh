@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# The GPU check of micro_fast: builds the CUDA extension for this machine's GPU, runs the CUDA
-# tests, compute-sanitizer on every kernel, the GPU benchmarks and one training epoch at
-# Clothing size, and writes REPORT.md. About 8 minutes on one GPU. From the repository root:
+# The GPU check of micro_fast: builds the CUDA extension for this machine's GPU, runs the GPU
+# benchmarks, the CUDA tests, Nsight Compute and compute-sanitizer on its kernels and one
+# training epoch at Clothing size, and writes REPORT.md. At most 9 minutes on one GPU. From the
+# repository root:
 #
 #   OUT=/path/to/results bash benchmarks/gpu_check.sh
 #   GPU_CHECK_DRY_RUN=1 OUT=$(mktemp -d) bash benchmarks/gpu_check.sh   # rehearsal, no GPU
 #   bash benchmarks/gpu_check.sh --dry-run --out DIR                   # the same
 #   bash benchmarks/gpu_check.sh --stages "build bench"                # some stages only
 #
-# Stages (in this order; each under its own timeout, recorded in $OUT/stages.tsv as stage,
-# status pass|fail|timeout|skipped, seconds, exit code, timeout, note; a failing or stopped
-# stage does not stop the next ones):
+# Stages (in this order, the most valuable first; each under its own timeout, recorded in
+# $OUT/stages.tsv as stage, status pass|fail|timeout|skipped, seconds, exit code, timeout, note; a
+# failing or stopped stage does not stop the next ones; the whole within GPU_CHECK_TOTAL_S, 540 s):
 #   build      MICRO_FAST_CUDA=1 MICRO_FAST_CUDA_ARCHS=<the GPU's compute capability, e.g. 90>
 #              MICRO_FAST_BUILD_JOBS=$(nproc) python setup.py build_ext --inplace (no pip;
 #              every source compiled in parallel), then `import micro_fast._cuda`
+#   (gate)     see below
 #   info       micro-fast info
-#   tests      pytest -k "cuda and not simulator" over tests/: the cuda cases of test_spmm.py
-#              and every test of test_numba_cuda.py on the real GPU (not its simulator
-#              subprocess); JUnit XML in $OUT/tests.xml
-#   sanitize   compute-sanitizer --tool memcheck (float32 and float64), racecheck and
-#              synccheck (float32), one stage each, on benchmarks/gpu_sanitize_ops.py, with
-#              PyTorch's caching allocator off so that every buffer is an allocation of its
-#              own; the ERROR SUMMARY count goes into the note ("not found" when
-#              compute-sanitizer is neither on PATH nor in /usr/local/cuda*/bin)
 #   bench      benchmarks/gpu_bench.py (kNN, contrastive, spmm, evaluation; see its docstring)
+#   tests      pytest -k "cuda and not simulator" over tests/: tests/test_cuda_parity.py, the cuda
+#              cases of test_spmm.py and every test of test_numba_cuda.py on the real GPU (not
+#              its simulator subprocess); JUnit XML in $OUT/tests.xml
+#   ncu        Nsight Compute (SpeedOfLight, Occupancy, LaunchStats) over one launch of each of
+#              this library's kernels (float32, benchmarks/gpu_sanitize_ops.py); "not found"
+#              when ncu is neither on PATH nor in /usr/local/cuda*/bin
+#   sanitize   compute-sanitizer --tool memcheck on this library's kernels only (kernel names
+#              holding micro_fast), float32 and float64, on benchmarks/gpu_sanitize_ops.py with
+#              PyTorch's caching allocator off so that every buffer is an allocation of its
+#              own; then racecheck and synccheck (float32) only while the epoch keeps its share
+#              of the time; the ERROR SUMMARY count goes into the note ("not found" when
+#              compute-sanitizer is neither on PATH nor in /usr/local/cuda*/bin)
 #   epoch      benchmarks/gpu_epoch.py (micro-fast train --data synthetic:clothing --epochs 1
-#              --device cuda, and the published step timed on the same GPU)
+#              --device cuda, and the published step timed on the same GPU), with all the time
+#              left
 # then $OUT/REPORT.md (benchmarks/gpu_report.py) and a short summary, printed last.
 #
 # $OUT holds at most 7 files, no folder: REPORT.md, stages.tsv, tests.xml, bench.json,
@@ -54,19 +61,20 @@ now() { if [ -n "${EPOCHREALTIME:-}" ]; then echo "$EPOCHREALTIME"; else date +%
 T_START=$(now)
 
 # --- budgets (seconds) ------------------------------------------------------------------------
-TOTAL_S=${GPU_CHECK_TOTAL_S:-480}          # the whole check; stage timeouts are cut to fit it
+TOTAL_S=${GPU_CHECK_TOTAL_S:-540}          # the whole check; stage timeouts are cut to fit it
 REPORT_RESERVE_S=${GPU_CHECK_REPORT_RESERVE_S:-12}   # kept for the report at the end
 BUILD_S=${GPU_CHECK_BUILD_S:-90}
 INFO_S=${GPU_CHECK_INFO_S:-20}
+BENCH_S=${GPU_CHECK_BENCH_S:-160}
 TESTS_S=${GPU_CHECK_TESTS_S:-75}
-MEMCHECK_S=${GPU_CHECK_MEMCHECK_S:-40}
-RACECHECK_S=${GPU_CHECK_RACECHECK_S:-35}
-SYNCCHECK_S=${GPU_CHECK_SYNCCHECK_S:-20}
-BENCH_S=${GPU_CHECK_BENCH_S:-120}          # at least; it also gets what the earlier stages left
-EPOCH_S=${GPU_CHECK_EPOCH_S:-85}           # at least; the last stage gets all that is left
+NCU_S=${GPU_CHECK_NCU_S:-45}
+MEMCHECK_S=${GPU_CHECK_MEMCHECK_S:-75}
+RACECHECK_S=${GPU_CHECK_RACECHECK_S:-35}   # only with this much time left beyond the epoch's
+SYNCCHECK_S=${GPU_CHECK_SYNCCHECK_S:-20}   # likewise
+EPOCH_S=${GPU_CHECK_EPOCH_S:-55}           # at least; the last stage gets all that is left
 MIN_STAGE_S=5                               # a stage with less time left than this is skipped
 
-STAGES=${GPU_CHECK_STAGES:-"build info tests sanitize bench epoch"}
+STAGES=${GPU_CHECK_STAGES:-"build info bench tests ncu sanitize epoch"}
 SANITIZER_TOOLS=${GPU_CHECK_SANITIZER_TOOLS:-"memcheck racecheck synccheck"}
 DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
 
@@ -221,6 +229,15 @@ sanitizer_note() {
 
 # --- the stages -----------------------------------------------------------------------------
 SANITIZER=$(find_sanitizer || true)
+find_ncu() {
+  local c
+  c=$(command -v ncu 2>/dev/null) && { echo "$c"; return 0; }
+  for c in /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
+    [ -x "$c" ] && { echo "$c"; return 0; }
+  done
+  return 1
+}
+NCU=$(find_ncu || true)
 echo "micro_fast GPU check: $ROOT -> $OUT (work $WORK), python $PY, dry run $DRY_RUN,"\
      "budget ${TOTAL_S} s, stages: $STAGES"
 $PY "$ROOT/benchmarks/gpu_report.py" machine --out "$LOGS/machine.json" \
@@ -317,6 +334,20 @@ if has_stage info; then
   record info "$(grep -E '^ +cuda ' "$LAST_LOG" | head -n 1 | sed 's/^ *//')"
 fi
 
+if has_stage bench && ! gated bench; then
+  if [ "$DRY_RUN" = 1 ]; then
+    DEV=(--device cpu --quick)
+  else
+    DEV=(--device cuda)
+  fi
+  # right after the build: what the GPU is lent for comes first
+  LIMIT_NOW=$(stage_limit "$BENCH_S")
+  run_stage bench "$BENCH_S" "$PY" benchmarks/gpu_bench.py "${DEV[@]}" \
+    --budget "$((LIMIT_NOW > 20 ? LIMIT_NOW - 10 : 10))" \
+    --out "$OUT/bench.json" --md "$LOGS/bench.md"
+  record bench "$($REPORT targets "$OUT/bench.json" 2>&1 | tail -n 1)"
+fi
+
 if has_stage tests; then
   SELECT=(-q -p no:cacheprovider -k "cuda and not simulator" tests)
   if [ "$DRY_RUN" = 1 ]; then
@@ -329,6 +360,23 @@ if has_stage tests; then
   elif ! gated tests; then
     run_stage tests "$TESTS_S" "$PY" -m pytest "${SELECT[@]}" --junitxml="$OUT/tests.xml"
     record tests "$(last_line "$LAST_LOG")"
+  fi
+fi
+
+if has_stage ncu; then
+  if [ "$DRY_RUN" = 1 ]; then
+    skip ncu "dry run; ncu: ${NCU:-not found}"
+  elif [ -z "$NCU" ]; then
+    skip ncu "ncu not found (PATH, /usr/local/cuda*/bin)"
+  elif ! gated ncu; then
+    # one launch of each of this library's kernels (float32): speed of light, occupancy and
+    # launch statistics, to explain a missed target
+    run_stage ncu "$NCU_S" "$NCU" --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --kernel-name-base mangled --kernel-name regex:micro_fast \
+      --launch-count 40 --csv --page details "$PY" benchmarks/gpu_sanitize_ops.py \
+      --dtypes float32
+    cp "$LAST_LOG" "$LOGS/ncu.csv" 2>/dev/null || true
+    record ncu "$(grep -c '"Duration"' "$LAST_LOG" 2>/dev/null || echo 0) kernel launches profiled"
   fi
 fi
 
@@ -357,32 +405,19 @@ $(sanitizer_note "$LOGS/canned_memcheck.log" canned-sample)"
         synccheck) budget=$SYNCCHECK_S; extra=(--dtypes float32) ;;
         *) budget=20; extra=(--dtypes float32) ;;
       esac
+      # memcheck always; the others only when the epoch keeps its share
+      if [ "$tool" != memcheck ] && [ "$(time_left)" -lt $((budget + EPOCH_S)) ]; then
+        skip "sanitize_$tool" "not enough time left (the epoch keeps ${EPOCH_S} s)"
+        continue
+      fi
+      # this library's kernels only (their names hold micro_fast): torch's are not ours to
+      # check, and instrumenting them would spend the budget
       run_stage "sanitize_$tool" "$budget" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-        "$SANITIZER" --tool "$tool" --print-limit 100 --error-exitcode 99 \
-        "$PY" benchmarks/gpu_sanitize_ops.py "${extra[@]}"
+        "$SANITIZER" --tool "$tool" --kernel-name kns=micro_fast --print-limit 100 \
+        --error-exitcode 99 "$PY" benchmarks/gpu_sanitize_ops.py "${extra[@]}"
       record "sanitize_$tool" "$(sanitizer_note "$LAST_LOG" "$tool")"
     done
   fi
-fi
-
-if has_stage bench && ! gated bench; then
-  if [ "$DRY_RUN" = 1 ]; then
-    DEV=(--device cpu --quick)
-  else
-    DEV=(--device cuda)
-  fi
-  # the benchmarks also get the time the earlier stages did not use, less the epoch's share
-  BUDGET=$BENCH_S
-  if has_stage epoch; then
-    [ $(($(time_left) - EPOCH_S)) -gt "$BUDGET" ] && BUDGET=$(($(time_left) - EPOCH_S))
-  else
-    BUDGET=$(time_left)
-  fi
-  LIMIT_NOW=$(stage_limit "$BUDGET")
-  run_stage bench "$BUDGET" "$PY" benchmarks/gpu_bench.py "${DEV[@]}" \
-    --budget "$((LIMIT_NOW > 20 ? LIMIT_NOW - 10 : 10))" \
-    --out "$OUT/bench.json" --md "$LOGS/bench.md"
-  record bench "$($REPORT targets "$OUT/bench.json" 2>&1 | tail -n 1)"
 fi
 
 if has_stage epoch && ! gated epoch; then
