@@ -29,6 +29,13 @@ Cases, in the order they run (``--quick``: the same code on tiny problems):
 A 1M case is skipped when micro_fast's time at N = 23,033 scaled by N^2 would overrun what is
 left of ``--budget``; any case is skipped once the budget is spent.
 
+Before the cases, the device's ceilings: float32, TF32 (GPU) and bfloat16 GEMM TFLOP/s at
+8192^3 and the copy bandwidth of a 1 GB buffer, so that a case's time can be read against what
+the device does. Every op is also run twice and must give bit-identical results (values,
+indices, gradients: a target per case), and 256 random rows of the 1M kNN graph are checked
+against a float64 brute force over all N keys (rows at a near tie of their 10th and 11th
+cosines left out).
+
 Timing: CUDA events around each call (``time.perf_counter`` on the CPU) after one warm-up
 call, whose wall time is reported as the first call (compilation included); the median of up
 to ``--rounds`` calls, fewer when the case's ``--case-budget`` seconds run out, at least one.
@@ -90,8 +97,14 @@ SIZES = {
            "spmm": (2000, 1500, 10_000), "spmm_d": 16, "eval": "small"},
 }
 KNN_1M_TARGET_S = 10.0
+#: the ceilings, measured first: GEMMs of N^3 (full run / quick) and a device copy of MB
+CEILING_N = {False: 8192, True: 384}
+COPY_MB = {False: 1024, True: 64}
+#: rows of the 1M kNN graph checked against a float64 brute force
+SAMPLED_ROWS = {False: 256, True: 32}
 #: check -> (bound, "min" or "max"): a measured check outside its bound fails the run
 CHECK_LIMITS = {"rows_with_same_neighbours_as_blocked_torch": (0.99, "min"),
+                "sampled_rows_equal_to_float64_brute_force": (0.99, "min"),
                 "loss_rel_diff_vs_published": (1e-4, "max"),
                 "grad_rel_diff_vs_published": (1e-3, "max"),
                 "max_abs_diff_vs_torch_csr": (1e-4, "max")}
@@ -297,6 +310,74 @@ def _same_neighbours(graph: mf.CSRGraph, idx: torch.Tensor, n: int) -> float | N
     return float((ours == theirs).all(dim=1).float().mean())
 
 
+def measure_ceilings(b: Bench) -> None:
+    """What this device can do, measured before the cases: GEMM TFLOP/s in float32, TF32 (on
+    a GPU) and bfloat16 at N^3, and the copy bandwidth (bytes read + written per second)."""
+    n, out = CEILING_N[b.quick], {}
+    prev = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                                  ("bf16", torch.bfloat16, False)):
+            if tf32 and not b.cuda:
+                continue  # a tensor-core mode of GPUs
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            gen = torch.Generator().manual_seed(3)
+            a1 = torch.randn(n, n, generator=gen).to(b.device, dtype)
+            a2 = torch.randn(n, n, generator=gen).to(b.device, dtype)
+            r = b.measure(lambda a1=a1, a2=a2: a1 @ a2, rounds=5)
+            out[f"gemm_{name}_tflops"] = 2.0 * n**3 / (r["min_ms"] / 1e3) / 1e12
+            del a1, a2
+        src = torch.empty(COPY_MB[b.quick] * 2**20 // 4, device=b.device)
+        dst = torch.empty_like(src)
+        r = b.measure(lambda src=src, dst=dst: dst.copy_(src), rounds=10)
+        out["copy_gbs"] = 2.0 * src.numel() * 4 / (r["min_ms"] / 1e3) / 1e9
+        del src, dst
+    except Exception as exc:  # noqa: BLE001 - the cases still run
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        b.fail(f"ceilings: {out['error'][:200]}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    out["gemm_n"], out["copy_mb"] = n, COPY_MB[b.quick]
+    b.results["ceilings"] = out
+    print("ceilings: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items()
+                                   if isinstance(v, float)), flush=True)
+    b.free()
+
+
+def _flat(result) -> list[torch.Tensor]:
+    """The tensors of an op's result (a tensor, a CSRGraph, a tuple of them, a dict)."""
+    if isinstance(result, torch.Tensor):
+        return [result.detach()]
+    if isinstance(result, mf.CSRGraph):
+        return [result.indptr, result.indices, result.values.detach()]
+    if isinstance(result, dict):
+        return [torch.tensor(float(v)) for _, v in sorted(result.items())
+                if isinstance(v, (int, float))]
+    if isinstance(result, (tuple, list)):
+        return [t for r in result for t in _flat(r)]
+    return []
+
+
+def bitwise_twice(b: Bench, fn: Callable[[], object]) -> bool:
+    """Whether two calls give bit-identical results (values, indices and gradients)."""
+    first = [t.clone() for t in _flat(fn())]
+    second = _flat(fn())
+    b.sync()
+    return len(first) == len(second) and all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+        for x, y in zip(first, second, strict=True))
+
+
+def determinism_target(b: Bench, what: str, fn: Callable[[], object]) -> None:
+    try:
+        same = bitwise_twice(b, fn)
+    except Exception as exc:  # noqa: BLE001 - the op's own failure is reported by its case
+        print(f"  determinism of {what}: {type(exc).__name__}: {exc}", flush=True)
+        same = None
+    b.target(f"{what}: bitwise identical twice", None if same is None else float(same),
+             "1 (identical)", same, unit="")
+
+
 def case_knn(b: Bench) -> None:
     for n, d in b.sizes["knn"]:
         print(f"kNN graph N={n} d={d} k={K}", flush=True)
@@ -320,6 +401,8 @@ def case_knn(b: Bench) -> None:
             s = case["speedups"].get(peer)
             b.target(f"kNN N={n:,} d={d} vs {peer}", s, f">= {need:g}x",
                      None if s is None else s >= need)
+        determinism_target(b, f"kNN N={n:,} d={d}",
+                           lambda x=x: mf.knn_graph(x, K, backend=b.backend))
         b.write()
         del x
         b.free()
@@ -338,6 +421,34 @@ def _large_skip(b: Bench, base_case: str, n: int, d: int) -> tuple[str | None, f
         return (f"skipped: {predicted:.0f} s predicted from N = {c['n']:,} (x N^2), "
                 f"{b.remaining():.0f} s of the budget left"), predicted
     return None, predicted
+
+
+def sampled_rows_check(b: Bench, x: torch.Tensor, graph: mf.CSRGraph) -> dict:
+    """Correctness at scale: the neighbour sets of random rows against a float64 brute force
+    over all N keys; a row whose 10th and 11th exact cosines differ by less than 1e-6 (a near
+    tie that float32 may order either way) is left out."""
+    checks: dict = {}
+    try:
+        n = x.shape[0]
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(4))[:SAMPLED_ROWS[
+            b.quick]].to(b.device)
+        xn = torch.nn.functional.normalize(x.double(), dim=1)
+        exact = xn[rows] @ xn.T  # [rows, N] float64
+        top = torch.topk(exact, min(K + 1, n), dim=1)
+        tie = (top.values[:, K - 1] - top.values[:, K]).abs() < 1e-6 if n > K else \
+            torch.zeros(rows.numel(), dtype=torch.bool, device=b.device)
+        ours = torch.stack([graph.indices[graph.indptr[r]:graph.indptr[r + 1]].sort().values
+                            for r in rows.tolist()])
+        equal = (ours == top.indices[:, :K].sort(dim=1).values).all(dim=1)
+        kept = ~tie
+        checks["sampled_rows"] = int(rows.numel())
+        checks["sampled_rows_near_ties_left_out"] = int(tie.sum())
+        checks["sampled_rows_equal_to_float64_brute_force"] = (
+            float(equal[kept].float().mean()) if bool(kept.any()) else None)
+        del xn, exact, top
+    except Exception as exc:  # noqa: BLE001
+        checks["error"] = f"{type(exc).__name__}: {exc}"
+    return checks
 
 
 def _dense_size(n: int, copies: int = 1) -> str:
@@ -361,8 +472,14 @@ def case_knn_1m(b: Bench) -> None:
         if not any(c["case"] == "knn" for c in b.results["cases"]):
             mf.knn_graph(_features(2048, d).to(b.device), K, backend=b.backend)  # warm up
         x = _features(n, d).to(b.device)
-        b.run(case["impls"], "micro_fast", lambda: mf.knn_graph(x, K, backend=b.backend),
-              rounds=1, warmup=False)
+        box: dict = {}
+
+        def build():
+            box["graph"] = mf.knn_graph(x, K, backend=b.backend)
+
+        b.run(case["impls"], "micro_fast", build, rounds=1, warmup=False)
+        if "graph" in box:
+            case["checks"] = sampled_rows_check(b, x, box.pop("graph"))
         del x
     b.add_case(case)
     r = case["impls"].get("micro_fast", {})
@@ -418,6 +535,12 @@ def case_contrastive(b: Bench) -> None:
     b.add_case(case)  # written before the compiled peer, whose first call compiles
     s = case["speedups"].get("published")
     b.target(f"contrastive N={n:,} vs published", s, ">= 3x", None if s is None else s >= 3.0)
+
+    def loss_and_grads(z1=z1, z2=z2):
+        loss = _fwd_bwd(ours, z1, z2)()
+        return loss, z1.grad, z2.grad
+
+    determinism_target(b, f"contrastive N={n:,}", loss_and_grads)
     b.write()
     torch._dynamo.reset()
     compiled = torch.compile(peers.published_contrastive, backend=b.compile_backend)
@@ -503,6 +626,16 @@ def case_spmm(b: Bench) -> None:
         b.add_case(case)
         s = case["speedups"].get("torch_csr")
         b.target(f"spmm {mode} vs torch_csr", s, ">= 1x", None if s is None else s >= 1.0)
+
+        def product(x=x, backward=backward):
+            x.grad = None
+            y = mf.spmm(g, x, backend=b.backend)
+            if backward:
+                y.backward(torch.ones_like(y))
+                return y, x.grad
+            return y
+
+        determinism_target(b, f"spmm {mode}", product)
         b.write()
     b.free()
 
@@ -556,6 +689,8 @@ def case_eval(b: Bench) -> None:
     b.add_case(case)
     s = case["speedups"].get("dense_torch")
     b.target("evaluation vs dense", s, "> 1x", None if s is None else s > 1.0)
+    determinism_target(b, "evaluation",
+                       lambda: full_ranking(users, items, train, valid, ks, backend=b.backend))
     extra = impls.get("micro_fast", {}).get("extra_mb")
     if extra is not None:
         b.target("evaluation extra memory / users x items buffer", extra / dense_mb,
@@ -583,6 +718,15 @@ def markdown(res: dict) -> str:
              + (f", CUDA {m.get('cuda')}" if m.get("gpu") else "")
              + (" -- quick problems (a rehearsal of the script, not a benchmark)"
                 if res.get("quick") else ""), ""]
+    c = res.get("ceilings", {})
+    if c:
+        shown = [f"{name} {c[key]:.3g} TFLOP/s" for name, key in (
+            ("GEMM fp32", "gemm_fp32_tflops"), ("TF32", "gemm_tf32_tflops"),
+            ("bf16", "gemm_bf16_tflops")) if isinstance(c.get(key), float)]
+        if isinstance(c.get("copy_gbs"), float):
+            shown.append(f"copy {c['copy_gbs']:.4g} GB/s")
+        lines += [f"Ceilings measured first ({c.get('gemm_n')}^3 GEMMs, a {c.get('copy_mb')} MB "
+                  "copy): " + ", ".join(shown), ""]
     if res["targets"]:
         lines += ["| target | measured | required | met |", "| --- | --- | --- | --- |"]
         for t in res["targets"]:
@@ -660,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     b = Bench(args)
     print(f"gpu_bench: device {b.device}, backend {b.backend}, cases {only}, budget "
           f"{b.budget:.0f} s", flush=True)
+    measure_ceilings(b)
     for name in CASES:
         if name not in only:
             continue
