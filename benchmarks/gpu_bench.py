@@ -34,7 +34,8 @@ Before the cases, the device's ceilings: float32, TF32 (GPU) and bfloat16 GEMM T
 the device does. Every op is also run twice and must give bit-identical results (values,
 indices, gradients: a target per case), and 256 random rows of the 1M kNN graph are checked
 against a float64 brute force over all N keys (rows at a near tie of their 10th and 11th
-cosines left out).
+cosines left out). After its timed calls, one call of micro_fast per case runs under
+``torch.profiler``: the operators and kernels that took the most of its own time.
 
 Timing: CUDA events around each call (``time.perf_counter`` on the CPU) after one warm-up
 call, whose wall time is reported as the first call (compilation included); the median of up
@@ -218,10 +219,28 @@ class Bench:
             out["extra_mb"] = (peak - base) / 2**20
         return out
 
+    def kernel_split(self, fn: Callable[[], object], top: int = 6) -> list[dict]:
+        """Where one call's time goes: the ``top`` operators and kernels by their own time
+        (``torch.profiler``: device time on a GPU, CPU time on the CPU)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        with profile(activities=acts) as prof:
+            fn()
+            self.sync()
+        attr = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+        events.sort(key=lambda e: getattr(e, attr), reverse=True)
+        return [{"name": e.key[:90], "ms": getattr(e, attr) / 1e3, "calls": e.count}
+                for e in events[:top]]
+
     def run(self, impls: dict, name: str, fn: Callable[[], object], **kw) -> None:
-        """Measures ``fn`` into ``impls[name]``; an exception is recorded, not raised."""
+        """Measures ``fn`` into ``impls[name]`` (with micro_fast's kernel split after its
+        timed calls); an exception is recorded, not raised."""
         try:
             impls[name] = self.measure(fn, **kw)
+            if name == "micro_fast" and kw.get("warmup", True):
+                impls[name]["kernels"] = self.kernel_split(fn)
         except Exception as exc:  # noqa: BLE001 - OOM or a compile error is a result
             impls[name] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
             traceback.print_exc()
@@ -761,6 +780,10 @@ def markdown(res: dict) -> str:
                              f"{_num(r.get('peak_mb'), '.0f')} | "
                              f"{_num(r.get('extra_mb'), '.0f')} | {speed} |")
             lines.append("")
+        split = case["impls"].get("micro_fast", {}).get("kernels")
+        if split:
+            lines.append("- micro_fast, one call, by own time: " + ", ".join(
+                f"`{k['name']}` {k['ms']:.3g} ms ({k['calls']}x)" for k in split))
         for key, v in case.get("checks", {}).items():
             lines.append(f"- {key}: {_num(v, '.4g') if isinstance(v, float) else v}")
         for note in case.get("notes", []):
