@@ -9,20 +9,23 @@ Cases, in the order they run (``--quick``: the same code on tiny problems):
 * ``knn``: the kNN item graph, N = 23,033, d = 64 and d = 4,096, k = 10:
   ``knn_graph(x, 10, backend="cuda")`` against the published dense path
   (``peers.official_knn_graph``: dense cosine matrix, ``torch.topk``, a Python loop over the
-  index list) and a blocked torch search (``peers.blocked_torch_topk``: row blocks of mm +
-  ``torch.topk``); checked by the rows whose 10 neighbours equal the blocked search's;
+  index list), the same path's kernels without the loop
+  (``peers.official_knn_graph_vectorized``) and a blocked torch search
+  (``peers.blocked_torch_topk``: row blocks of mm + ``torch.topk``; on a GPU also with TF32
+  allowed); checked by the rows whose 10 neighbours equal the blocked search's;
 * ``spmm``: the product with the symmetric-normalized Clothing-size bipartite graph
   (``peers.clothing_like_interactions``: 62,420 nodes, 557k nonzeros), d = 64, forward and
-  forward + backward, against ``torch.sparse.mm`` on COO and ``@`` on CSR (cuSPARSE);
+  forward + backward, against ``torch.sparse.mm`` on COO, ``@`` on CSR (cuSPARSE) and a
+  gather + ``index_add_`` message pass (``peers.index_add_spmm``);
 * ``eval``: full-ranking evaluation at Clothing size (``synthetic("clothing")`` interactions,
   random 64-d embeddings), ``metrics.full_ranking`` against a dense users x items score matrix
   with the training items masked and ``torch.topk`` (as bench_train.py's dense baseline);
 * ``knn_1m``: N = 1,000,000, d = 64, micro_fast alone (the dense path would hold an N x N
   float32 matrix, 4 TB), one call, with its peak memory;
 * ``contrastive``: MICRO's all-pairs contrastive loss, forward + backward, N = 23,033, d = 64,
-  against the published 4096-row chunked loss (``peers.published_contrastive``) and the same
-  under ``torch.compile`` (its first call compiles); checked by the loss and gradient
-  differences;
+  against the published 4096-row chunked loss (``peers.published_contrastive``; on a GPU also
+  with TF32 allowed) and the same under ``torch.compile`` (its first call compiles); checked
+  by the loss and gradient differences;
 * ``contrastive_1m``: N = 1,000,000, d = 64, micro_fast alone, one call, with its peak memory
   against the size of one [N, d] view.
 
@@ -397,6 +400,18 @@ def determinism_target(b: Bench, what: str, fn: Callable[[], object]) -> None:
              "1 (identical)", same, unit="")
 
 
+def with_tf32(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with TF32 tensor-core products allowed (torch's default leaves them off)."""
+    def run():
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    return run
+
+
 def case_knn(b: Bench) -> None:
     for n, d in b.sizes["knn"]:
         print(f"kNN graph N={n} d={d} k={K}", flush=True)
@@ -404,7 +419,12 @@ def case_knn(b: Bench) -> None:
         impls: dict = {}
         b.run(impls, "micro_fast", lambda x=x: mf.knn_graph(x, K, backend=b.backend))
         b.run(impls, "published", lambda x=x: peers.official_knn_graph(x, K))
+        b.run(impls, "published_without_loop",
+              lambda x=x: peers.official_knn_graph_vectorized(x, K))
         b.run(impls, "blocked_torch", lambda x=x: peers.blocked_torch_topk(x, K))
+        if b.cuda:  # the peers' products on tensor cores (TF32), as a user may allow
+            b.run(impls, "blocked_torch_tf32",
+                  with_tf32(lambda x=x: peers.blocked_torch_topk(x, K)))
         checks = {}
         try:
             g = mf.knn_graph(x, K, backend=b.backend)
@@ -533,6 +553,9 @@ def case_contrastive(b: Bench) -> None:
     impls: dict = {}
     b.run(impls, "micro_fast", _fwd_bwd(ours, z1, z2))
     b.run(impls, "published", _fwd_bwd(peers.published_contrastive, z1, z2))
+    if b.cuda:
+        b.run(impls, "published_tf32",
+              with_tf32(_fwd_bwd(peers.published_contrastive, z1, z2)))
     checks = {"compile_backend": b.compile_backend}
     try:
         values, grads = [], []
@@ -613,13 +636,16 @@ def case_spmm(b: Bench) -> None:
     coo, csr = g.to_torch_coo(), g.to_torch_csr()
     gen = torch.Generator().manual_seed(1)
     x0 = torch.randn(g.shape[1], d, generator=gen).to(b.device)
+    rows, cols = g.row_indices(), g.indices
     for mode in ("fwd", "fwd+bwd"):
         print(f"spmm bipartite N={g.shape[0]} nnz={g.nnz} d={d} {mode}", flush=True)
         backward = mode == "fwd+bwd"
         x = x0.clone().requires_grad_(backward)
         products = {"micro_fast": lambda x: mf.spmm(g, x, backend=b.backend),
                     "torch_coo": lambda x: torch.sparse.mm(coo, x),
-                    "torch_csr": lambda x: csr @ x}
+                    "torch_csr": lambda x: csr @ x,
+                    "index_add": lambda x: peers.index_add_spmm(rows, cols, g.values, x,
+                                                                g.shape[0])}
         impls: dict = {}
         for name, prod in products.items():
             if backward:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("pytest_benchmark")
 
@@ -206,3 +207,22 @@ def test_cuda_resources_reads_registers_and_spills_per_kernel():
     text = cuda_resources.report([tile, merge], compiles, 2.0, 1, 128, "nvcc test")
     over = text.split("### Over 128 registers or spilling")[1].split("### Every kernel")[0]
     assert "_Z4tileILi8EEvPf" in over and "_Z5mergev" not in over
+
+
+def test_vectorized_published_knn_and_index_add_spmm_peers_compute_the_same():
+    """The GPU bench's extra peers compute what the paths they stand for compute."""
+    import peers
+    from bounds import assert_close
+    from oracles import spmm_exact
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(60, 7, generator=gen, dtype=torch.float64) - 0.3
+    for norm in ("sym", "rw"):
+        loop = peers.official_knn_graph(x, 5, norm).to_dense()
+        assert torch.equal(peers.official_knn_graph_vectorized(x, 5, norm).to_dense(), loop)
+    dense = (torch.rand(30, 20, generator=gen, dtype=torch.float64) < 0.2) * torch.rand(
+        30, 20, generator=gen, dtype=torch.float64)
+    rows, cols = dense.nonzero(as_tuple=True)
+    y = torch.randn(20, 4, generator=gen, dtype=torch.float64)
+    got = peers.index_add_spmm(rows, cols, dense[rows, cols], y, 30)
+    assert_close(got, spmm_exact(dense, y)[0], what="index_add spmm")
