@@ -6,6 +6,21 @@ import numpy as np
 import torch
 
 
+def _published_normalization(i: torch.Tensor, v: torch.Tensor, n: int,
+                             norm_type: str) -> torch.Tensor:
+    """The published degree normalization of the kNN list (row degrees by scatter-add)."""
+    deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add(0, i[0], v)
+    if norm_type == "sym":
+        dinv = deg.pow(-0.5)
+        dinv.masked_fill_(dinv == float("inf"), 0)
+        v = dinv[i[0]] * v * dinv[i[1]]
+    elif norm_type == "rw":
+        dinv = 1.0 / deg
+        dinv.masked_fill_(dinv == float("inf"), 0)
+        v = dinv[i[0]] * v
+    return torch.sparse_coo_tensor(i, v, (n, n))
+
+
 def official_knn_graph(features: torch.Tensor, k: int, norm_type: str = "sym") -> torch.Tensor:
     """MICRO/LATTICE ``build_sim`` + ``build_knn_normalized_graph(..., is_sparse=True,
     norm_type)`` as published: dense cosine matrix, ``torch.topk``, the COO index list built
@@ -19,16 +34,7 @@ def official_knn_graph(features: torch.Tensor, k: int, norm_type: str = "sym") -
     i = torch.LongTensor([row, col]).to(features.device)
     v = knn_val.flatten()
     n = features.shape[0]
-    deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add(0, i[0], v)
-    if norm_type == "sym":
-        dinv = deg.pow(-0.5)
-        dinv.masked_fill_(dinv == float("inf"), 0)
-        v = dinv[i[0]] * v * dinv[i[1]]
-    elif norm_type == "rw":
-        dinv = 1.0 / deg
-        dinv.masked_fill_(dinv == float("inf"), 0)
-        v = dinv[i[0]] * v
-    return torch.sparse_coo_tensor(i, v, (n, n))
+    return _published_normalization(i, v, n, norm_type)
 
 
 def official_knn_graph_vectorized(features: torch.Tensor, k: int,
@@ -43,16 +49,7 @@ def official_knn_graph_vectorized(features: torch.Tensor, k: int,
     rows = torch.arange(n, device=features.device).repeat_interleave(k)
     i = torch.stack([rows, knn_ind.reshape(-1)])
     v = knn_val.flatten()
-    deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add(0, i[0], v)
-    if norm_type == "sym":
-        dinv = deg.pow(-0.5)
-        dinv.masked_fill_(dinv == float("inf"), 0)
-        v = dinv[i[0]] * v * dinv[i[1]]
-    elif norm_type == "rw":
-        dinv = 1.0 / deg
-        dinv.masked_fill_(dinv == float("inf"), 0)
-        v = dinv[i[0]] * v
-    return torch.sparse_coo_tensor(i, v, (n, n))
+    return _published_normalization(i, v, n, norm_type)
 
 
 def index_add_spmm(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
