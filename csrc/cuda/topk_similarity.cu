@@ -52,7 +52,7 @@ __device__ __forceinline__ bool better(T v, int64_t j, T w, int64_t i) {
 // with the shared NT GEMM (tile_gemm.cuh) and stores it; the stores of a half-warp are
 // contiguous runs.
 template <typename T>
-__global__ void __launch_bounds__(kTileThreads)
+__global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
     similarity_tile_kernel(const T* __restrict__ q, const T* __restrict__ keys, int64_t d, int mb,
                            int nc, T* __restrict__ s) {
   constexpr int TM = Tile<T>::TM;
