@@ -28,7 +28,7 @@ from oracles import (
 )
 
 import micro_fast as mf
-from micro_fast import CSRGraph, backends
+from micro_fast import CSRGraph, backends, dispatch
 from micro_fast.metrics import full_ranking
 
 DRY_RUN = os.environ.get("MICRO_FAST_PARITY_DRY_RUN")
@@ -61,6 +61,35 @@ def test_topk_similarity_cuda(m, n, d, symmetric, double, masked, seed):
                                       exclude=None if exclude is None else exclude.to(CUDA),
                                       backend=BACKEND)
     assert_topk(got_v.cpu(), got_i.cpu(), q, keys, k, exclude=exclude)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_similarity_many_steps_cuda(ties, dtype):
+    """Several row blocks and key chunks (the two-stream path), rows of S longer than one
+    selection sub-chunk (2,048 entries), and first sub-chunks whose survivors are cut by the
+    radix select: for k below, around and above the cut size, with exact ties (integer-valued
+    inputs, exact in both dtypes) and exclusions."""
+    gen = torch.Generator().manual_seed(11)
+    m, n, d = 70, 5000, 24
+    if ties:
+        q = torch.randint(-2, 3, (m, d), generator=gen).to(dtype)
+        keys = torch.randint(-2, 3, (n, d), generator=gen).to(dtype)
+    else:
+        q = torch.randn(m, d, generator=gen, dtype=dtype)
+        keys = torch.randn(n, d, generator=gen, dtype=dtype)
+    mask = torch.rand(m, n, generator=gen) < 0.2
+    mask[3] = True  # a fully excluded row
+    exclude = CSRGraph.from_dense(mask.to(dtype))
+    impl = dispatch.module(BACKEND)
+    # key chunks narrower than a row's keys (the cpp backend tiles by itself)
+    extra = {"chunk_size": 1500} if BACKEND == "cuda" else {}
+    for k in (1, 10, 64, 65, 300, 2100):
+        for ex in (None, exclude):
+            ex_arrays = None if ex is None else (ex.indptr.to(CUDA), ex.indices.to(CUDA))
+            got_v, got_i = impl.topk_similarity(q.to(CUDA), keys.to(CUDA), k, ex_arrays, 16,
+                                                **extra)
+            assert_topk(got_v.cpu(), got_i.cpu(), q, keys, k, exclude=ex)
 
 
 @pytest.mark.parametrize("normalization", ["sym", "rw"])
