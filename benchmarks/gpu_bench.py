@@ -24,13 +24,24 @@ Cases, in the order they run (``--quick``: the same code on tiny problems):
   float32 matrix, 4 TB), one call, with its peak memory;
 * ``contrastive``: MICRO's all-pairs contrastive loss, forward + backward, N = 23,033, d = 64,
   against the published 4096-row chunked loss (``peers.published_contrastive``; on a GPU also
-  with TF32 allowed) and the same under ``torch.compile`` (its first call compiles); checked
-  by the loss and gradient differences;
+  with TF32 allowed); checked by the loss and gradient differences; and, after every other
+  case, the published loss under ``torch.compile`` (``published_compiled``, its first call
+  compiles) in a child process under its own deadline (``--compile-deadline``, 90 s, cut to
+  what is left of ``--budget``): the report is written before it starts, and past the
+  deadline the child is ended and the case says "compile peer: deadline passed after X s"
+  instead of a time (its target not assessed);
 * ``contrastive_1m``: N = 1,000,000, d = 64, micro_fast alone, one call, with its peak memory
   against the size of one [N, d] view.
 
 A 1M case is skipped when micro_fast's time at N = 23,033 scaled by N^2 would overrun what is
 left of ``--budget``; any case is skipped once the budget is spent.
+
+Achieved rates: every timed implementation's nominal work over its median time, and its share
+of the matching ceiling below (``nominal_work``): kNN ``2 N^2 d`` flop, the contrastive loss
+forward + backward ``12 N^2 d`` flop (two score GEMMs forward, two gradient GEMMs of each
+backward), evaluation ``2 U I d`` flop, all on the float32 GEMM ceiling (TF32 for a ``*_tf32``
+peer); spmm in GB/s, the bytes it moves at least (``nnz`` indices and values, ``nnz d``
+gathered, ``rows d`` written; twice for forward + backward), on the copy bandwidth.
 
 Before the cases, the device's ceilings: float32, TF32 (GPU) and bfloat16 GEMM TFLOP/s at
 8192^3 and the copy bandwidth of a 1 GB buffer, so that a case's time can be read against what
@@ -72,8 +83,11 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -89,7 +103,8 @@ from micro_fast import data as mf_data  # noqa: E402
 from micro_fast.metrics import evaluated_users, full_ranking  # noqa: E402
 
 K = 10
-#: run order: the torch.compile peer (whose first call compiles) after the quick cases
+#: run order; the contrastive case's torch.compile peer runs after all of them
+#: (compile_peer_last)
 CASES = ("knn", "spmm", "eval", "knn_1m", "contrastive", "contrastive_1m")
 #: problem sizes: full (the GPU run) and quick (the CPU rehearsal)
 SIZES = {
@@ -257,20 +272,32 @@ class Bench:
 
     # --- results -------------------------------------------------------------------------
     def add_case(self, case: dict) -> None:
-        speedups(case)
+        self.update_case(case)
         self.results["cases"].append(case)
         for why in check_failures(case):
             self.fail(why)
         self.write()
 
+    def update_case(self, case: dict, show: list[str] | None = None) -> None:
+        """Speedups and achieved rates of a case's measured implementations; the rates of
+        ``show`` (default: all) printed."""
+        speedups(case)
+        rates(case, self.results.get("ceilings", {}))
+        for name, r in case.get("impls", {}).items():
+            if "achieved" in r and (show is None or name in show):
+                print(f"  {name:<24} {_rate(r)}", flush=True)
+
     def target(self, name: str, measured: float | None, required: str, met: bool | None,
-               unit: str = "x") -> None:
+               unit: str = "x", not_assessed: str | None = None) -> None:
         """Records a target. Without a measurement it is not assessed: a failure unless the
-        case it belongs to (the last one added) was skipped for a documented resource reason.
-        Quick runs (tiny problems) assess no target."""
+        case it belongs to (the last one added) was skipped for a documented resource reason
+        or ``not_assessed`` says why (a deadline passed). Quick runs (tiny problems) assess no
+        target."""
         entry = {"name": name, "measured": measured, "unit": unit, "required": required,
                  "met": None if self.quick else met}
-        if not self.quick and measured is None:
+        if measured is None and not_assessed:
+            entry["not_assessed"] = not_assessed
+        elif not self.quick and measured is None:
             last = self.results["cases"][-1] if self.results["cases"] else {}
             if last.get("skipped") and last.get("resource_skip"):
                 entry["not_assessed"] = f"resource skip: {last['skipped']}"
@@ -286,11 +313,21 @@ class Bench:
         print(f"  FAILURE: {why}", flush=True)
 
     def write(self) -> None:
+        """Both files, each replaced whole (a run stopped mid-write keeps the previous one)."""
         self.results["elapsed_s"] = time.perf_counter() - self.t0
         if self.out:
-            Path(self.out).write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+            _replace(self.out, json.dumps(self.results, indent=1, default=str) + "\n")
         if self.md:
-            Path(self.md).write_text(markdown(self.results))
+            _replace(self.md, markdown(self.results))
+
+
+def _replace(path: str, text: str) -> None:
+    tmp = Path(f"{path}.part")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def speedups(case: dict) -> None:
@@ -299,6 +336,90 @@ def speedups(case: dict) -> None:
     ours = impls.get("micro_fast", {})
     case["speedups"] = {name: r["median_ms"] / ours["median_ms"] for name, r in impls.items()
                         if name != "micro_fast" and "median_ms" in r and "median_ms" in ours}
+
+
+#: the unit of a rate -> the work per unit (flop per TFLOP, byte per GB)
+RATE_SCALE = {"TFLOP/s": 1e12, "GB/s": 1e9}
+
+
+def nominal_work(case: dict, impl: str) -> tuple[float, str, str] | None:
+    """``(work, unit, ceiling)`` of one timed implementation of a case: the op's nominal work
+    (the same for every implementation of a case, so that rates rank as times do), the unit of
+    its rate and the key of ``results["ceilings"]`` it is read against; None for a case
+    without a work model.
+
+    * kNN graph / top-k (``knn``, ``knn_1m``): ``2 m n d`` flop with m = n (every query
+      against every key; micro_fast's self-join does about half of it, which counts here as
+      speed);
+    * contrastive loss forward + backward (``contrastive``, ``contrastive_1m``):
+      ``12 N^2 d`` flop: the forward's two score GEMMs (intra-view ``z1 z1^T`` and cross-view
+      ``z1 z2^T``, ``2 N^2 d`` flop each) and the backward's two gradient GEMMs per score GEMM
+      (``8 N^2 d``), the published loss's products (``work.published_contrastive_macs``);
+    * evaluation (``eval``): the users x items score GEMM, ``2 U I d`` flop;
+    * spmm (``spmm``): the bytes a product moves at least, ``nnz (index + value)`` read,
+      ``nnz d`` elements gathered and ``rows d`` elements written; forward + backward adds
+      the transposed product (``cols d`` written), against the copy bandwidth.
+
+    Dense work is read against the float32 GEMM ceiling (SIMT: micro_fast's CUDA kernels use
+    no tensor cores), a peer run with TF32 allowed (``*_tf32``) against the TF32 ceiling."""
+    kind, n, d = case.get("case"), case.get("n"), case.get("d")
+    gemm = "gemm_tf32_tflops" if impl.endswith("_tf32") else "gemm_fp32_tflops"
+    if n is None or d is None:
+        return None
+    if kind in ("knn", "knn_1m"):
+        return 2.0 * n * n * d, "TFLOP/s", gemm
+    if kind in ("contrastive", "contrastive_1m"):
+        return 12.0 * n * n * d, "TFLOP/s", gemm
+    if kind == "eval" and case.get("m") is not None:
+        return 2.0 * case["m"] * n * d, "TFLOP/s", gemm
+    if kind == "spmm" and case.get("nnz") is not None:
+        nnz, elem = case["nnz"], case.get("value_bytes", 4)
+        pattern = nnz * (case.get("index_bytes", 8) + elem) + nnz * d * elem
+        moved = pattern + case.get("rows", n) * d * elem
+        if case.get("mode") == "fwd+bwd":
+            moved += pattern + case.get("cols", n) * d * elem
+        return float(moved), "GB/s", "copy_gbs"
+    return None
+
+
+#: the work model of each case, stated in its report
+WORK_MODELS = {
+    "knn": "2 N^2 d flop (every query against every key), on the float32 GEMM ceiling (TF32 "
+           "for *_tf32)",
+    "contrastive": "12 N^2 d flop: the forward's two score GEMMs (z1 z1^T, z1 z2^T: 4 N^2 d) "
+                   "and the backward's two gradient GEMMs of each (8 N^2 d), on the float32 "
+                   "GEMM ceiling (TF32 for *_tf32)",
+    "eval": "2 U I d flop (the users x items score GEMM), on the float32 GEMM ceiling",
+    "spmm": "bytes moved at least: nnz (index + value) read + nnz d elements gathered + rows d "
+            "written (twice, the transposed product's, for fwd+bwd), on the copy bandwidth",
+}
+WORK_MODELS["knn_1m"], WORK_MODELS["contrastive_1m"] = WORK_MODELS["knn"], WORK_MODELS[
+    "contrastive"]
+
+
+def rates(case: dict, ceilings: dict) -> None:
+    """Each measured implementation's achieved rate (its nominal work over its median time)
+    and its share of the matching ceiling measured first: ``achieved``, ``unit``,
+    ``ceiling`` and ``of_ceiling`` (None when that ceiling was not measured)."""
+    if case.get("case") in WORK_MODELS:
+        case["work_model"] = WORK_MODELS[case["case"]]
+    for name, r in case.get("impls", {}).items():
+        work = nominal_work(case, name)
+        if work is None or not r.get("median_ms"):
+            continue
+        amount, unit, key = work
+        achieved = amount / (r["median_ms"] / 1e3) / RATE_SCALE[unit]
+        top = ceilings.get(key)
+        r.update(work=amount, achieved=achieved, unit=unit, ceiling=key,
+                 of_ceiling=achieved / top if isinstance(top, float) and top > 0 else None)
+
+
+def _rate(r: dict) -> str:
+    if "achieved" not in r:
+        return "-"
+    share = "" if r.get("of_ceiling") is None else (
+        f" ({100 * r['of_ceiling']:.3g}% of {r['ceiling'].rsplit('_', 1)[0]})")
+    return f"{r['achieved']:.3g} {r['unit']}{share}"
 
 
 def machine(device: torch.device) -> dict:
@@ -563,7 +684,7 @@ def case_contrastive(b: Bench) -> None:
             z1.grad = z2.grad = None
             loss = fn(z1, z2)
             loss.backward()
-            values.append(float(loss))
+            values.append(float(loss.detach()))
             grads.append(z1.grad.detach().clone())
         checks["loss_rel_diff_vs_published"] = abs(values[0] - values[1]) / abs(values[1])
         checks["grad_rel_diff_vs_published"] = float(
@@ -584,17 +705,108 @@ def case_contrastive(b: Bench) -> None:
 
     determinism_target(b, f"contrastive N={n:,}", loss_and_grads)
     b.write()
-    torch._dynamo.reset()
+    del z1, z2
+    b.free()  # its torch.compile peer runs last, in a child process (compile_peer_last)
+
+
+#: the compile peer's child is not started with less than this many seconds left
+MIN_COMPILE_S = 1.0
+
+
+def compile_peer_command(b: Bench, result: str, deadline_s: float) -> list[str]:
+    """The command of the child process that measures the torch.compile peer and writes its
+    measurement (``Bench.measure``'s dict, or ``{"error": ...}``) as JSON to ``result``."""
+    return [sys.executable, os.path.abspath(__file__), "--compile-child", result,
+            "--device", str(b.device), "--backend", b.backend, "--rounds", str(b.rounds),
+            "--case-budget", str(b.case_budget), "--compile-backend", b.compile_backend,
+            "--compile-deadline", str(deadline_s)] + (["--quick"] if b.quick else [])
+
+
+def compile_child(args: argparse.Namespace) -> int:
+    """The child: the published loss under ``torch.compile``, forward + backward, measured as
+    the other implementations are (its first call compiles). It ends itself (SIGALRM) a few
+    seconds past its deadline should its parent be gone."""
+    if hasattr(signal, "alarm"):
+        signal.alarm(int(math.ceil(args.compile_deadline)) + 5)
+    b = Bench(args)
+    n, d = b.sizes["contrastive"]
+    z1, z2 = _views(n, d, b.device)
     compiled = torch.compile(peers.published_contrastive, backend=b.compile_backend)
+    impls: dict = {}
     b.run(impls, "published_compiled", _fwd_bwd(compiled, z1, z2))
-    speedups(case)
-    s = case["speedups"].get("published_compiled")
-    b.target(f"contrastive N={n:,} vs published_compiled", s, ">= 2x",
-             None if s is None else s >= 2.0)
+    _replace(args.compile_child, json.dumps(impls["published_compiled"]) + "\n")
+    return 0
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """Ends the child started in a session of its own and whatever it started (inductor's
+    compile workers): SIGTERM, then SIGKILL after 5 s."""
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_compile_child(b: Bench, deadline_s: float) -> dict:
+    """The compile peer's measurement from its child process, or, when ``deadline_s`` passes
+    first, the child ended and ``{"note": "compile peer: deadline passed after X s", ...}``."""
+    with tempfile.TemporaryDirectory(prefix="gpu_bench_compile_") as tmp:
+        result = os.path.join(tmp, "compiled.json")
+        t = time.perf_counter()
+        proc = subprocess.Popen(compile_peer_command(b, result, deadline_s),
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            _end_group(proc)
+            waited = time.perf_counter() - t
+            return {"deadline_s": deadline_s, "deadline_passed_s": waited,
+                    "note": f"compile peer: deadline passed after {waited:.1f} s"}
+        try:
+            r = json.loads(Path(result).read_text())
+        except (OSError, ValueError):
+            r = {"error": f"the compile peer's child process exited {rc} without a result"}
+    r["child_s"] = time.perf_counter() - t
+    return r
+
+
+def compile_peer_last(b: Bench, deadline_s: float) -> None:
+    """The contrastive case's torch.compile peer (``published_compiled``), after every other
+    case: in a child process, bounded by ``deadline_s`` (cut to what is left of the run's
+    budget), so that a slow compile costs at most that. Everything else is written before it
+    starts; past the deadline the child is ended and the case records "compile peer:
+    deadline passed after X s" instead of a time (its target not assessed, not a failure)."""
+    case = next((c for c in b.results["cases"] if c["case"] == "contrastive"), None)
+    if case is None or case.get("skipped") or case.get("failed"):
+        return
+    n, name = case["n"], "published_compiled"
+    limit = min(deadline_s, b.remaining())
+    if limit < MIN_COMPILE_S:
+        r = {"note": f"compile peer: not run, {max(b.remaining(), 0):.0f} s of the run's "
+                     f"budget left"}
+    else:
+        print(f"contrastive N={n} published under torch.compile ({b.compile_backend}), last, "
+              f"in a child process, deadline {limit:.0f} s", flush=True)
+        case["impls"][name] = {"note": f"compile peer: running, deadline {limit:.0f} s"}
+        b.write()  # the rest of the report is on disk before the compile starts
+        r = run_compile_child(b, limit)
+    case["impls"][name] = r
+    case["checks"]["compile_deadline_s"] = limit
+    if "median_ms" not in r:
+        print(f"  {name:<24} {r.get('error') or r.get('note')}", flush=True)
+    b.update_case(case, [name])
+    if "error" in r:
+        b.fail(f"{case['label']}: {name} failed: {r['error'][:200]}")
+    s = case["speedups"].get(name)
+    b.target(f"contrastive N={n:,} vs {name}", s, ">= 2x", None if s is None else s >= 2.0,
+             not_assessed=None if "error" in r else r.get("note"))
     b.write()
-    del z1, z2, compiled
-    torch._dynamo.reset()
-    b.free()
 
 
 def case_contrastive_1m(b: Bench) -> None:
@@ -667,7 +879,9 @@ def case_spmm(b: Bench) -> None:
         size = "" if b.quick else "Clothing-size "
         case = {"case": "spmm", "mode": mode, "label": f"spmm {mode}, {size}symmetric-"
                 f"normalized bipartite graph (N = {g.shape[0]:,}, {g.nnz:,} nonzeros), d = {d}",
-                "n": g.shape[0], "nnz": g.nnz, "d": d, "impls": impls, "checks": checks}
+                "n": g.shape[0], "nnz": g.nnz, "d": d, "rows": g.shape[0], "cols": g.shape[1],
+                "index_bytes": g.indices.element_size(), "value_bytes": x0.element_size(),
+                "impls": impls, "checks": checks}
         b.add_case(case)
         s = case["speedups"].get("torch_csr")
         b.target(f"spmm {mode} vs torch_csr", s, ">= 1x", None if s is None else s >= 1.0)
@@ -730,7 +944,8 @@ def case_eval(b: Bench) -> None:
         checks["error"] = f"{type(exc).__name__}: {exc}"
     case = {"case": "eval", "label": f"full-ranking evaluation, {size} "
             f"({target_users.numel():,} users x {ds.n_items:,} items, ks {ks})",
-            "n": ds.n_items, "impls": impls, "checks": checks}
+            "n": ds.n_items, "m": target_users.numel(), "d": users.shape[1], "impls": impls,
+            "checks": checks}
     b.add_case(case)
     s = case["speedups"].get("dense_torch")
     b.target("evaluation vs dense", s, "> 1x", None if s is None else s > 1.0)
@@ -793,19 +1008,24 @@ def markdown(res: dict) -> str:
             lines += [f"FAILED: {case['failed']}", ""]
         if case["impls"]:
             lines += ["| implementation | median ms | min ms | rounds | first call s | "
-                      "peak MB | extra MB | micro_fast speedup |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                      "peak MB | extra MB | micro_fast speedup | achieved (of ceiling) |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             for name, r in case["impls"].items():
-                if "error" in r:
-                    lines.append(f"| {name} | error: {r['error'][:120]} | | | | | | |")
+                if "median_ms" not in r:  # an error, or a deadline passed
+                    why = (f"error: {r['error'][:120]}" if "error" in r
+                           else r.get("note", "not measured"))
+                    lines.append(f"| {name} | {why} | | | | | | | |")
                     continue
                 speed = "1" if name == "micro_fast" else _num(case["speedups"].get(name))
                 lines.append(f"| {name} | {_num(r['median_ms'], '.4g')} | "
                              f"{_num(r['min_ms'], '.4g')} | {r['rounds']} | "
                              f"{_num(r['first_call_s'], '.3g')} | "
                              f"{_num(r.get('peak_mb'), '.0f')} | "
-                             f"{_num(r.get('extra_mb'), '.0f')} | {speed} |")
+                             f"{_num(r.get('extra_mb'), '.0f')} | {speed} | {_rate(r)} |")
             lines.append("")
+            model = case.get("work_model")
+            if model:
+                lines.append(f"- work: {model}")
         split = case["impls"].get("micro_fast", {}).get("kernels")
         if split:
             lines.append("- micro_fast, one call, by own time: " + ", ".join(
@@ -835,6 +1055,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-backend", default=None,
                    help="torch.compile backend of the compiled peer (default inductor; "
                         "quick: eager, to keep the rehearsal short)")
+    p.add_argument("--compile-deadline", type=float, default=90.0,
+                   help="seconds for the torch.compile peer, run last in a child process "
+                        "(its compile included; cut to what is left of --budget; default 90)")
+    p.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--strict-targets", action="store_true",
                    help="a missed target fails the run too (not only an unassessed one)")
     p.add_argument("--out", default=None, help="JSON file")
@@ -850,6 +1074,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no CUDA device (use --device cpu)")
     os.environ.setdefault("MICRO_FAST_TUNE", "0")
+    if args.compile_child:
+        return compile_child(args)
     b = Bench(args)
     print(f"gpu_bench: device {b.device}, backend {b.backend}, cases {only}, budget "
           f"{b.budget:.0f} s", flush=True)
@@ -872,6 +1098,12 @@ def main(argv: list[str] | None = None) -> int:
             b.fail(f"case {name} raised {type(exc).__name__}: {exc}")
             b.write()
             b.free()
+    if "contrastive" in only:
+        try:
+            compile_peer_last(b, args.compile_deadline)
+        except Exception as exc:  # noqa: BLE001 - what was measured is kept
+            traceback.print_exc()
+            b.fail(f"compile peer raised {type(exc).__name__}: {exc}")
     b.write()
     print(markdown(b.results))
     failures = b.results["failures"]
