@@ -31,12 +31,12 @@ def test_gpu_parity_checks_pass_on_the_cpu_backend():
 
 
 def test_gpu_check_dry_run_closes_the_gate_without_a_cuda_build(tmp_path):
-    """The build, gate and info stages of the dry run: a build past its timeout is recorded as a
+    """The build, gate, info and tune stages of the dry run: a build past its timeout is recorded as a
     timeout, the gate closes with its reason, and a stage behind it fails without running."""
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_WORK=str(work))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run",
-                           "--stages", "build info", "--out", str(out)],
+                           "--stages", "build info tune", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     with open(out / "stages.tsv") as fh:
@@ -47,6 +47,9 @@ def test_gpu_check_dry_run_closes_the_gate_without_a_cuda_build(tmp_path):
     assert rows["selftest_gated_stage"]["status"] == "fail"
     assert "no cuda backend" in rows["selftest_gated_stage"]["note"]
     assert rows["info"]["status"] == "pass"
+    # the calibration stage (the CPU's decisions here): chosen backends in its note
+    assert rows["tune"]["status"] == "pass", rows["tune"]
+    assert "spmm.backend" in rows["tune"]["note"]
     assert (out / "REPORT.md").is_file()
 
 
