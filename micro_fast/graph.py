@@ -14,6 +14,7 @@ never recomputes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,10 @@ def _as_index(name: str, t: Any, device: torch.device | None = None) -> torch.Te
 
 
 class _Structure:
-    """The sparsity pattern and what is derived from it once (row ids, transpose)."""
+    """The sparsity pattern and what is derived from it once (row ids, transpose, what a
+    backend derives, such as the cuda backend's work partition)."""
 
-    __slots__ = ("indptr", "indices", "shape", "_rows", "_transpose")
+    __slots__ = ("indptr", "indices", "shape", "_rows", "_transpose", "_derived")
 
     #: how many transposes were built, process-wide (tests check that caching holds)
     transposes_built = 0
@@ -50,6 +52,14 @@ class _Structure:
         self.shape = shape
         self._rows: torch.Tensor | None = None
         self._transpose: tuple[_Structure, torch.Tensor] | None = None
+        self._derived: dict[str, Any] = {}
+
+    def derived(self, key: str, build: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
+        """``build(indptr, indices)``, computed on first use and cached under ``key`` for the
+        life of the structure (like the transpose)."""
+        if key not in self._derived:
+            self._derived[key] = build(self.indptr, self.indices)
+        return self._derived[key]
 
     def rows(self) -> torch.Tensor:
         if self._rows is None:
@@ -290,6 +300,16 @@ class CSRGraph:
         """``(indptr, indices)`` of the transpose (cached per structure)."""
         t, _ = self._s.transpose()
         return t.indptr, t.indices
+
+    def derived(self, key: str, build: Callable[[torch.Tensor, torch.Tensor], Any], *,
+                transposed: bool = False) -> Any:
+        """``build(indptr, indices)`` of the structure (of its transpose when ``transposed``;
+        the structure itself when the graph is declared symmetric), computed on first use and
+        cached with the structure like the transpose, so re-weighted graphs (``with_values``)
+        and backward passes reuse it. ``key`` names what ``build`` makes (e.g. the cuda
+        backend's work partition)."""
+        s = self._s.transpose()[0] if transposed and not self.symmetric else self._s
+        return s.derived(key, build)
 
     def transposed_values(self) -> torch.Tensor:
         """The values in the transpose's entry order, detached; cached until ``values``

@@ -31,8 +31,9 @@ def test_gpu_parity_checks_pass_on_the_cpu_backend():
 
 
 def test_gpu_check_dry_run_closes_the_gate_without_a_cuda_build(tmp_path):
-    """The build, gate, info and tune stages of the dry run: a build past its timeout is recorded as a
-    timeout, the gate closes with its reason, and a stage behind it fails without running."""
+    """The build, gate, info and tune stages of the dry run: a build past its timeout is
+    recorded as a timeout, the gate closes with its reason, and a stage behind it fails without
+    running."""
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_WORK=str(work))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run",

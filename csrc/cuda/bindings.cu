@@ -65,21 +65,35 @@ void contrastive_backward(std::uintptr_t n1, std::uintptr_t n2, int64_t n, int64
 }
 
 template <typename T>
-void spmm(std::uintptr_t indptr, std::uintptr_t indices, std::uintptr_t values, int64_t m,
-          int64_t nnz, std::uintptr_t x, int64_t d, std::uintptr_t y, int device,
+void spmm(std::uintptr_t seg_row, std::uintptr_t seg_bounds, std::uintptr_t seg_slot,
+          int64_t segments, std::uintptr_t split_row, std::uintptr_t split_slots, int64_t splits,
+          std::uintptr_t indices, std::uintptr_t values, int64_t m, int64_t nnz, std::uintptr_t x,
+          int64_t d, std::uintptr_t partials, int64_t partial_rows, std::uintptr_t y, int device,
           std::uintptr_t stream) {
-  micro_fast::cuda::spmm<T>(as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices),
-                            as_ptr<const T>(values), m, nnz, as_ptr<const T>(x), d, as_ptr<T>(y),
-                            device, reinterpret_cast<cudaStream_t>(stream));
+  micro_fast::cuda::CsrPartition part;
+  part.seg_row = as_ptr<const int64_t>(seg_row);
+  part.seg_bounds = as_ptr<const int64_t>(seg_bounds);
+  part.seg_slot = as_ptr<const int64_t>(seg_slot);
+  part.segments = segments;
+  part.split_row = as_ptr<const int64_t>(split_row);
+  part.split_slots = as_ptr<const int64_t>(split_slots);
+  part.splits = splits;
+  micro_fast::cuda::spmm<T>(part, as_ptr<const int64_t>(indices), as_ptr<const T>(values), m,
+                            nnz, as_ptr<const T>(x), d, as_ptr<T>(partials), partial_rows,
+                            as_ptr<T>(y), device, reinterpret_cast<cudaStream_t>(stream));
 }
 
 template <typename T>
-void sddmm(std::uintptr_t indptr, std::uintptr_t indices, int64_t m, int64_t nnz,
-           std::uintptr_t a, std::uintptr_t b, int64_t d, std::uintptr_t out, int device,
-           std::uintptr_t stream) {
-  micro_fast::cuda::sddmm<T>(as_ptr<const int64_t>(indptr), as_ptr<const int64_t>(indices), m,
-                             nnz, as_ptr<const T>(a), as_ptr<const T>(b), d, as_ptr<T>(out),
-                             device, reinterpret_cast<cudaStream_t>(stream));
+void sddmm(std::uintptr_t seg_row, std::uintptr_t seg_bounds, int64_t segments,
+           std::uintptr_t indices, int64_t m, int64_t nnz, std::uintptr_t a, std::uintptr_t b,
+           int64_t d, std::uintptr_t out, int device, std::uintptr_t stream) {
+  micro_fast::cuda::CsrPartition part;
+  part.seg_row = as_ptr<const int64_t>(seg_row);
+  part.seg_bounds = as_ptr<const int64_t>(seg_bounds);
+  part.segments = segments;
+  micro_fast::cuda::sddmm<T>(part, as_ptr<const int64_t>(indices), m, nnz, as_ptr<const T>(a),
+                             as_ptr<const T>(b), d, as_ptr<T>(out), device,
+                             reinterpret_cast<cudaStream_t>(stream));
 }
 
 int device_count() {
@@ -141,19 +155,25 @@ void def_kernels(py::module_& mod, const std::string& suffix) {
           py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   const char* spmm_doc =
       "Enqueues y = A x on `stream` of `device`.\n\n"
-      "A: CSR indptr [m + 1], indices [nnz] (int64) and values [nnz]; x [n, d] and y [m, d]\n"
-      "row-major, contiguous. All pointers are device addresses (tensor.data_ptr()). y is\n"
-      "fully written; each element sums its row's entries in CSR order (deterministic).";
-  mod.def(name("spmm").c_str(), &spmm<T>, spmm_doc, py::arg("indptr"), py::arg("indices"),
-          py::arg("values"), py::arg("m"), py::arg("nnz"), py::arg("x"), py::arg("d"),
-          py::arg("y"), py::arg("device"), py::arg("stream"),
+      "A: indices [nnz] (int64) and values [nnz], its rows given by the work partition\n"
+      "seg_row / seg_bounds / seg_slot [segments (+1)], split_row / split_slots [splits (+1)]\n"
+      "(int64, micro_fast.backends.cuda.csr_partition); x [n, d] and y [m, d] row-major,\n"
+      "contiguous; partials: scratch of partial_rows x d (used when splits > 0). All pointers\n"
+      "are device addresses (tensor.data_ptr()). y is fully written; deterministic.";
+  mod.def(name("spmm").c_str(), &spmm<T>, spmm_doc, py::arg("seg_row"), py::arg("seg_bounds"),
+          py::arg("seg_slot"), py::arg("segments"), py::arg("split_row"),
+          py::arg("split_slots"), py::arg("splits"), py::arg("indices"), py::arg("values"),
+          py::arg("m"), py::arg("nnz"), py::arg("x"), py::arg("d"), py::arg("partials"),
+          py::arg("partial_rows"), py::arg("y"), py::arg("device"), py::arg("stream"),
           py::call_guard<py::gil_scoped_release>());
   const char* sddmm_doc =
       "Enqueues out[e] = <a[row(e)], b[indices[e]]> on `stream` of `device`.\n\n"
-      "CSR indptr [m + 1], indices [nnz] (int64); a [m, d], b [n, d] row-major, contiguous;\n"
-      "out [nnz] is fully written. Deterministic.";
-  mod.def(name("sddmm").c_str(), &sddmm<T>, sddmm_doc, py::arg("indptr"), py::arg("indices"),
-          py::arg("m"), py::arg("nnz"), py::arg("a"), py::arg("b"), py::arg("d"), py::arg("out"),
+      "indices [nnz] (int64), the rows given by the partition's seg_row / seg_bounds\n"
+      "[segments (+1)]; a [m, d], b [n, d] row-major, contiguous; out [nnz] is fully written.\n"
+      "Deterministic.";
+  mod.def(name("sddmm").c_str(), &sddmm<T>, sddmm_doc, py::arg("seg_row"),
+          py::arg("seg_bounds"), py::arg("segments"), py::arg("indices"), py::arg("m"),
+          py::arg("nnz"), py::arg("a"), py::arg("b"), py::arg("d"), py::arg("out"),
           py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
 }
 

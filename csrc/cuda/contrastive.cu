@@ -8,18 +8,26 @@
 //
 // Both are the same computation for a "side" (x, z) = (n1, n2) or (n2, n1): the row LSE of
 // [x x^T with the diagonal removed | x z^T] (s12 columns are rows of s21 = n2 n1^T), so the
-// launchers run one code path per side. The backward pass is organized the same way: for the
-// gradient of L = sum_i g1_i lse1_i (+ sum_j g2_j lse2_j),
+// forward runs one code path per side.
 //
-//   grad_x = A_self x + W_cross z,
-//   A_self[a, b]  = (g_s[a] e^{s_xx[a,b]/tau - l_s[a]} + g_s[b] e^{s_xx[a,b]/tau - l_s[b]}) / tau,
-//                   0 on the diagonal                          (the side's own LSE, if it has one)
-//   W_cross[a, b] = (g_s[a] e^{s_xz[a,b]/tau - l_s[a]} + g_o[b] e^{s_xz[a,b]/tau - l_o[b]}) / tau
+// Backward: the gradient of L = sum_i g1_i lse1_i (+ sum_j g2_j lse2_j). With
+// p_ij = e^{s11_ij/tau - lse1_i} and q_ij = e^{s12_ij/tau - lse1_i}, d lse1_i =
+// sum_{j != i} p_ij d s11_ij / tau + sum_j q_ij d s12_ij / tau, where
+// d s11_ij = <d n1_i, n1_j> + <n1_i, d n1_j> and d s12_ij = <d n1_i, n2_j> + <n1_i, d n2_j>
+// (likewise for lse2 with s22 and s21 = s12^T). Collecting the coefficient of each d n1_a and
+// d n2_b, and using the symmetry of s11 and s22:
 //
-// where (l_s, g_s) is the side's own (lse, weight) and (l_o, g_o) the other side's; a missing
-// pair (lse2, g2 when not symmetric) drops its term. Side 1: (l_s, l_o) = (lse1, lse2), side 2:
-// (lse2, lse1). This is exactly grad_n1 = W12 n2 + (W11 + W11^T) n1 and
-// grad_n2 = W12^T n1 + (W22 + W22^T) n2, using the symmetry of s11 and s22.
+//   grad_n1 = A11 n1 + W12 n2,   grad_n2 = A22 n2 + W12^T n1,
+//   A11[a, b] = (g1_a e^{s11_ab/tau - lse1_a} + g1_b e^{s11_ab/tau - lse1_b}) / tau, 0 for a = b,
+//   A22[a, b] = the same with (s22, lse2, g2)                     (symmetric only, else A22 = 0)
+//   W12[a, b] = (g1_a e^{s12_ab/tau - lse1_a} + g2_b e^{s12_ab/tau - lse2_b}) / tau
+//                                                  (second term only when symmetric)
+//
+// A11 and A22 are symmetric, so only their upper triangle of tiles is computed; W12 is computed
+// once and used for both gradients. Multiply-adds (N = n): W12 tiles N^2 d plus its two
+// products 2 N^2 d; per self part about N^2 d / 2 each for the weights, the direct and the
+// transposed product (N chunk d / 2 more for the diagonal chunks): about 6 N^2 d in all when
+// symmetric, 4.5 N^2 d when not (the old per-side scheme did 8 N^2 d and 6 N^2 d).
 //
 // Kernels (fp32 accumulation and sums for float, fp64 for double):
 //
@@ -33,16 +41,34 @@
 //                         (max, sum) per row and split into the caller's scratch
 //                         [2, splits, rows].
 //     lse_merge_kernel    one thread per row combines the splits and writes the LSE.
-//   backward, per side, row block [r0, r0 + mb) and column chunk [c0, c0 + nc):
-//     weight_tile_kernel  scratch[mb, nc] = A_self (then W_cross) of the block: the same NT GEMM
-//                         with an elementwise epilogue;
-//     product_kernel      grad_x[r0:r0+mb] (+)= scratch @ x[c0:c0+nc] (then z[c0:c0+nc]): a
-//                         shared-memory NN GEMM. Each output tile is owned by one thread block
-//                         and the launches of a row block are ordered on the stream, so no atomics
-//                         are used and the result is deterministic.
+//   backward: grad1 and grad2 are zeroed (cudaMemsetAsync), then accumulated by
+//     cross part, per row block [r0, r0 + mb) of n1 and column chunk [c0, c0 + nc) of n2:
+//       weight_tile_kernel  scratch[mb, nc] = W12 of the tile: the same NT GEMM with an
+//                           elementwise epilogue;
+//       product_kernel      grad1[r0:r0+mb] += scratch @ n2[c0:c0+nc] (shared-memory NN GEMM);
+//       product_t_kernel    grad2[c0:c0+nc] += scratch^T @ n1[r0:r0+mb] (TN GEMM, same tiling);
+//       split_reduce_kernel after a split product (below): out += its slices' partials.
+//     self part of each side with an LSE (x = n1, or n2 when symmetric), per column chunk
+//     [c0, c0 + nc) and row block [a0, a0 + ma) of the rows [0, c0 + nc) (upper triangle):
+//       weight_tile_kernel  scratch[ma, nc] = A_self of the tile (diagonal zeroed);
+//       product_kernel      out[a0:a0+ma] += scratch @ x[c0:c0+nc];
+//       product_t_kernel    out[c0:c0+nc] += scratch[0:k]^T @ x[a0:a0+k], k = clamp(c0 - a0,
+//                           0, ma): the rows before the chunk (see the launcher for the proof).
+//     Split-K: at d = 64 a product has only ceil(rows / 128) output tiles (float), a fraction
+//     of the SMs, so a launch with fewer than 2 thread blocks per SM splits its reduction (K)
+//     over grid z: slice z reduces k in [z ks, min((z + 1) ks, K)) and overwrites its partial
+//     [out rows, d] in the partial area of the scratch (after the weights), then
+//     split_reduce_kernel adds the slices to out in slice order z = 0, 1, ... (splits: the
+//     fewest giving 2 blocks per SM, at most 32, K / splits >= 256, limited by the partial
+//     area; unsplit launches accumulate into out directly).
+//     Each output element of a product (or of a slice's partial) is owned by one thread block,
+//     the slices are summed in a fixed order, and every launch is ordered on the stream, so no
+//     atomics are used and the result is deterministic (bitwise, for a given GPU's SM count,
+//     which decides the splits).
 //
 // Everything is enqueued on one stream; the score matrices exist only as register tiles
-// (forward) or as one [block_rows, chunk] scratch tile at a time (backward).
+// (forward) or as one [block_rows, chunk] scratch tile at a time (backward, plus the split-K
+// partials of one product at a time).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -250,14 +276,16 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-// out[i, :] (+)= sum_k w[i, k] b[k, :] for i < mb: w row-major [mb, nc], b and out row-major
-// with row stride d. Block (bx, by) owns the output tile of rows [bx BM, ...) and features
-// [by BN, ...) and reduces over all nc: each output element is written by one thread, once.
-// accumulate = false overwrites out (the first product of a row block).
+// out[i, :] += sum_k w[i, k] b[k, :] for i < mb: w row-major [mb, nc], b and out row-major
+// with row stride d. Block (bx, by, z) owns the output tile of rows [bx BM, ...) and features
+// [by BN, ...) and reduces over its K slice k in [z ks, min((z + 1) ks, nc)) (ks a multiple of
+// BK): each output element is written by one thread, once. partial == nullptr (one slice):
+// accumulates into out; else overwrites its tile of slice z's partial [mb, d] at
+// partial + z mb d (split_reduce_kernel then adds the slices to out).
 template <typename T>
 __global__ void __launch_bounds__(kTileThreads)
-    product_kernel(const T* __restrict__ w, int mb, int nc, const T* __restrict__ b, int64_t d,
-                   T* __restrict__ out, bool accumulate) {
+    product_kernel(const T* __restrict__ w, int mb, int nc, int ks, const T* __restrict__ b,
+                   int64_t d, T* __restrict__ out, T* __restrict__ partial) {
   constexpr int TM = Tile<T>::TM;
   constexpr int TN = Tile<T>::TN;
   constexpr int BM = 16 * TM;
@@ -279,6 +307,10 @@ __global__ void __launch_bounds__(kTileThreads)
   const int ty = tid >> 4;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+  const int kb = static_cast<int>(blockIdx.z) * ks;  // the slice: k in [kb, kb + kn)
+  const int kn = min(ks, nc - kb);
+  w += kb;                               // columns [kb, ...) of w (row stride nc)
+  b += static_cast<int64_t>(kb) * d;     // rows [kb, ...) of b
 
   T ra[LOADS_A], rb[LOADS_B];
   // A element e: (row e / BK, k e % BK); B element e: (k e / BN, feature e % BN): consecutive
@@ -289,14 +321,14 @@ __global__ void __launch_bounds__(kTileThreads)
       const int e = tid + l * kTileThreads;
       const int64_t i = i0 + e / BK;
       const int k = k0 + e % BK;
-      ra[l] = (i < mb && k < nc) ? w[i * nc + k] : T(0);
+      ra[l] = (i < mb && k < kn) ? w[i * nc + k] : T(0);
     }
 #pragma unroll
     for (int l = 0; l < LOADS_B; ++l) {
       const int e = tid + l * kTileThreads;
       const int k = k0 + e / BN;
       const int64_t f = n0 + e % BN;
-      rb[l] = (k < nc && f < d) ? b[k * d + f] : T(0);
+      rb[l] = (k < kn && f < d) ? b[k * d + f] : T(0);
     }
   };
 
@@ -307,7 +339,7 @@ __global__ void __launch_bounds__(kTileThreads)
     for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
 
   load_stage(0);
-  for (int k0 = 0; k0 < nc; k0 += BK) {
+  for (int k0 = 0; k0 < kn; k0 += BK) {
 #pragma unroll
     for (int l = 0; l < LOADS_A; ++l) {
       const int e = tid + l * kTileThreads;
@@ -319,7 +351,7 @@ __global__ void __launch_bounds__(kTileThreads)
       bs[e / BN][e % BN] = rb[l];
     }
     __syncthreads();
-    if (k0 + BK < nc) load_stage(k0 + BK);
+    if (k0 + BK < kn) load_stage(k0 + BK);
 #pragma unroll
     for (int p = 0; p < BK; ++p) {
       T av[TM], bv[TN];
@@ -335,6 +367,8 @@ __global__ void __launch_bounds__(kTileThreads)
     __syncthreads();  // the next stage overwrites as / bs
   }
 
+  const bool split = partial != nullptr;
+  T* dst = split ? partial + static_cast<int64_t>(blockIdx.z) * mb * d : out;
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
     const int64_t i = i0 + owned<T>(r, ty);
@@ -343,9 +377,164 @@ __global__ void __launch_bounds__(kTileThreads)
     for (int c = 0; c < TN; ++c) {
       const int64_t f = n0 + owned<T>(c, tx);
       if (f < d) {
-        T* o = out + i * d + f;
-        *o = accumulate ? *o + acc[r][c] : acc[r][c];
+        T* o = dst + i * d + f;
+        *o = split ? acc[r][c] : *o + acc[r][c];
       }
+    }
+  }
+}
+
+// out[j, :] += sum_{i < mb} w[i, j] b[i, :] for j < nc: the transposed-A twin of product_kernel.
+// w is row-major with row stride ldw (its first nc columns are read), b row-major [mb, d] and out
+// row-major [nc, d], both with row stride d. Block (bx, by, z) owns the output tile of rows
+// [bx BM, ...) and features [by BN, ...) and reduces over its K slice, the rows i in
+// [z ks, min((z + 1) ks, mb)) of w (ks a multiple of BK): each output element is read and
+// written by one thread, once. partial == nullptr: accumulates into out; else overwrites its
+// tile of slice z's partial [nc, d] at partial + z nc d.
+template <typename T>
+__global__ void __launch_bounds__(kTileThreads)
+    product_t_kernel(const T* __restrict__ w, int mb, int nc, int ldw, int ks,
+                     const T* __restrict__ b, int64_t d, T* __restrict__ out,
+                     T* __restrict__ partial) {
+  constexpr int TM = Tile<T>::TM;
+  constexpr int TN = Tile<T>::TN;
+  constexpr int BM = 16 * TM;
+  constexpr int BN = 16 * TN;
+  constexpr int BK = kTileBK;
+  constexpr int V = Vec16<T>::n;
+  constexpr int LOADS_A = BM * BK / kTileThreads;
+  constexpr int LOADS_B = BK * BN / kTileThreads;
+  static_assert(BM * BK % kTileThreads == 0 && BK * BN % kTileThreads == 0, "even tile loads");
+  static_assert(TM % V == 0 && TN % V == 0 && (BM + kTilePad) % V == 0 &&
+                    (BN + kTilePad) % V == 0,
+                "16-byte aligned operand loads");
+
+  __shared__ __align__(16) T as[BK][BM + kTilePad];  // as[k][j] = w[k0 + k, j0 + j]
+  __shared__ __align__(16) T bs[BK][BN + kTilePad];  // bs[k][n] = b[k0 + k, n0 + n]
+
+  const int tid = threadIdx.x;
+  const int tx = tid & 15;
+  const int ty = tid >> 4;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BM;  // output rows = columns of w
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+  const int kb = static_cast<int>(blockIdx.z) * ks;  // the slice: rows [kb, kb + kn) of w, b
+  const int kn = min(ks, mb - kb);
+  w += static_cast<int64_t>(kb) * ldw;
+  b += static_cast<int64_t>(kb) * d;
+
+  T ra[LOADS_A], rb[LOADS_B];
+  // A element e: (k e / BM, column e % BM) of w, B element e: (k e / BN, feature e % BN):
+  // consecutive threads read consecutive addresses of a row, and store them to consecutive
+  // shared addresses (w is read in the layout it is stored in, no transposing store).
+  auto load_stage = [&](int k0) {
+#pragma unroll
+    for (int l = 0; l < LOADS_A; ++l) {
+      const int e = tid + l * kTileThreads;
+      const int k = k0 + e / BM;
+      const int64_t j = j0 + e % BM;
+      ra[l] = (k < kn && j < nc) ? w[static_cast<int64_t>(k) * ldw + j] : T(0);
+    }
+#pragma unroll
+    for (int l = 0; l < LOADS_B; ++l) {
+      const int e = tid + l * kTileThreads;
+      const int k = k0 + e / BN;
+      const int64_t f = n0 + e % BN;
+      rb[l] = (k < kn && f < d) ? b[k * d + f] : T(0);
+    }
+  };
+
+  T acc[TM][TN];
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
+
+  load_stage(0);
+  for (int k0 = 0; k0 < kn; k0 += BK) {
+#pragma unroll
+    for (int l = 0; l < LOADS_A; ++l) {
+      const int e = tid + l * kTileThreads;
+      as[e / BM][e % BM] = ra[l];
+    }
+#pragma unroll
+    for (int l = 0; l < LOADS_B; ++l) {
+      const int e = tid + l * kTileThreads;
+      bs[e / BN][e % BN] = rb[l];
+    }
+    __syncthreads();
+    if (k0 + BK < kn) load_stage(k0 + BK);
+#pragma unroll
+    for (int p = 0; p < BK; ++p) {
+      T av[TM], bv[TN];
+#pragma unroll
+      for (int g = 0; g < TM / V; ++g) Vec16<T>::load(&as[p][g * 16 * V + ty * V], av + g * V);
+#pragma unroll
+      for (int g = 0; g < TN / V; ++g) Vec16<T>::load(&bs[p][g * 16 * V + tx * V], bv + g * V);
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) acc[r][c] = fma_rn(av[r], bv[c], acc[r][c]);
+    }
+    __syncthreads();  // the next stage overwrites as / bs
+  }
+
+  const bool split = partial != nullptr;
+  T* dst = split ? partial + static_cast<int64_t>(blockIdx.z) * nc * d : out;
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    const int64_t j = j0 + owned<T>(r, ty);
+    if (j >= nc) continue;
+#pragma unroll
+    for (int c = 0; c < TN; ++c) {
+      const int64_t f = n0 + owned<T>(c, tx);
+      if (f < d) {
+        T* o = dst + j * d + f;
+        *o = split ? acc[r][c] : *o + acc[r][c];
+      }
+    }
+  }
+}
+
+constexpr int kReduceThreads = 256;
+
+// out[e] += (p_0[e] + p_1[e] + ... + p_{splits-1}[e]) for e < elems, p_z = partial + z elems:
+// the split-K slices summed in slice order (a fixed order: bitwise the same result every run).
+// vec: 16-byte loads and stores (elems a multiple of V, partial and out 16-byte aligned).
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads)
+    split_reduce_kernel(const T* __restrict__ partial, int splits, int64_t elems, bool vec,
+                        T* __restrict__ out) {
+  constexpr int V = Vec16<T>::n;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kReduceThreads;
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
+  if (vec) {
+    for (int64_t q = start * V; q < elems; q += stride * V) {
+      T s[V], p[V];
+      Vec16<T>::load(partial + q, s);
+      // (ptxas keeps this kernel at 32 registers: indexing partial + z * elems here, or
+      // unrolling the scalar loop below, spilled 4 to 8 bytes)
+      const T* pz = partial + q;
+#pragma unroll 4
+      for (int z = 1; z < splits; ++z) {
+        pz += elems;
+        Vec16<T>::load(pz, p);
+#pragma unroll
+        for (int u = 0; u < V; ++u) s[u] += p[u];
+      }
+      Vec16<T>::load(out + q, p);
+#pragma unroll
+      for (int u = 0; u < V; ++u) p[u] += s[u];
+      Vec16<T>::store(out + q, p);
+    }
+  } else {
+    for (int64_t e = start; e < elems; e += stride) {
+      T s = partial[e];
+      const T* pz = partial + e;
+      for (int z = 1; z < splits; ++z) {
+        pz += elems;
+        s += *pz;
+      }
+      out[e] += s;
     }
   }
 }
@@ -358,6 +547,10 @@ constexpr int64_t kMaxSplits = 65535;             // forward grid's y dimension
 // most 65535: 2^21 features (65536 double tiles) failed at launch, so the bound is 65535 * 32.
 constexpr int64_t kMaxFeatures = int64_t(65535) * 32;
 constexpr int64_t kMaxRows = int64_t(1) << 30;    // row offsets within a block stay in int
+// Backward products' split-K: at most kMaxKSplits slices (grid z), each of at least
+// kMinSliceK reduction elements on average (K / splits >= kMinSliceK).
+constexpr int64_t kMaxKSplits = 32;
+constexpr int64_t kMinSliceK = 256;
 
 template <typename T>
 T checked_inv_tau(double tau) {
@@ -447,36 +640,131 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
 
   MF_CUDA_CHECK(cudaSetDevice(device));
   (void)cudaGetLastError();  // a stale launch error of an earlier call is not ours to report
+  int sms = 0;
+  MF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+
+  // The split-K partials: whatever scratch lies beyond the [rows, cols] weights, from its first
+  // 16-byte aligned element (none: every product runs unsplit).
+  int64_t part_off = rows * cols;
+  while (part_off < scratch_elems && reinterpret_cast<std::uintptr_t>(scratch + part_off) % 16)
+    ++part_off;
+  T* const partial = scratch + part_off;
+  const int64_t partial_elems = std::max<int64_t>(0, scratch_elems - part_off);
 
   constexpr int64_t edge = score_edge<T>();
   constexpr int64_t prod_rows = 16 * Tile<T>::TM;
   constexpr int64_t prod_cols = 16 * Tile<T>::TN;
-  const Side<T> sides[2] = {{n1, n2, lse1, g1, lse2, g2, grad1},
-                            {n2, n1, lse2, g2, lse1, g1, grad2}};
-  for (const Side<T>& side : sides) {
-    for (int64_t r0 = 0; r0 < n; r0 += rows) {
-      const int mb = static_cast<int>(std::min(rows, n - r0));
-      const dim3 prod_grid(static_cast<unsigned>((mb + prod_rows - 1) / prod_rows),
-                           static_cast<unsigned>((d + prod_cols - 1) / prod_cols));
-      bool accumulate = false;  // the first product of the row block overwrites it
-      for (int64_t c0 = 0; c0 < n; c0 += cols) {
-        const int nc = static_cast<int>(std::min(cols, n - c0));
-        const dim3 grid(static_cast<unsigned>((mb + edge - 1) / edge),
-                        static_cast<unsigned>((nc + edge - 1) / edge));
-        for (int part = 0; part < 2; ++part) {
-          const bool self = part == 0;
-          if (self && side.l_self == nullptr) continue;  // side 2, not symmetric: no A_self
-          const T* y = self ? side.x : side.z;
-          weight_tile_kernel<T><<<grid, kTileThreads, 0, stream>>>(
-              side.x, y, d, r0, mb, c0, nc, self, side.l_self, side.g_self,
-              self ? side.l_self : side.l_other, self ? side.g_self : side.g_other, inv_tau,
-              scratch);
-          MF_CUDA_CHECK_LAUNCH("weight_tile_kernel");
-          product_kernel<T><<<prod_grid, kTileThreads, 0, stream>>>(
-              scratch, mb, nc, y + c0 * d, d, side.out + r0 * d, accumulate);
-          MF_CUDA_CHECK_LAUNCH("product_kernel");
-          accumulate = true;
-        }
+  const unsigned feature_tiles = static_cast<unsigned>((d + prod_cols - 1) / prod_cols);
+  // scratch[ma, nc] = the weights of rows [a0, a0 + ma) of x against rows [c0, c0 + nc) of y.
+  auto weights = [&](const T* x, const T* y, int64_t a0, int ma, int64_t c0, int nc, bool self,
+                     const T* l_row, const T* g_row, const T* l_col, const T* g_col) {
+    const dim3 grid(static_cast<unsigned>((ma + edge - 1) / edge),
+                    static_cast<unsigned>((nc + edge - 1) / edge));
+    weight_tile_kernel<T><<<grid, kTileThreads, 0, stream>>>(
+        x, y, d, a0, ma, c0, nc, self, l_row, g_row, l_col, g_col, inv_tau, scratch);
+    MF_CUDA_CHECK_LAUNCH("weight_tile_kernel");
+  };
+  // Split-K of a product launch with `tiles` output tiles of `out_rows` rows in all, reducing
+  // over k: the fewest slices giving at least 2 thread blocks per SM, at most kMaxKSplits, at
+  // least kMinSliceK reduction elements per slice on average, and slices' [out_rows, d]
+  // partials that fit the partial area. Slice z reduces over [z ks, min((z + 1) ks, k)) (ks a
+  // multiple of kTileBK; the last slice may be shorter; none is empty).
+  struct KSplit {
+    int splits;
+    int ks;
+  };
+  auto k_split = [&](int64_t tiles, int64_t out_rows, int k) -> KSplit {
+    int64_t s = (2 * static_cast<int64_t>(sms) + tiles - 1) / tiles;
+    s = std::min<int64_t>({s, kMaxKSplits, k / kMinSliceK, partial_elems / (out_rows * d)});
+    if (s < 2) return {1, k};
+    const int64_t ks = ((k + s - 1) / s + kTileBK - 1) / kTileBK * kTileBK;
+    s = (k + ks - 1) / ks;
+    if (s < 2) return {1, k};
+    return {static_cast<int>(s), static_cast<int>(ks)};
+  };
+  // out[0:elems] += the sum of the `splits` slices' partials, in slice order.
+  auto reduce = [&](int splits, int64_t elems, T* out) {
+    constexpr int V = Vec16<T>::n;
+    const bool vec = elems % V == 0 && reinterpret_cast<std::uintptr_t>(partial) % 16 == 0 &&
+                     reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+    const int64_t items = vec ? elems / V : elems;
+    const int64_t blocks = std::clamp<int64_t>((items + kReduceThreads - 1) / kReduceThreads, 1,
+                                               int64_t(32) * sms);
+    split_reduce_kernel<T><<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(
+        partial, splits, elems, vec, out);
+    MF_CUDA_CHECK_LAUNCH("split_reduce_kernel");
+  };
+  // out[0:ma] += scratch[ma, nc] @ b[0:nc]
+  auto product = [&](int ma, int nc, const T* b, T* out) {
+    const int64_t row_tiles = (ma + prod_rows - 1) / prod_rows;
+    const KSplit sp = k_split(row_tiles * feature_tiles, ma, nc);
+    T* const part = sp.splits > 1 ? partial : nullptr;
+    const dim3 grid(static_cast<unsigned>(row_tiles), feature_tiles,
+                    static_cast<unsigned>(sp.splits));
+    product_kernel<T><<<grid, kTileThreads, 0, stream>>>(scratch, ma, nc, sp.ks, b, d, out, part);
+    MF_CUDA_CHECK_LAUNCH("product_kernel");
+    if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(ma) * d, out);
+  };
+  // out[0:nc] += scratch[0:ma, 0:nc]^T @ b[0:ma] (the first ma rows of the [*, nc] scratch tile)
+  auto product_t = [&](int ma, int nc, const T* b, T* out) {
+    const int64_t row_tiles = (nc + prod_rows - 1) / prod_rows;
+    const KSplit sp = k_split(row_tiles * feature_tiles, nc, ma);
+    T* const part = sp.splits > 1 ? partial : nullptr;
+    const dim3 grid(static_cast<unsigned>(row_tiles), feature_tiles,
+                    static_cast<unsigned>(sp.splits));
+    product_t_kernel<T><<<grid, kTileThreads, 0, stream>>>(scratch, ma, nc, nc, sp.ks, b, d, out,
+                                                           part);
+    MF_CUDA_CHECK_LAUNCH("product_t_kernel");
+    if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(nc) * d, out);
+  };
+
+  const size_t grad_bytes = sizeof(T) * static_cast<size_t>(n) * static_cast<size_t>(d);
+  MF_CUDA_CHECK(cudaMemsetAsync(grad1, 0, grad_bytes, stream));
+  MF_CUDA_CHECK(cudaMemsetAsync(grad2, 0, grad_bytes, stream));
+
+  // Cross part, once: W = W12[r0:r0+mb, c0:c0+nc] (both terms when symmetric, no diagonal),
+  // grad1[r0:r0+mb] += W n2[c0:c0+nc], grad2[c0:c0+nc] += W^T n1[r0:r0+mb].
+  for (int64_t r0 = 0; r0 < n; r0 += rows) {
+    const int mb = static_cast<int>(std::min(rows, n - r0));
+    for (int64_t c0 = 0; c0 < n; c0 += cols) {
+      const int nc = static_cast<int>(std::min(cols, n - c0));
+      weights(n1, n2, r0, mb, c0, nc, false, lse1, g1, lse2, g2);
+      product(mb, nc, n2 + c0 * d, grad1 + r0 * d);
+      product_t(mb, nc, n1 + r0 * d, grad2 + c0 * d);
+    }
+  }
+
+  // Self parts, upper triangle only (A = A_self of the side, symmetric, zero diagonal). For
+  // each column chunk [c0, c0 + nc), the rows [0, c0 + nc) are cut into blocks [a0, a0 + ma)
+  // of at most `rows` rows; W = A[a0:a0+ma, c0:c0+nc] (self: diagonal zeroed), then
+  //   out[a0:a0+ma] += W x[c0:c0+nc]                                   (every row)
+  //   out[c0:c0+nc] += W[0:strict]^T x[a0:a0+strict], strict = clamp(c0 - a0, 0, ma)
+  // (the rows a < c0 of the block, which lie before every column of the chunk). Exact: an
+  // entry (i, j) of A is visited only in the chunk holding column j, at most once there (row
+  // blocks are disjoint). Take a pair a < b, b in chunk q. If a < c0(q): (a, b) is visited in
+  // chunk q (a < end) in a strict row, so out[a] gets A[a,b] x[b] and, from the transposed
+  // product, out[b] gets A[a,b] x[a]; (b, a) is never visited (a's chunk ends at or before
+  // c0(q) <= b). If c0(q) <= a: both (a, b) and (b, a) are visited in chunk q in non-strict
+  // rows, out[a] gets A[a,b] x[b] and out[b] gets A[b,a] x[a] = A[a,b] x[a]. Diagonal entries
+  // are 0. So out += A x exactly, from about N^2 / 2 + N chunk / 2 weights per side.
+  struct SelfPart {
+    const T* x;
+    const T* l;
+    const T* g;
+    T* out;
+  };
+  const SelfPart parts[2] = {{n1, lse1, g1, grad1}, {n2, lse2, g2, grad2}};
+  for (const SelfPart& part : parts) {
+    if (part.l == nullptr) continue;  // side 2, not symmetric: no A_self
+    for (int64_t c0 = 0; c0 < n; c0 += cols) {
+      const int nc = static_cast<int>(std::min(cols, n - c0));
+      const int64_t end = c0 + nc;  // rows [0, end) meet the chunk in the upper triangle
+      for (int64_t a0 = 0; a0 < end; a0 += rows) {
+        const int ma = static_cast<int>(std::min(rows, end - a0));
+        const int strict = static_cast<int>(std::clamp<int64_t>(c0 - a0, 0, ma));
+        weights(part.x, part.x, a0, ma, c0, nc, true, part.l, part.g, part.l, part.g);
+        product(ma, nc, part.x + c0 * d, part.out + a0 * d);
+        if (strict > 0) product_t(strict, nc, part.x + a0 * d, part.out + c0 * d);
       }
     }
   }

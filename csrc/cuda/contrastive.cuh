@@ -19,7 +19,11 @@ void contrastive_forward(const T* n1, const T* n2, int64_t n, int64_t d, double 
                          T* lse1, T* lse2, int device, cudaStream_t stream);
 
 // Backward: grad1, grad2 [n, d] (fully overwritten) of sum_i g1_i lse1_i (+ sum_j g2_j lse2_j
-// when lse2 / g2 are given). Scratch: at least min(block_rows, n) * min(chunk, n) elements.
+// when lse2 / g2 are given). Scratch: [weights | partials]: at least rows * cols elements
+// (rows = min(block_rows, n), cols = min(chunk, n)) for the weight tiles; any elements beyond
+// them, from the first 16-byte aligned one, hold the split-K partials of the gradient products
+// (a split product of out_rows output rows needs splits * out_rows * d of them; with too few,
+// or none, the products run with fewer or no splits: same result up to rounding).
 template <typename T>
 void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double tau,
                           const T* lse1, const T* lse2, const T* g1, const T* g2,

@@ -1,21 +1,30 @@
 // CSR products on the GPU (the contract is in csrc/cuda/spmm.cuh). The transpose a backward
 // needs is built once per structure by CSRGraph, with a stable torch sort.
 //
-// spmm (y = A x) and sddmm (out[e] = <a[row(e)], b[col(e)]>) give each row a group of G lanes of
-// one warp, G a power of two <= 32 chosen from the row width d: the lanes of a group split the
-// features, in packs of V consecutive elements (V = 4 floats / 2 doubles when d and the pointers
-// allow, so rows are read with 16-byte loads), and a warp runs 32 / G rows at once so narrow
-// features (d = 1, 3, 16, ...) do not leave most lanes idle.
+// Work is split by nonzeros, not by rows: both products walk the segments of a CsrPartition
+// (spmm.cuh; built once per structure in torch by micro_fast.backends.cuda.csr_partition and
+// cached with the CSRGraph), at most S entries each (S = PARTITION_SEGMENT = 256 there; the
+// kernels take the bounds as given): long rows are cut in ceil(len / S) pieces, short rows stay
+// whole, so on a power-law graph the longest row no longer sets the kernel time.
 //
-//   spmm_kernel   each lane accumulates its packs (NV of them per pass over the row's entries,
-//                 NV > 1 only for wide rows) over the row's entries in CSR order, four entries
-//                 per step for memory-level parallelism; no shuffles and no atomics, so every
-//                 output element is summed in CSR order by one thread (fp32 for float):
-//                 deterministic.
+// spmm (y = A x) and sddmm (out[e] = <a[row(e)], b[col(e)]>) give each segment a group of G
+// lanes of one warp, G a power of two <= 32 chosen from the row width d: the lanes of a group
+// split the features, in packs of V consecutive elements (V = 4 floats / 2 doubles when d and the
+// pointers allow, so rows are read with 16-byte loads), and a warp runs 32 / G segments at once
+// so narrow features (d = 1, 3, 16, ...) do not leave most lanes idle.
+//
+//   spmm_kernel   each lane accumulates its packs (NV of them per pass over the segment's
+//                 entries, NV > 1 only for wide rows) over the segment's entries in CSR order,
+//                 four entries per step with independent loads (gathers in flight); no shuffles
+//                 and no atomics. A row's only segment writes y; a segment of a split row writes
+//                 its partial to a scratch slot, and spmm_combine_kernel then sums each split
+//                 row's partials in segment order into y (one thread per output element). Every
+//                 sum has a fixed order (fp32 for float): deterministic, and a row of <= S
+//                 entries is summed exactly as before (one CSR-order chain).
 //   sddmm_kernel  per entry, each lane takes the partial dot product of its packs, then a
 //                 butterfly over the group's lanes completes it (fixed order: deterministic).
-//                 The loop over a warp's entries runs the longest row's count on every lane,
-//                 because the shuffles span the whole warp.
+//                 The loop over a warp's entries runs its longest segment's count (<= S) on
+//                 every lane, because the shuffles span the whole warp.
 //
 // All offsets and loop counters that can exceed 2^31 are int64.
 #include <cuda_runtime.h>
@@ -56,20 +65,23 @@ bool aligned(const void* p, std::uintptr_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
-// Widest pack (elements) that d and both row pointers allow: 16-byte loads where possible.
+// Widest pack (elements) that d and the row pointers allow (r may be null: not read):
+// 16-byte loads where possible.
 template <typename T>
-int pack_width(int64_t d, const void* p, const void* q) {
+int pack_width(int64_t d, const void* p, const void* q, const void* r) {
   constexpr int widest = 16 / static_cast<int>(sizeof(T));
   for (int v = widest; v > 1; v /= 2)
-    if (d % v == 0 && aligned(p, sizeof(T) * v) && aligned(q, sizeof(T) * v)) return v;
+    if (d % v == 0 && aligned(p, sizeof(T) * v) && aligned(q, sizeof(T) * v) &&
+        aligned(r, sizeof(T) * v))
+      return v;
   return 1;
 }
 
-// Calls launch(std::integral_constant<int, V>{}) with V = pack_width<T>(d, p, q), so each width
-// is a compile-time template argument of the kernel (float packs 4, 2 or 1; double 2 or 1).
+// Calls launch(std::integral_constant<int, V>{}) with V = pack_width<T>(d, p, q, r), so each
+// width is a compile-time template argument of the kernel (float packs 4, 2 or 1; double 2 or 1).
 template <typename T, class Launch>
-void with_pack_width(int64_t d, const void* p, const void* q, Launch launch) {
-  const int v = pack_width<T>(d, p, q);
+void with_pack_width(int64_t d, const void* p, const void* q, const void* r, Launch launch) {
+  const int v = pack_width<T>(d, p, q, r);
   if constexpr (sizeof(T) == 4) {
     if (v == 4) return launch(std::integral_constant<int, 4>{});
   }
@@ -80,21 +92,25 @@ void with_pack_width(int64_t d, const void* p, const void* q, Launch launch) {
 // ---------------------------------------------------------------------------------------------
 // spmm
 
-// Groups of G lanes, one row each; a lane owns packs f0 + j G (j < NV) of the row per pass.
+// Groups of G lanes, one segment each; a lane owns packs f0 + j G (j < NV) of the row per pass.
+// The segment's sum goes to y[row] (the row's only segment) or to its partials slot.
 template <typename T, int V, int G, int NV>
 __global__ void __launch_bounds__(kThreads)
-spmm_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ indices,
-            const T* __restrict__ values, int64_t m, const T* __restrict__ x, int64_t d,
-            T* __restrict__ y) {
+spmm_kernel(const int64_t* __restrict__ seg_row, const int64_t* __restrict__ seg_bounds,
+            const int64_t* __restrict__ seg_slot, int64_t segments,
+            const int64_t* __restrict__ indices, const T* __restrict__ values, int64_t m,
+            const T* __restrict__ x, int64_t d, T* __restrict__ partials, T* __restrict__ y) {
   using P = Pack<T, V>;
-  constexpr int kRowsPerBlock = kThreads / G;
+  constexpr int kSegsPerBlock = kThreads / G;
   const int64_t dv = d / V;  // packs per row
   const int sub = static_cast<int>(threadIdx.x % G);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / G;
-       row < m; row += stride) {
-    const int64_t start = indptr[row], end = indptr[row + 1];
-    P* yrow = reinterpret_cast<P*>(y + row * d);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kSegsPerBlock;
+  for (int64_t seg = static_cast<int64_t>(blockIdx.x) * kSegsPerBlock + threadIdx.x / G;
+       seg < segments; seg += stride) {
+    // Only the entry range is held over the loops: the row and slot are read at the store (a
+    // padding segment's range is empty). With fewer live values here and the loop bound end4,
+    // nvcc 13.0 spills nothing at its 40 to 48 registers.
+    const int64_t start = seg_bounds[seg], end = seg_bounds[seg + 1];
     for (int64_t f0 = sub; f0 < dv; f0 += static_cast<int64_t>(G) * NV) {
       bool ok[NV];
       T acc[NV][V];
@@ -105,7 +121,8 @@ spmm_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ indi
         for (int k = 0; k < V; ++k) acc[j][k] = T(0);
       }
       int64_t e = start;
-      for (; e + kUnroll <= end; e += kUnroll) {
+      const int64_t end4 = end - kUnroll;
+      for (; e <= end4; e += kUnroll) {
         int64_t c[kUnroll];
         T w[kUnroll];
 #pragma unroll
@@ -137,6 +154,10 @@ spmm_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ indi
           for (int k = 0; k < V; ++k) acc[j][k] = mad(w, xv.v[k], acc[j][k]);
         }
       }
+      const int64_t row = seg_row[seg];
+      if (row >= m) break;  // a padding segment (after the last row's): nothing to write
+      const int64_t slot = seg_slot[seg];  // -1: the row's only segment, which writes y
+      P* yrow = reinterpret_cast<P*>(slot < 0 ? y + row * d : partials + slot * d);
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
         if (!ok[j]) continue;
@@ -149,49 +170,96 @@ spmm_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ indi
   }
 }
 
-template <typename T, int V, int G, int NV>
-void run_spmm(const int64_t* indptr, const int64_t* indices, const T* values, int64_t m,
-              const T* x, int64_t d, T* y, cudaStream_t stream) {
-  const unsigned grid = grid_for(m, kThreads / G);
-  spmm_kernel<T, V, G, NV><<<grid, kThreads, 0, stream>>>(indptr, indices, values, m, x, d, y);
-  MF_CUDA_CHECK_LAUNCH("spmm_kernel");
-}
-
-template <typename T, int V>
-void dispatch_spmm(const int64_t* indptr, const int64_t* indices, const T* values, int64_t m,
-                   const T* x, int64_t d, T* y, cudaStream_t stream) {
-  const int64_t dv = d / V;
-  if (dv <= 1) return run_spmm<T, V, 1, 1>(indptr, indices, values, m, x, d, y, stream);
-  if (dv <= 2) return run_spmm<T, V, 2, 1>(indptr, indices, values, m, x, d, y, stream);
-  if (dv <= 4) return run_spmm<T, V, 4, 1>(indptr, indices, values, m, x, d, y, stream);
-  if (dv <= 8) return run_spmm<T, V, 8, 1>(indptr, indices, values, m, x, d, y, stream);
-  if (dv <= 16) return run_spmm<T, V, 16, 1>(indptr, indices, values, m, x, d, y, stream);
-  if (dv <= 32) return run_spmm<T, V, 32, 1>(indptr, indices, values, m, x, d, y, stream);
-  if (dv <= 64) return run_spmm<T, V, 32, 2>(indptr, indices, values, m, x, d, y, stream);
-  return run_spmm<T, V, 32, 4>(indptr, indices, values, m, x, d, y, stream);
-}
-
-// ---------------------------------------------------------------------------------------------
-// sddmm
-
-// Groups of G lanes, one row each; the row loop is block-uniform and the entry loop runs the
-// warp's longest row, so every lane reaches every (full-warp) shuffle.
+// Groups of G lanes, one split row each: y[row] = the row's partials summed in segment order
+// (one thread per output element, no atomics).
 template <typename T, int V, int G>
 __global__ void __launch_bounds__(kThreads)
-sddmm_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ indices, int64_t m,
-             const T* __restrict__ a, const T* __restrict__ b, int64_t d, T* __restrict__ out) {
+spmm_combine_kernel(const int64_t* __restrict__ split_row,
+                    const int64_t* __restrict__ split_slots, int64_t splits,
+                    const T* __restrict__ partials, int64_t m, int64_t d, T* __restrict__ y) {
   using P = Pack<T, V>;
   constexpr int kRowsPerBlock = kThreads / G;
   const int64_t dv = d / V;
   const int sub = static_cast<int>(threadIdx.x % G);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  for (int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock; row0 < m;
-       row0 += stride) {
-    const int64_t row = row0 + threadIdx.x / G;
-    const bool active = row < m;
-    const int64_t start = active ? indptr[row] : 0;
-    const int64_t len = active ? indptr[row + 1] - start : 0;
-    long long steps = len;  // the longest row of the warp
+  const P* part = reinterpret_cast<const P*>(partials);
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / G;
+       s < splits; s += stride) {
+    const int64_t row = split_row[s];
+    if (row >= m) continue;  // padding after the last split row
+    const int64_t p0 = split_slots[s], p1 = split_slots[s + 1];  // p1 - p0 >= 2
+    P* yrow = reinterpret_cast<P*>(y + row * d);
+    for (int64_t f = sub; f < dv; f += G) {
+      P acc = part[p0 * dv + f];
+#pragma unroll 4
+      for (int64_t p = p0 + 1; p < p1; ++p) {  // loads independent of acc: several in flight
+        const P v = part[p * dv + f];
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc.v[k] += v.v[k];
+      }
+      yrow[f] = acc;
+    }
+  }
+}
+
+template <typename T, int V, int G, int NV>
+void run_spmm(const CsrPartition& part, const int64_t* indices, const T* values, int64_t m,
+              const T* x, int64_t d, T* partials, T* y, cudaStream_t stream) {
+  const unsigned grid = grid_for(part.segments, kThreads / G);
+  spmm_kernel<T, V, G, NV><<<grid, kThreads, 0, stream>>>(
+      part.seg_row, part.seg_bounds, part.seg_slot, part.segments, indices, values, m, x, d,
+      partials, y);
+  MF_CUDA_CHECK_LAUNCH("spmm_kernel");
+  if (part.splits == 0) return;
+  // same stream: runs after every partial is written
+  const unsigned combine_grid = grid_for(part.splits, kThreads / G);
+  spmm_combine_kernel<T, V, G><<<combine_grid, kThreads, 0, stream>>>(
+      part.split_row, part.split_slots, part.splits, partials, m, d, y);
+  MF_CUDA_CHECK_LAUNCH("spmm_combine_kernel");
+}
+
+template <typename T, int V>
+void dispatch_spmm(const CsrPartition& part, const int64_t* indices, const T* values, int64_t m,
+                   const T* x, int64_t d, T* partials, T* y, cudaStream_t stream) {
+  const int64_t dv = d / V;
+  if (dv <= 1) return run_spmm<T, V, 1, 1>(part, indices, values, m, x, d, partials, y, stream);
+  if (dv <= 2) return run_spmm<T, V, 2, 1>(part, indices, values, m, x, d, partials, y, stream);
+  if (dv <= 4) return run_spmm<T, V, 4, 1>(part, indices, values, m, x, d, partials, y, stream);
+  if (dv <= 8) return run_spmm<T, V, 8, 1>(part, indices, values, m, x, d, partials, y, stream);
+  if (dv <= 16)
+    return run_spmm<T, V, 16, 1>(part, indices, values, m, x, d, partials, y, stream);
+  if (dv <= 32)
+    return run_spmm<T, V, 32, 1>(part, indices, values, m, x, d, partials, y, stream);
+  if (dv <= 64)
+    return run_spmm<T, V, 32, 2>(part, indices, values, m, x, d, partials, y, stream);
+  return run_spmm<T, V, 32, 4>(part, indices, values, m, x, d, partials, y, stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sddmm
+
+// Groups of G lanes, one segment each; the segment loop is block-uniform and the entry loop runs
+// the warp's longest segment (<= S entries), so every lane reaches every (full-warp) shuffle.
+template <typename T, int V, int G>
+__global__ void __launch_bounds__(kThreads)
+sddmm_kernel(const int64_t* __restrict__ seg_row, const int64_t* __restrict__ seg_bounds,
+             int64_t segments, const int64_t* __restrict__ indices, int64_t m,
+             const T* __restrict__ a, const T* __restrict__ b, int64_t d, T* __restrict__ out) {
+  using P = Pack<T, V>;
+  constexpr int kSegsPerBlock = kThreads / G;
+  const int64_t dv = d / V;
+  const int sub = static_cast<int>(threadIdx.x % G);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kSegsPerBlock;
+  const int group = static_cast<int>(threadIdx.x / G);
+  // seg - group is block-uniform, so the loop is too and every lane reaches the shuffles (a
+  // per-lane segment index, not a block one plus group: nvcc 13.0 spilled that one on sm_90)
+  for (int64_t seg = static_cast<int64_t>(blockIdx.x) * kSegsPerBlock + group;
+       seg - group < segments; seg += stride) {
+    const int64_t row = seg < segments ? seg_row[seg] : m;
+    const bool active = row < m;  // not past the end, not a padding segment
+    const int64_t start = active ? seg_bounds[seg] : 0;
+    const int64_t len = active ? seg_bounds[seg + 1] - start : 0;
+    long long steps = len;  // the longest segment of the warp
 #pragma unroll
     for (int o = 16; o >= G; o /= 2)
       steps = max(steps, __shfl_xor_sync(kFullMask, steps, o));
@@ -230,52 +298,64 @@ sddmm_kernel(const int64_t* __restrict__ indptr, const int64_t* __restrict__ ind
 }
 
 template <typename T, int V, int G>
-void run_sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, const T* a, const T* b,
-               int64_t d, T* out, cudaStream_t stream) {
-  const unsigned grid = grid_for(m, kThreads / G);
-  sddmm_kernel<T, V, G><<<grid, kThreads, 0, stream>>>(indptr, indices, m, a, b, d, out);
+void run_sddmm(const CsrPartition& part, const int64_t* indices, int64_t m, const T* a,
+               const T* b, int64_t d, T* out, cudaStream_t stream) {
+  const unsigned grid = grid_for(part.segments, kThreads / G);
+  sddmm_kernel<T, V, G><<<grid, kThreads, 0, stream>>>(part.seg_row, part.seg_bounds,
+                                                       part.segments, indices, m, a, b, d, out);
   MF_CUDA_CHECK_LAUNCH("sddmm_kernel");
 }
 
 template <typename T, int V>
-void dispatch_sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, const T* a,
+void dispatch_sddmm(const CsrPartition& part, const int64_t* indices, int64_t m, const T* a,
                     const T* b, int64_t d, T* out, cudaStream_t stream) {
   const int64_t dv = d / V;
-  if (dv <= 1) return run_sddmm<T, V, 1>(indptr, indices, m, a, b, d, out, stream);
-  if (dv <= 2) return run_sddmm<T, V, 2>(indptr, indices, m, a, b, d, out, stream);
-  if (dv <= 4) return run_sddmm<T, V, 4>(indptr, indices, m, a, b, d, out, stream);
-  if (dv <= 8) return run_sddmm<T, V, 8>(indptr, indices, m, a, b, d, out, stream);
-  if (dv <= 16) return run_sddmm<T, V, 16>(indptr, indices, m, a, b, d, out, stream);
-  return run_sddmm<T, V, 32>(indptr, indices, m, a, b, d, out, stream);
+  if (dv <= 1) return run_sddmm<T, V, 1>(part, indices, m, a, b, d, out, stream);
+  if (dv <= 2) return run_sddmm<T, V, 2>(part, indices, m, a, b, d, out, stream);
+  if (dv <= 4) return run_sddmm<T, V, 4>(part, indices, m, a, b, d, out, stream);
+  if (dv <= 8) return run_sddmm<T, V, 8>(part, indices, m, a, b, d, out, stream);
+  if (dv <= 16) return run_sddmm<T, V, 16>(part, indices, m, a, b, d, out, stream);
+  return run_sddmm<T, V, 32>(part, indices, m, a, b, d, out, stream);
 }
 
 }  // namespace
 
 template <typename T>
-void spmm(const int64_t* indptr, const int64_t* indices, const T* values, int64_t m, int64_t nnz,
-          const T* x, int64_t d, T* y, int device, cudaStream_t stream) {
+void spmm(const CsrPartition& part, const int64_t* indices, const T* values, int64_t m,
+          int64_t nnz, const T* x, int64_t d, T* partials, int64_t partial_rows, T* y,
+          int device, cudaStream_t stream) {
   MF_CHECK(m >= 0 && nnz >= 0 && d >= 0, "shapes must be non-negative");
   if (m == 0 || d == 0) return;
-  MF_CHECK(indptr != nullptr && y != nullptr, "indptr or output pointer is null");
+  MF_CHECK(y != nullptr, "output pointer is null");
+  MF_CHECK(part.segments >= m && part.splits >= 0,
+           "the partition must have at least one segment per row");
+  MF_CHECK(part.seg_row != nullptr && part.seg_bounds != nullptr && part.seg_slot != nullptr,
+           "partition segment pointer is null");
+  MF_CHECK(part.splits == 0 ||
+               (part.split_row != nullptr && part.split_slots != nullptr &&
+                partials != nullptr && partial_rows > 0),
+           "a partition with split rows needs its split arrays and a partials buffer");
   MF_CHECK(nnz == 0 || (indices != nullptr && values != nullptr && x != nullptr),
            "indices, values or x pointer is null");
 
   MF_CUDA_CHECK(cudaSetDevice(device));
   (void)cudaGetLastError();  // a stale launch error of an earlier call is not ours to report
 
-  with_pack_width<T>(d, x, y, [&](auto v) {
-    dispatch_spmm<T, decltype(v)::value>(indptr, indices, values, m, x, d, y, stream);
+  T* scratch = part.splits > 0 ? partials : nullptr;
+  with_pack_width<T>(d, x, y, scratch, [&](auto v) {
+    dispatch_spmm<T, decltype(v)::value>(part, indices, values, m, x, d, scratch, y, stream);
   });
 }
 
 template <typename T>
-void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t nnz, const T* a,
+void sddmm(const CsrPartition& part, const int64_t* indices, int64_t m, int64_t nnz, const T* a,
            const T* b, int64_t d, T* out, int device, cudaStream_t stream) {
   MF_CHECK(m >= 0 && nnz >= 0 && d >= 0, "shapes must be non-negative");
   if (nnz == 0) return;
   MF_CHECK(m > 0, "a matrix with entries needs rows");
-  MF_CHECK(indptr != nullptr && indices != nullptr && out != nullptr,
-           "indptr, indices or output pointer is null");
+  MF_CHECK(indices != nullptr && out != nullptr, "indices or output pointer is null");
+  MF_CHECK(part.segments >= m && part.seg_row != nullptr && part.seg_bounds != nullptr,
+           "the partition must have at least one segment per row");
   MF_CHECK(d == 0 || (a != nullptr && b != nullptr), "a or b pointer is null");
 
   MF_CUDA_CHECK(cudaSetDevice(device));
@@ -285,19 +365,20 @@ void sddmm(const int64_t* indptr, const int64_t* indices, int64_t m, int64_t nnz
     MF_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(T) * static_cast<size_t>(nnz), stream));
     return;
   }
-  with_pack_width<T>(d, a, b, [&](auto v) {
-    dispatch_sddmm<T, decltype(v)::value>(indptr, indices, m, a, b, d, out, stream);
+  with_pack_width<T>(d, a, b, nullptr, [&](auto v) {
+    dispatch_sddmm<T, decltype(v)::value>(part, indices, m, a, b, d, out, stream);
   });
 }
 
-template void spmm<float>(const int64_t*, const int64_t*, const float*, int64_t, int64_t,
-                          const float*, int64_t, float*, int, cudaStream_t);
-template void spmm<double>(const int64_t*, const int64_t*, const double*, int64_t, int64_t,
-                           const double*, int64_t, double*, int, cudaStream_t);
-template void sddmm<float>(const int64_t*, const int64_t*, int64_t, int64_t, const float*,
+template void spmm<float>(const CsrPartition&, const int64_t*, const float*, int64_t, int64_t,
+                          const float*, int64_t, float*, int64_t, float*, int, cudaStream_t);
+template void spmm<double>(const CsrPartition&, const int64_t*, const double*, int64_t, int64_t,
+                           const double*, int64_t, double*, int64_t, double*, int,
+                           cudaStream_t);
+template void sddmm<float>(const CsrPartition&, const int64_t*, int64_t, int64_t, const float*,
                            const float*, int64_t, float*, int, cudaStream_t);
-template void sddmm<double>(const int64_t*, const int64_t*, int64_t, int64_t, const double*,
-                            const double*, int64_t, double*, int, cudaStream_t);
+template void sddmm<double>(const CsrPartition&, const int64_t*, int64_t, int64_t,
+                            const double*, const double*, int64_t, double*, int, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace micro_fast

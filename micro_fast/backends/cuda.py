@@ -8,7 +8,9 @@ stream like any other torch work; nothing is synchronized.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
+from typing import NamedTuple
 
 import torch
 
@@ -33,11 +35,22 @@ SCRATCH_ELEMS = DEFAULT_BLOCK * DEFAULT_CHUNK
 MAX_CHUNK = 1 << 21
 
 #: Rows per block of ``contrastive_backward`` when ``block_size`` is not given; its column
-#: chunk then fills ``SCRATCH_ELEMS``. Tall blocks keep the [rows, d] gradient products (one
-#: thread block per output tile, no atomics) wide enough to fill the GPU.
-CONTRASTIVE_BLOCK = 16384
+#: chunk then fills ``SCRATCH_ELEMS`` (2048 columns). Each [rows, chunk] weight tile feeds a
+#: product over its rows ([rows, d] output tiles) and one over its columns ([chunk, d]), each
+#: output tile owned by one thread block (no atomics): a near-square tile keeps both wide.
+CONTRASTIVE_BLOCK = 4096
 #: Fewest columns per ``contrastive_backward`` chunk when ``block_size`` is given.
 CONTRASTIVE_CHUNK = 256
+#: Split-K of the backward's gradient products (kMaxKSplits / kMinSliceK of
+#: csrc/cuda/contrastive.cu): at d = 64 a product has too few output tiles to fill the GPU, so
+#: the launcher splits its reduction into at most this many slices of at least
+#: ``CONTRASTIVE_MIN_SLICE`` elements on average, summed in a fixed order (deterministic).
+CONTRASTIVE_MAX_SPLITS = 32
+CONTRASTIVE_MIN_SLICE = 256
+#: Most scratch elements for those slices' partials (after the weights; 32 MiB in float32).
+#: The launcher splits only as far as the partials fit (none: unsplit products), so this caps
+#: the memory at large d, where the products have enough tiles without splitting anyway.
+CONTRASTIVE_PARTIAL_ELEMS = 1 << 23
 #: Rows per block of ``contrastive_forward`` when ``block_size`` is not given (its scratch is
 #: only O(splits x rows), so by default one block covers everything up to this many rows).
 CONTRASTIVE_FORWARD_BLOCK = 1 << 20
@@ -51,12 +64,18 @@ _DTYPE_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def workspace_bytes(op: str, *, m: int = 0, n: int = 0, d: int = 0, elem: int = 4,
-                    **_: int) -> int:
+                    nnz: int = 0, **_: int) -> int:
     """The scratch buffers the kernels are launched with (see ``micro_fast.backends``)."""
     if op == "topk_similarity":
-        return min(m, DEFAULT_BLOCK) * min(n, DEFAULT_CHUNK) * elem + min(m, DEFAULT_BLOCK) * 4
-    if op == "contrastive_loss":  # the backward's [rows, chunk] weights, the gradients
-        return SCRATCH_ELEMS * elem + 2 * n * d * elem
+        rows = max(1, min(m, DEFAULT_BLOCK))
+        chunk = max(1, min(max(DEFAULT_CHUNK, SCRATCH_ELEMS // rows), n, MAX_CHUNK))
+        return _topk_scratch_elems(m, n, rows, chunk) * elem + rows * 4
+    if op == "contrastive_loss":  # the backward's weights and split-K partials, the gradients
+        return _contrastive_scratch(n, d, None)[2] * elem + 2 * n * d * elem
+    if op == "spmm":  # the partials of split rows and the work partition's five int64 arrays
+        segments = m + nnz // PARTITION_SEGMENT
+        return 2 * nnz // PARTITION_SEGMENT * d * elem \
+            + 8 * (3 * segments + 2 * (nnz // (PARTITION_SEGMENT + 1)) + 3)
     return 0
 
 
@@ -82,6 +101,23 @@ def is_available() -> tuple[bool, str]:
     return True, ""
 
 
+def device_identity(device: torch.device) -> dict[str, str]:
+    """What a measurement on ``device`` is valid for: the GPU's name and compute capability,
+    the driver, and a digest of this build of ``micro_fast._cuda`` (``"none"`` without one)."""
+    props = torch.cuda.get_device_properties(device)
+    build = "none"
+    path = getattr(_cuda, "__file__", None)
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                build = hashlib.sha1(fh.read()).hexdigest()[:12]
+        except OSError:
+            build = "unknown"
+    driver = _version(_cuda.driver_version()) if _cuda is not None else "?"
+    return {"gpu": props.name, "cc": f"{props.major}.{props.minor}", "driver": driver,
+            "build": build}
+
+
 def supports(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
@@ -103,6 +139,14 @@ def _launcher(dtype: torch.dtype, op: str = "topk_similarity"):
     if launch is None:
         raise UnavailableError(f"this build of micro_fast._cuda has no {op} kernel: rebuild it")
     return launch
+
+
+def _topk_scratch_elems(m: int, n: int, rows: int, chunk: int) -> int:
+    """Score buffers of the top-k search: two (the second 32-element aligned) when it takes
+    more than one (row block, key chunk) step, so that the product of one step overlaps the
+    selection of the previous one on a second stream; one otherwise."""
+    tile = rows * chunk
+    return tile if m <= rows and n <= chunk else -(-tile // 32) * 32 + tile
 
 
 def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
@@ -143,7 +187,8 @@ def topk_similarity(queries: torch.Tensor, keys: torch.Tensor | None, k: int,
                                  for t in exclude)
 
     with torch.cuda.device(device):
-        scratch = torch.empty(rows * chunk, dtype=queries.dtype, device=device)
+        scratch = torch.empty(_topk_scratch_elems(m, n, rows, chunk), dtype=queries.dtype,
+                              device=device)
         counts = torch.empty(rows, dtype=torch.int32, device=device)
         launch(queries=queries.data_ptr(), m=m,
                keys=0 if keys is None else keys.data_ptr(), n=n, d=d, k=k,
@@ -224,7 +269,8 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
     when ``lse2``/``g2`` are given), with ``lse1``/``lse2`` from ``contrastive_forward``.
 
     ``block_size``: rows per block (default ``CONTRASTIVE_BLOCK``); the column chunk fills
-    ``SCRATCH_ELEMS`` (at least ``CONTRASTIVE_CHUNK``). Deterministic (no atomics).
+    ``SCRATCH_ELEMS`` (at least ``CONTRASTIVE_CHUNK``); the scratch also holds the split-K
+    partials (``_contrastive_scratch``). Deterministic (no atomics, fixed summation order).
     """
     launch = _launcher(n1.dtype, "contrastive_backward")
     device = _check_pair(n1, n2)
@@ -244,12 +290,10 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
     grad1 = torch.empty((n, d), dtype=n1.dtype, device=device)
     grad2 = torch.empty((n, d), dtype=n1.dtype, device=device)
 
-    rows = max(1, min(int(block_size or CONTRASTIVE_BLOCK), n))
-    chunk = max(CONTRASTIVE_CHUNK, SCRATCH_ELEMS // rows)
-    chunk = max(1, min(chunk, n, MAX_CHUNK))
+    rows, chunk, scratch_elems = _contrastive_scratch(n, d, block_size)
 
     with torch.cuda.device(device):
-        scratch = torch.empty(rows * chunk, dtype=n1.dtype, device=device)
+        scratch = torch.empty(scratch_elems, dtype=n1.dtype, device=device)
         launch(n1=n1.data_ptr(), n2=n2.data_ptr(), n=n, d=d, tau=tau,
                lse1=lse1.data_ptr(), lse2=0 if lse2 is None else lse2.data_ptr(),
                g1=g1.data_ptr(), g2=0 if g2 is None else g2.data_ptr(),
@@ -257,6 +301,26 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
                scratch_elems=scratch.numel(), grad1=grad1.data_ptr(), grad2=grad2.data_ptr(),
                device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
     return grad1, grad2
+
+
+def _contrastive_scratch(n: int, d: int, block_size: int | None) -> tuple[int, int, int]:
+    """(rows, chunk, scratch elements) of ``contrastive_backward``: the [rows, chunk] weights
+    (rounded up to 4 elements, so the partials start 16-byte aligned), then the split-K
+    partials: a product with out_rows output rows reducing over k splits at most
+    min(CONTRASTIVE_MAX_SPLITS, k // CONTRASTIVE_MIN_SLICE) ways (2 at least, else never), each
+    slice an [out_rows, d] partial; the products are [rows] x k = chunk and [chunk] x k = rows.
+    At most ``CONTRASTIVE_PARTIAL_ELEMS`` (the launcher then splits less)."""
+    rows = max(1, min(int(block_size or CONTRASTIVE_BLOCK), n))
+    chunk = max(CONTRASTIVE_CHUNK, SCRATCH_ELEMS // rows)
+    chunk = max(1, min(chunk, n, MAX_CHUNK))
+
+    def split_rows(out_rows: int, k: int) -> int:
+        splits = min(CONTRASTIVE_MAX_SPLITS, k // CONTRASTIVE_MIN_SLICE)
+        return out_rows * splits if splits >= 2 else 0
+
+    partial = min(max(split_rows(rows, chunk), split_rows(chunk, rows)) * d,
+                  CONTRASTIVE_PARTIAL_ELEMS)
+    return rows, chunk, -(-rows * chunk // 4) * 4 + partial
 
 
 def _entry(name: str):
@@ -288,10 +352,106 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+#: Most entries of one segment of the spmm / sddmm work partition. A row of up to this many
+#: entries stays whole (and is summed exactly as one CSR-order sum); a longer one is cut into
+#: ceil(len / S) segments that run in parallel. 256: on a power-law graph only the outliers split
+#: (Clothing: mean ~10 entries, longest 5,914 -> 24 segments), a segment's 4-wide gather loop is
+#: at most 64 steps, and the partials of split rows add at most 2 / 256 of the gathers' traffic.
+PARTITION_SEGMENT = 256
+
+
+class CsrPartition(NamedTuple):
+    """The work partition of a CSR structure that the cuda ``spmm`` / ``sddmm`` walk (int64
+    tensors on the structure's device; see ``csr_partition``)."""
+
+    seg_row: torch.Tensor      # [segments]: row of segment k (m for a padding segment)
+    seg_bounds: torch.Tensor   # [segments + 1]: segment k is entries [bounds[k], bounds[k + 1])
+    seg_slot: torch.Tensor     # [segments]: partials slot of a split row's segment, else -1
+    split_row: torch.Tensor    # [splits]: the rows with several segments, ascending (then m)
+    split_slots: torch.Tensor  # [splits + 1]: split row s owns slots [slots[s], slots[s + 1])
+    segment: int               # S, the most entries of a segment
+    partials: int              # slots the partials scratch needs (an upper bound)
+
+    @property
+    def segments(self) -> int:
+        return self.seg_row.numel()
+
+    @property
+    def splits(self) -> int:
+        return self.split_row.numel()
+
+
+def csr_partition(indptr: torch.Tensor, indices: torch.Tensor | int, *,
+                  segment: int = PARTITION_SEGMENT) -> CsrPartition:
+    """The rows of the CSR structure ``(indptr [m + 1], indices [nnz])`` (``indices`` or just
+    ``nnz``) split by nonzeros, computed with torch on ``indptr``'s device (any device) without a
+    host synchronization: every size is a static bound of m and nnz.
+
+    Row ``r`` (``len = indptr[r + 1] - indptr[r]``) gets ``n_r = max(1, ceil(len / S))``
+    consecutive segments: segment ``j`` of the row is entries ``indptr[r] + j S`` up to
+    ``min(indptr[r] + (j + 1) S, indptr[r + 1])``, so an empty row has one empty segment and
+    the segments tile ``[0, nnz)`` in CSR order. They are numbered row by row, ``seg_ptr =
+    [0, cumsum(n)]``; since ``sum_r n_r <= m + nnz // S``, that many are allocated, the ones
+    past the last row being padding (row m, empty range at nnz). Rows with ``n_r > 1`` (at most
+    ``nnz // (S + 1)``) are the split rows: their segments write partials, to consecutive slots
+    in segment order (at most ``2 nnz // S`` in all), which the combine step sums into y.
+    """
+    nnz = indices if isinstance(indices, int) else indices.numel()
+    s = int(segment)
+    if s < 1:
+        raise InputError(f"segment must be positive, got {segment}")
+    device = indptr.device
+    m = indptr.numel() - 1
+    i64 = {"dtype": torch.int64, "device": device}
+    indptr = indptr.to(torch.int64)
+    # segments per row; one more (never split) entry for the padding row m
+    nseg = torch.ones(m + 1, **i64)
+    nseg[:m] = torch.clamp((indptr[1:] - indptr[:-1] + (s - 1)) // s, min=1)
+    split = nseg > 1
+    seg_ptr = torch.zeros(m + 1, **i64)  # row r owns segments [seg_ptr[r], seg_ptr[r + 1])
+    torch.cumsum(nseg[:m], 0, out=seg_ptr[1:])
+    slot_ptr = torch.zeros(m + 1, **i64)  # split row r owns slots [slot_ptr[r], slot_ptr[r + 1])
+    torch.cumsum(torch.where(split[:m], nseg[:m], 0), 0, out=slot_ptr[1:])
+    split_ptr = torch.zeros(m + 1, **i64)  # split rows before row r
+    torch.cumsum(split[:m].to(torch.int64), 0, out=split_ptr[1:])
+
+    segments = m + nnz // s
+    k = torch.arange(segments + 1, **i64)
+    # the row r with seg_ptr[r] <= k < seg_ptr[r + 1] (seg_ptr strictly increases), m past them
+    row = torch.searchsorted(seg_ptr, k, right=True) - 1
+    j = k - seg_ptr[row]  # segment k is the j-th of its row
+    seg_bounds = torch.clamp(indptr[row] + j * s, max=nnz)
+    seg_row, j = row[:-1], j[:-1]
+    seg_slot = torch.where(split[seg_row], slot_ptr[seg_row] + j, -1)
+
+    splits = nnz // (s + 1)
+    q = torch.arange(splits + 1, **i64)
+    # the q-th split row: split_ptr steps from q to q + 1 at it; m past the last
+    srow = torch.searchsorted(split_ptr, q, right=True) - 1
+    return CsrPartition(seg_row, seg_bounds, seg_slot, srow[:-1], slot_ptr[srow], s,
+                        2 * nnz // s)
+
+
+def _partition_for(partition: CsrPartition | None, indptr: torch.Tensor,
+                   nnz: int) -> CsrPartition:
+    """``partition`` (a cached ``csr_partition`` of this structure) after a check of its sizes,
+    or one computed now."""
+    if partition is None:
+        return csr_partition(indptr, nnz)
+    m, s = indptr.numel() - 1, partition.segment
+    if partition.segments != m + nnz // s or partition.splits != nnz // (s + 1) \
+            or partition.seg_row.device != indptr.device:
+        raise InputError(f"partition does not belong to a CSR structure of {m} rows and {nnz} "
+                         f"entries on {indptr.device}")
+    return partition
+
+
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
-         x: torch.Tensor) -> torch.Tensor:
-    """``y [M, d] = A x`` (see ``micro_fast.backends``); every output element sums its row's
-    entries in CSR order (fp32 for float32), so the result is deterministic."""
+         x: torch.Tensor, partition: CsrPartition | None = None) -> torch.Tensor:
+    """``y [M, d] = A x`` (see ``micro_fast.backends``), over the rows split by nonzeros
+    (``partition``: the structure's cached ``csr_partition``, else computed now). Each output
+    element sums its row's entries in CSR order, a row longer than ``PARTITION_SEGMENT`` as
+    the sum, in order, of its segments' CSR-order sums (fp32 for float32): deterministic."""
     launch = _launcher(x.dtype, "spmm")
     device = x.device
     indptr, indices = _csr_structure(indptr, indices, device)
@@ -306,18 +466,26 @@ def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
     m, d = indptr.numel() - 1, x.shape[1]
     if m == 0 or d == 0 or nnz == 0:
         return torch.zeros((m, d), dtype=x.dtype, device=device)
-    y = torch.empty((m, d), dtype=x.dtype, device=device)
     with torch.cuda.device(device):
-        launch(indptr=indptr.data_ptr(), indices=indices.data_ptr(), values=values.data_ptr(),
-               m=m, nnz=nnz, x=x.data_ptr(), d=d, y=y.data_ptr(), device=device.index,
-               stream=_stream(device))
+        part = _partition_for(partition, indptr, nnz)
+        y = torch.empty((m, d), dtype=x.dtype, device=device)
+        # the partials of split rows (an upper bound of their count: no host read-back)
+        partials = torch.empty((part.partials, d) if part.splits else (0,), dtype=x.dtype,
+                               device=device)
+        launch(seg_row=part.seg_row.data_ptr(), seg_bounds=part.seg_bounds.data_ptr(),
+               seg_slot=part.seg_slot.data_ptr(), segments=part.segments,
+               split_row=part.split_row.data_ptr(), split_slots=part.split_slots.data_ptr(),
+               splits=part.splits, indices=indices.data_ptr(), values=values.data_ptr(), m=m,
+               nnz=nnz, x=x.data_ptr(), d=d, partials=partials.data_ptr(),
+               partial_rows=partials.shape[0] if part.splits else 0, y=y.data_ptr(),
+               device=device.index, stream=_stream(device))
     return y
 
 
 def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
-          b: torch.Tensor) -> torch.Tensor:
-    """``out[e] = <a[row(e)], b[indices[e]]>`` [nnz] (see ``micro_fast.backends``);
-    deterministic."""
+          b: torch.Tensor, partition: CsrPartition | None = None) -> torch.Tensor:
+    """``out[e] = <a[row(e)], b[indices[e]]>`` [nnz] (see ``micro_fast.backends``), over the
+    rows split by nonzeros (``partition`` as in ``spmm``); deterministic."""
     launch = _launcher(a.dtype, "sddmm")
     device = a.device
     indptr, indices = _csr_structure(indptr, indices, device)
@@ -332,9 +500,11 @@ def sddmm(indptr: torch.Tensor, indices: torch.Tensor, a: torch.Tensor,
     nnz, d = indices.numel(), a.shape[1]
     if nnz == 0 or d == 0:
         return torch.zeros(nnz, dtype=a.dtype, device=device)
-    out = torch.empty(nnz, dtype=a.dtype, device=device)
     with torch.cuda.device(device):
-        launch(indptr=indptr.data_ptr(), indices=indices.data_ptr(), m=m, nnz=nnz,
+        part = _partition_for(partition, indptr, nnz)
+        out = torch.empty(nnz, dtype=a.dtype, device=device)
+        launch(seg_row=part.seg_row.data_ptr(), seg_bounds=part.seg_bounds.data_ptr(),
+               segments=part.segments, indices=indices.data_ptr(), m=m, nnz=nnz,
                a=a.data_ptr(), b=b.data_ptr(), d=d, out=out.data_ptr(), device=device.index,
                stream=_stream(device))
     return out

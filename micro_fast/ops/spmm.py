@@ -45,14 +45,32 @@ def spmm_kernel(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
     return _product(indptr, indices, values, x, backend)
 
 
-def _product(indptr, indices, values, x, backend: str) -> torch.Tensor:
+def _product(indptr, indices, values, x, backend: str, partition=None) -> torch.Tensor:
     impl = dispatch.module(backend)
-    return impl.spmm(indptr, indices, values.detach().contiguous(), x.detach().contiguous())
+    args = (indptr, indices, values.detach().contiguous(), x.detach().contiguous())
+    # partition: the cuda backend's cached work partition of the structure (only cuda takes it)
+    return impl.spmm(*args) if partition is None else impl.spmm(*args, partition)
 
 
-def _sampled(indptr, indices, a, b, backend: str) -> torch.Tensor:
+def _sampled(indptr, indices, a, b, backend: str, partition=None) -> torch.Tensor:
     impl = dispatch.module(backend)
-    return impl.sddmm(indptr, indices, a.contiguous(), b.contiguous())
+    args = (indptr, indices, a.contiguous(), b.contiguous())
+    return impl.sddmm(*args) if partition is None else impl.sddmm(*args, partition)
+
+
+#: Key of the cuda backend's work partition in a structure's cache (``CSRGraph.derived``).
+_PARTITION_KEY = "cuda.csr_partition"
+
+
+def _partitions(graph: CSRGraph, backend: str, transposed: bool) -> tuple | None:
+    """For the cuda backend, the work partitions of the graph's structure and (when
+    ``transposed``, for a backward w.r.t. x) of its transpose: built on first use and cached
+    with the structure, like the transpose. ``None`` for the other backends."""
+    if backend != "cuda":
+        return None
+    build = dispatch.module(backend).csr_partition
+    return (graph.derived(_PARTITION_KEY, build),
+            graph.derived(_PARTITION_KEY, build, transposed=True) if transposed else None)
 
 
 @spmm_kernel.register_fake
@@ -99,22 +117,25 @@ class _EagerSpMM(torch.autograd.Function):
     40 microseconds a call (half of a small product's time): what eager calls run."""
 
     @staticmethod
-    def forward(ctx, values, x, indptr, indices, t_indptr, t_indices, t_values, backend):  # noqa: D102
+    def forward(ctx, values, x, indptr, indices, t_indptr, t_indices, t_values, backend,  # noqa: D102
+                parts=None):
         ctx.backend = backend
+        ctx.parts = parts or (None, None)  # (partition, transposed partition): cuda only
         ctx.save_for_backward(indptr, indices, x.detach() if ctx.needs_input_grad[0] else None,
                               t_indptr, t_indices, t_values)
-        return _product(indptr, indices, values, x, backend)
+        return _product(indptr, indices, values, x, backend, ctx.parts[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):  # noqa: D102
         indptr, indices, x, t_indptr, t_indices, t_values = ctx.saved_tensors
         grad_y = grad_y.contiguous()
-        grad_values = _sampled(indptr, indices, grad_y, x, ctx.backend) \
+        part, t_part = ctx.parts
+        grad_values = _sampled(indptr, indices, grad_y, x, ctx.backend, part) \
             if ctx.needs_input_grad[0] else None
-        grad_x = _product(t_indptr, t_indices, t_values, grad_y, ctx.backend) \
+        grad_x = _product(t_indptr, t_indices, t_values, grad_y, ctx.backend, t_part) \
             if ctx.needs_input_grad[1] else None
-        return grad_values, grad_x, None, None, None, None, None, None
+        return grad_values, grad_x, None, None, None, None, None, None, None
 
 
 def eager_call(*tensors: torch.Tensor) -> bool:
@@ -136,8 +157,9 @@ def transposed_arrays(graph: CSRGraph) -> tuple[torch.Tensor, torch.Tensor, torc
 def apply_spmm(graph: CSRGraph, x: torch.Tensor, backend: str) -> torch.Tensor:
     """``graph @ x`` with the resolved backend name, operands already checked."""
     if eager_call(graph.values, x):
+        parts = _partitions(graph, backend, x.requires_grad and torch.is_grad_enabled())
         return _EagerSpMM.apply(graph.values, x, graph.indptr, graph.indices,
-                                *transposed_arrays(graph), backend)
+                                *transposed_arrays(graph), backend, parts)
     return spmm_kernel(graph.indptr, graph.indices, graph.values, x, *transposed_arrays(graph),
                        backend)
 
@@ -168,7 +190,12 @@ def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Te
     """
     check_operands(graph, x)
     name = resolve_backend(backend, x.device)
-    # output, and in backward the gradient of x and the transposed structure
+    # output, and in backward the gradient of x and the transposed structure; the kernel's
+    # scratch (the cuda backend's partials and work partition)
     memory.check("spmm", (graph.shape[0] + x.shape[0]) * x.shape[1] * x.element_size()
-                 + graph.nnz * 24, f"[{graph.shape[0]}, {x.shape[1]}] output, {graph.nnz} nonzeros")
+                 + graph.nnz * 24
+                 + memory.workspace(dispatch.module(name), "spmm", m=graph.shape[0],
+                                    n=x.shape[0], d=x.shape[1], nnz=graph.nnz,
+                                    elem=x.element_size()),
+                 f"[{graph.shape[0]}, {x.shape[1]}] output, {graph.nnz} nonzeros")
     return apply_spmm(graph, x, name)
