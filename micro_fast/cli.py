@@ -45,10 +45,30 @@ def _info(_args: argparse.Namespace) -> int:
         print(f"  {name:<10} {why}")
     for line in tuning.describe():
         print(line)
+    for index in _tunable_gpus():
+        for line in tuning.describe(device=f"cuda:{index}"):
+            print(line)
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         for line in dispatch.describe(device):
             print(line)
     return 0
+
+
+def _tunable_gpus() -> list[int]:
+    """The CUDA devices whose backend choice can be measured here, one per GPU model."""
+    import torch
+
+    from micro_fast import tuning
+
+    if not tuning._measurable(torch.device("cuda")):
+        return []
+    seen, out = set(), []
+    for index in range(torch.cuda.device_count()):
+        model = torch.cuda.get_device_name(index)
+        if model not in seen:
+            seen.add(model)
+            out.append(index)
+    return out
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -79,6 +99,12 @@ def _tune(args: argparse.Namespace) -> int:
             busy = busy or bool(entry.get("busy"))
     finally:
         cpp.set_simd_isa("auto")
+    for index in _tunable_gpus():
+        print(f"calibrating cuda:{index} ...", flush=True)
+        entry = tuning.calibrate(write=True, device=f"cuda:{index}",
+                                 log=lambda line: print(f"  {line}", flush=True))
+        print("\n".join(tuning.describe(entry, device=f"cuda:{index}")))
+        busy = busy or bool(entry.get("busy"))
     if busy:
         print("micro-fast tune: the machine was busy (see above); run it again when it is idle",
               file=sys.stderr)

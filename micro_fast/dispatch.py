@@ -10,9 +10,11 @@ combines:
   size bound past which ``auto`` never takes an offer (``max_work``: numba_cuda's top-k, which
   rereads every key from global memory for every query row);
 * what ``micro_fast.tuning`` measured on this machine: the backend of an op with several
-  measured candidates (``MEASURED_BACKEND``), the tile size of an offer with ``tuned_block``
-  (applied to problems at least as large as the one it was measured on), and the strategy of
-  the fusion loss;
+  measured candidates (``MEASURED_BACKEND``; on CUDA tensors measured on the GPU, per GPU
+  model, between the cuda kernels, numba_cuda within its bound and torch_ref's blocked
+  cuBLAS products, so ``auto`` is never slower there than plain torch), the tile size of an
+  offer with ``tuned_block`` (applied to problems at least as large as the one it was measured
+  on), and the strategy of the fusion loss;
 * an explicit argument, which always wins: a named backend, a ``block_size``, a ``strategy``.
 
 Under ``torch.compile`` the plan is a constant of the graph: the machine-dependent part
@@ -47,8 +49,13 @@ OPS: tuple[str, ...] = tuple(KERNELS)
 #: The op a kernel name belongs to (``backends.get(..., op=<kernel>)``).
 OP_OF_KERNEL: dict[str, str] = {k: op for op, ks in KERNELS.items() for k in ks}
 
-#: Measured choices between backends: op -> the ``micro_fast.tuning`` decision (CPU tensors).
-MEASURED_BACKEND: dict[str, str] = {"spmm": "spmm.backend", "project_rows": "project_rows.backend"}
+#: Measured choices between backends: device type -> op -> the ``micro_fast.tuning`` decision
+#: (``tuning.DECISIONS`` for CPU tensors, ``tuning.CUDA_DECISIONS`` measured per GPU model).
+MEASURED_BACKEND: dict[str, dict[str, str]] = {
+    "cpu": {"spmm": "spmm.backend", "project_rows": "project_rows.backend"},
+    "cuda": {"topk_similarity": "topk_similarity.backend", "contrastive": "contrastive.backend",
+             "spmm": "spmm.backend"},
+}
 #: A named backend without the op's kernels runs it with this one instead (the row projection
 #: is one dense product, which torch runs anywhere).
 NAMED_FALLBACK: dict[str, str] = {"project_rows": "torch_ref"}
@@ -207,10 +214,12 @@ def candidates(op: str, device: torch.device | str, *, work: int = 0) -> list[st
             if (o.max_work is None or work <= o.max_work) and _runs_on(name, device)]
 
 
-def measured_candidates(op: str, device: torch.device | str = "cpu") -> list[str]:
+def measured_candidates(op: str, device: torch.device | str = "cpu", *,
+                        work: int = 0) -> list[str]:
     """The backends ``micro_fast.tuning`` measures against each other for ``op`` (an op of
-    ``MEASURED_BACKEND``) on ``device``, in preference order (the first is the default)."""
-    return [name for name in candidates(op, device) if _offers[(name, op)].measured]
+    ``MEASURED_BACKEND``) on ``device`` for a problem of ``work`` multiply-adds, in preference
+    order (the first is the default)."""
+    return [name for name in candidates(op, device, work=work) if _offers[(name, op)].measured]
 
 
 @torch.compiler.assume_constant_result
@@ -235,9 +244,9 @@ def _named(op: str, name: str, device: torch.device) -> str:
 
 
 def _auto(op: str, device: torch.device, over_bound: bool) -> str:
-    decision = MEASURED_BACKEND.get(op)
-    if decision is not None and device.type == "cpu":
-        chosen = tuning.choice(decision)
+    decision = MEASURED_BACKEND.get(device.type, {}).get(op)
+    if decision is not None:
+        chosen = tuning.choice(decision, device)
         o = _offers.get((chosen, op))
         if o is not None and o.auto and not (over_bound and o.max_work is not None) \
                 and _runs_on(chosen, device):

@@ -18,6 +18,14 @@ defaults are used and nothing is measured or written. A measurement taken on a b
 and nothing is cached. Under torchrun only local rank 0 measures. For a given choice results are
 deterministic, bit for bit.
 
+On a GPU the same holds per device model (``CUDA_DECISIONS``): the cuda kernels, numba_cuda
+where its size bound allows, and the blocked torch implementations on cuBLAS (torch_ref) are
+timed against each other on the GPU for the top-k search, the contrastive loss and the CSR
+product, so that ``auto`` is never slower there than plain torch. Those entries are keyed by the
+GPU's name and compute capability, the driver, the library version and the build of
+``micro_fast._cuda``, and are measured the first time a CUDA tensor needs them (or by
+``micro-fast tune``); a busy GPU is detected by the spread of the timed calls.
+
 Calibration measures at the backend level (array in, array out): this module sits between the
 backends and ``micro_fast.dispatch``, which turns the choices into each op's plan.
 """
@@ -35,20 +43,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from micro_fast import backends
+from micro_fast import tuning_problems as problems
+from micro_fast.tuning_problems import (  # noqa: F401  (re-exported: the decision tables)
+    CALIBRATION_ROWS,
+    CUDA_DECISIONS,
+    CUDA_ROWS,
+    DECISIONS,
+    Decision,
+)
 
 #: A candidate replaces the default only when it is faster by more than this share.
 MARGIN = 0.03
-#: Rows of the problem each tile-size decision is measured on. A measured size applies to
-#: problems at least this large; smaller ones keep the backend's default, which leaves them
-#: enough tiles per thread (a contrastive tile of 384 rows, measured fastest at 3,072 rows,
-#: made a 1,000-row loss 1.7x slower than the default 256 on Zen 5).
-CALIBRATION_ROWS = {"contrastive": 3072, "contrastive_fusion": 4096, "topk_similarity": 8192}
 #: Calibration rounds (after one warm-up per candidate): each round times every candidate once,
 #: in turns, so a slow spell of a shared machine hits them alike; a candidate's fastest counts.
 REPEATS = 5
@@ -62,18 +71,6 @@ BUSY_SPREAD = 0.5
 BUSY_RETRIES = 2
 #: Under torchrun, the ranks other than local rank 0 wait this long for its measurement.
 RANK_WAIT_S = 120.0
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One choice: its candidates on this machine, the default, and how to run a candidate
-    (``prepare(candidate, choices made so far)`` returns the call to time)."""
-
-    name: str
-    doc: str
-    default: object
-    candidates: Callable[[], list]
-    prepare: Callable[[object, dict], Callable[[], object]]
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -128,7 +125,23 @@ def machine_key(threads: int | None = None) -> dict[str, object]:
             "build": build_id()}
 
 
+def device_key(device: torch.device | str = "cpu", threads: int | None = None
+               ) -> dict[str, object]:
+    """What a cached choice for tensors of ``device`` is valid for: the CPU key, or the GPU's
+    identity (``micro_fast.backends.cuda.device_identity``) and the library version."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return machine_key(threads)
+    from micro_fast import __version__
+    from micro_fast.backends import cuda
+
+    return {**cuda.device_identity(device), "version": __version__}
+
+
 def _key_str(key: dict[str, object]) -> str:
+    if "gpu" in key:
+        return (f"{key['gpu']} | sm {key['cc']} | driver {key['driver']} | {key['version']} "
+                f"({key['build']})")
     return (f"{key['cpu']} | {key['isa']} | {key['threads']} threads | {key['version']} "
             f"({key['build']})")
 
@@ -189,9 +202,10 @@ _memo: dict[str, dict] = {}
 _lock = threading.Lock()
 
 
-def cached_entry(threads: int | None = None) -> dict | None:
-    """The cached entry for this machine (``None`` if it was never calibrated)."""
-    return _read_cache().get(_key_str(machine_key(threads)))
+def cached_entry(threads: int | None = None, device: torch.device | str = "cpu") -> dict | None:
+    """The cached entry for this machine, or for the GPU of ``device`` (``None`` if it was
+    never calibrated)."""
+    return _read_cache().get(_key_str(device_key(device, threads)))
 
 
 _peeking = threading.local()
@@ -215,13 +229,44 @@ def without_calibration() -> Iterator[None]:
         _peeking.on = before
 
 
-def choices() -> dict[str, object]:
-    """The choices in force for this machine and thread count (calibrating them first if that
-    was never done); the defaults when tuning is off or there is no compiled core."""
-    defaults = {d.name: d.default for d in DECISIONS}
-    if not enabled() or not _cpp_available():
+def decisions(device: torch.device | str = "cpu") -> tuple[Decision, ...]:
+    """The decisions measured for tensors of ``device``: ``DECISIONS`` on the CPU,
+    ``CUDA_DECISIONS`` on a GPU."""
+    return DECISIONS if torch.device(device).type == "cpu" else CUDA_DECISIONS
+
+
+def _cuda_available() -> bool:
+    from micro_fast.backends import cuda
+
+    return cuda.is_available()[0]
+
+
+def _measurable(device: torch.device) -> bool:
+    """Whether the decisions of ``device`` can be measured here: the compiled core for the
+    CPU; a GPU torch sees and the cuda backend for a CUDA device."""
+    if device.type == "cpu":
+        return _cpp_available()
+    return device.type == "cuda" and _cuda_available()
+
+
+def _scope(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def choices(device: torch.device | str = "cpu") -> dict[str, object]:
+    """The choices in force for this machine and thread count, or for the GPU of ``device``
+    (calibrating them first if that was never done); the defaults when tuning is off or
+    nothing can be measured (no compiled core, no usable GPU)."""
+    device = torch.device(device)
+    ds = decisions(device)
+    defaults = {d.name: d.default for d in ds}
+    if not enabled() or not _measurable(device):
         return defaults
-    key = _key_str(machine_key())
+    device = _scope(device)
+    key = _key_str(device_key(device))
     if getattr(_peeking, "on", False):
         entry = _memo.get(key) or _read_cache().get(key)
         return dict(defaults, **entry["choices"]) if entry else defaults
@@ -230,18 +275,19 @@ def choices() -> dict[str, object]:
         with _lock:
             entry = _memo.get(key)
             if entry is None:
-                entry = _usable(_read_cache().get(key))
+                entry = _usable(_read_cache().get(key), ds)
                 if entry is None and not _owner():
-                    entry = _wait_for_owner(key) or _defaults_entry(
-                        "local rank 0 of this job did not measure in time")
+                    entry = _wait_for_owner(key, ds) or _defaults_entry(
+                        "local rank 0 of this job did not measure in time", device)
                 if entry is None:
                     with _locked():
-                        entry = _usable(_read_cache().get(key))
+                        entry = _usable(_read_cache().get(key), ds)
                         if entry is None:
-                            print(f"micro_fast: measuring the fastest kernels for this machine "
-                                  f"once ({key}; cached in {cache_path()}; "
-                                  "MICRO_FAST_TUNE=0 skips)", file=sys.stderr)
-                            entry = calibrate(write=True)
+                            print(f"micro_fast: measuring the fastest kernels for this "
+                                  f"{'machine' if device.type == 'cpu' else 'GPU'} once "
+                                  f"({key}; cached in {cache_path()}; MICRO_FAST_TUNE=0 skips)",
+                                  file=sys.stderr)
+                            entry = calibrate(write=True, device=device)
                 _memo[key] = entry
     return entry["choices"]
 
@@ -255,73 +301,83 @@ def _owner() -> bool:
     return os.environ.get("LOCAL_RANK", "0") in ("", "0")
 
 
-def _usable(entry: dict | None) -> dict | None:
-    """A complete cached entry, unless it was measured on a busy machine for another job."""
-    if not entry or set(entry.get("choices", {})) != {d.name for d in DECISIONS}:
+def _usable(entry: dict | None, ds: tuple[Decision, ...] | None = None) -> dict | None:
+    """A complete cached entry (for the decisions ``ds``, default the CPU's), unless it was
+    measured on a busy machine for another job."""
+    ds = DECISIONS if ds is None else ds
+    if not entry or set(entry.get("choices", {})) != {d.name for d in ds}:
         return None
     provisional = entry.get("provisional")
     return entry if provisional is None or provisional == _run_id() else None
 
 
-def _wait_for_owner(key: str) -> dict | None:
+def _wait_for_owner(key: str, ds: tuple[Decision, ...] | None = None) -> dict | None:
     deadline = time.monotonic() + RANK_WAIT_S
     while time.monotonic() < deadline:
-        entry = _usable(_read_cache().get(key))
+        entry = _usable(_read_cache().get(key), ds)
         if entry is not None:
             return entry
         time.sleep(0.2)
     return None
 
 
-def _defaults_entry(why: str) -> dict:
+def _defaults_entry(why: str, device: torch.device | str = "cpu") -> dict:
     print(f"micro_fast: using the built-in kernel choices ({why})", file=sys.stderr)
-    return {"key": machine_key(), "choices": {d.name: d.default for d in DECISIONS},
+    return {"key": device_key(device), "choices": {d.name: d.default for d in decisions(device)},
             "seconds": {}, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "defaults": why}
 
 
-def choice(name: str) -> object:
-    """One choice in force (see ``choices``)."""
-    return choices()[name]
+def choice(name: str, device: torch.device | str = "cpu") -> object:
+    """One choice in force for tensors of ``device`` (see ``choices``)."""
+    return choices(device)[name]
 
 
-def calibrate(write: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Measures every decision's candidates with the current ISA and thread count, and (with
-    ``write``) stores the result in the cache. Returns the entry: ``key``, ``choices``,
+def calibrate(write: bool = True, log: Callable[[str], None] | None = None,
+              device: torch.device | str = "cpu") -> dict:
+    """Measures every decision's candidates with the current ISA and thread count (or, for a
+    CUDA ``device``, the GPU decisions on that GPU), and (with ``write``) stores the result in
+    the cache. Returns the entry: ``key``, ``choices``,
     ``seconds`` (per decision, per candidate) and ``date``; ``busy`` (decision -> why) when
     a decision was measured on a busy machine even after ``BUSY_RETRIES`` retries: it keeps
     its default, and the entry is not cached (under torchrun it is, for that job only)."""
+    device = _scope(device)
     made: dict[str, object] = {}
     seconds: dict[str, dict[str, float]] = {}
     busy: dict[str, str] = {}
     t_start = time.perf_counter()
-    for d in DECISIONS:
-        cands = d.candidates()
-        if len(cands) <= 1:
-            made[d.name] = cands[0] if cands else d.default
-            seconds[d.name] = {}
-            continue
-        runs = {c: d.prepare(c, made) for c in cands}
-        for _ in range(BUSY_RETRIES + 1):
-            stats: dict = {}
-            with _load_monitor() as load:
-                times = time_candidates(runs, stats)
-            why = _busy_reason(load, stats)
-            if why is None:
-                break
-        best = min(times, key=times.get)
-        default_t = times.get(d.default)
-        if why is not None or (default_t is not None
-                               and times[best] > default_t * (1 - MARGIN)):
-            best = d.default
-        if why is not None:
-            busy[d.name] = why
-        made[d.name] = best
-        seconds[d.name] = {str(c): t for c, t in times.items()}
-        if log:
-            log(f"{d.name}: " + ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in times.items())
-                + f" -> {best}" + (f" (default: measured on a busy machine, {why})"
-                                   if why else ""))
-    key = machine_key()
+    with problems.measuring_on(device):
+        for d in decisions(device):
+            cands = d.candidates()
+            if len(cands) <= 1:
+                made[d.name] = cands[0] if cands else d.default
+                seconds[d.name] = {}
+                continue
+            default = d.default if d.default in cands else cands[0]
+            runs = {c: d.prepare(c, made) for c in cands}
+            for _ in range(BUSY_RETRIES + 1):
+                stats: dict = {}
+                with _load_monitor() as load:
+                    times = time_candidates(runs, stats)
+                if device.type != "cpu":  # other processes' CPU time does not slow a GPU
+                    load = {}
+                why = _busy_reason(load, stats)
+                if why is None:
+                    break
+            del runs  # the problems' device memory
+            best = min(times, key=times.get)
+            default_t = times.get(default)
+            if why is not None or (default_t is not None
+                                   and times[best] > default_t * (1 - MARGIN)):
+                best = default
+            if why is not None:
+                busy[d.name] = why
+            made[d.name] = best
+            seconds[d.name] = {str(c): t for c, t in times.items()}
+            if log:
+                log(f"{d.name}: " + ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in times.items())
+                    + f" -> {best}" + (f" (default: measured on a busy machine, {why})"
+                                       if why else ""))
+    key = device_key(device)
     entry = {"key": key, "choices": made, "seconds": seconds,
              "date": time.strftime("%Y-%m-%d %H:%M:%S"),
              "calibration_s": round(time.perf_counter() - t_start, 2)}
@@ -396,166 +452,20 @@ def _busy_reason(load: dict, stats: dict) -> str | None:
     return None
 
 
-def _unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
-    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.normalize(x, dim=1).contiguous()
-
-
-def _module(name: str):
-    # the modules themselves, not dispatch.plan: a plan consults the choices being measured
-    from micro_fast import dispatch
-
-    return dispatch.module(name)
-
-
-def _cpp():
-    return _module("cpp")
-
-
-def _only_cpp(values: tuple) -> Callable[[], list]:
-    return lambda: list(values) if "cpp" in backends.available() else []
-
-
-def _prepare_contrastive_block(block: int, _made: dict) -> Callable[[], object]:
-    impl, n = _cpp(), CALIBRATION_ROWS["contrastive"]
-    n1, n2 = _unit_rows(n, 64, 0), _unit_rows(n, 64, 1)
-    g = torch.full((n,), 1.0 / n)
-
-    def run():
-        lse1, _ = impl.contrastive_forward(n1, n2, 0.5, False, block)
-        impl.contrastive_backward(n1, n2, 0.5, lse1, None, g, None, block)
-    return run
-
-
-def _fusion_inputs(n: int = CALIBRATION_ROWS["contrastive_fusion"],
-                   m: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    u = torch.stack([_unit_rows(n, 64, 2 + k) for k in range(m)])
-    w = torch.softmax(torch.randn(n, m, generator=torch.Generator().manual_seed(9)), dim=1)
-    fused = sum(w[:, k:k + 1] * u[k] for k in range(m))
-    coef = (w / torch.linalg.vector_norm(fused, dim=1, keepdim=True)).contiguous()
-    return u.contiguous(), coef
-
-
-def _prepare_fusion_block(block: int, _made: dict) -> Callable[[], object]:
-    impl = _cpp()
-    u, coef = _fusion_inputs()
-    g = torch.full(coef.T.shape, 1.0 / u.shape[1])
-
-    def run():
-        lse = impl.contrastive_fusion_forward(u, coef, 0.5, block)
-        impl.contrastive_fusion_backward(u, coef, 0.5, lse, g, block)
-    return run
-
-
-def _prepare_fusion_strategy(strategy: str, made: dict) -> Callable[[], object]:
-    impl = _cpp()
-    u, coef = _fusion_inputs()
-    n = u.shape[1]
-    g = torch.full((u.shape[0], n), 1.0 / n)
-    fused = torch.nn.functional.normalize(sum(coef[:, k:k + 1] * u[k]
-                                              for k in range(u.shape[0])), dim=1).contiguous()
-    if strategy == "fused":
-        block = made.get("contrastive_fusion.block_size")
-
-        def run():
-            lse = impl.contrastive_fusion_forward(u, coef, 0.5, block)
-            impl.contrastive_fusion_backward(u, coef, 0.5, lse, g, block)
-    else:
-        block = made.get("contrastive.block_size")
-
-        def run():
-            for k in range(u.shape[0]):
-                lse1, _ = impl.contrastive_forward(u[k], fused, 0.5, False, block)
-                impl.contrastive_backward(u[k], fused, 0.5, lse1, None, g[k], None, block)
-    return run
-
-
-def _prepare_topk_block(block: int, _made: dict) -> Callable[[], object]:
-    impl = _module("cpp")
-    x = _unit_rows(CALIBRATION_ROWS["topk_similarity"], 64, 5)
-    return lambda: impl.topk_similarity(x, None, 10, None, block)
-
-
-_spmm_inputs: dict[str, tuple] = {}
-
-
-def _prepare_spmm_backend(name: str, _made: dict) -> Callable[[], object]:
-    """spmm forward + backward (the transposed product and the values' sddmm) on a bipartite
-    user-item graph of 30,000 nodes and 200,000 stored entries, d = 64."""
-    if not _spmm_inputs:
-        gen = torch.Generator().manual_seed(7)
-        n_users, n_items, nnz = 20_000, 10_000, 100_000
-        users = torch.randint(0, n_users, (nnz,), generator=gen)
-        items = torch.randint(0, n_items, (nnz,), generator=gen)
-        impl = _module("torch_ref")
-        indptr, indices, values = impl.bipartite_graph(users, items, n_users, n_items, "sym",
-                                                       False, "sum", torch.float32)
-        x = torch.randn(n_users + n_items, 64, generator=gen)
-        _spmm_inputs["graph"] = (indptr, indices, values, x)
-    indptr, indices, values, x = _spmm_inputs["graph"]
-    impl = _module(name)
-
-    def run():
-        y = impl.spmm(indptr, indices, values, x)
-        impl.spmm(indptr, indices, values, y)  # the graph is symmetric: A^T g = A g
-        impl.sddmm(indptr, indices, y, x)
-    return run
-
-
-def _backend_candidates(op: str) -> Callable[[], list]:
-    """The backends ``micro_fast.dispatch`` offers for ``op`` on CPU tensors, to be measured."""
-    def candidates() -> list:
-        from micro_fast import dispatch
-
-        return dispatch.measured_candidates(op, "cpu")
-    return candidates
-
-
-def _prepare_project_rows_backend(name: str, _made: dict) -> Callable[[], object]:
-    """project_rows forward + backward: 1,800 distinct rows of 4,096 x 1,024 features
-    projected to 64."""
-    gen = torch.Generator().manual_seed(8)
-    x, w = torch.randn(4096, 1024, generator=gen), torch.randn(64, 1024, generator=gen)
-    rows = torch.randperm(4096, generator=gen)[:1800].sort().values
-    g = torch.randn(1800, 64, generator=gen)
-    impl = _module(name)
-
-    def run():
-        impl.project_rows_forward(x, rows, w, None)
-        impl.project_rows_backward(x, rows, w, g, True, True)
-    return run
-
-
-DECISIONS: tuple[Decision, ...] = (
-    Decision("contrastive.block_size", "rows per tile of contrastive_loss (cpp)", 256,
-             _only_cpp((128, 256, 384)), _prepare_contrastive_block),
-    Decision("contrastive_fusion.block_size", "rows per tile of the fused-view kernel (cpp)",
-             128, _only_cpp((128, 192, 256)), _prepare_fusion_block),
-    Decision("contrastive_fusion.strategy",
-             "contrastive_fusion_loss as one fused-view pass or as separate losses (cpp)",
-             "fused", _only_cpp(("fused", "separate")), _prepare_fusion_strategy),
-    Decision("topk_similarity.block_size", "rows per tile of the top-k search (cpp)", 256,
-             _only_cpp((128, 256, 512)), _prepare_topk_block),
-    Decision("spmm.backend", "backend of spmm / propagate on CPU tensors with backend='auto'",
-             "cpp", _backend_candidates("spmm"), _prepare_spmm_backend),
-    Decision("project_rows.backend", "backend of project_rows on CPU tensors with "
-             "backend='auto' (the compiled kernels or torch's products)", "cpp",
-             _backend_candidates("project_rows"), _prepare_project_rows_backend),
-)
-
-
-def describe(entry: dict | None = None) -> list[str]:
-    """Lines for ``micro-fast info`` / ``tune``: the key, each choice and its measured times."""
+def describe(entry: dict | None = None, device: torch.device | str = "cpu") -> list[str]:
+    """Lines for ``micro-fast info`` / ``tune``: the key, each choice and its measured times
+    (for the CPU, or for the GPU of a CUDA ``device``)."""
     if not enabled():
         return ["tuning: off (MICRO_FAST_TUNE=0): built-in defaults"]
-    entry = entry if entry is not None else cached_entry()
-    key = _key_str(machine_key())
+    device = _scope(device)
+    entry = entry if entry is not None else cached_entry(device=device)
+    key = _key_str(device_key(device))
     if entry is None:
         return [f"tuning: not calibrated yet for {key} (runs on first use, or "
                 "`micro-fast tune`)", f"  cache: {cache_path()}"]
     lines = [f"tuning ({key}; {entry.get('date', '?')}, {entry.get('calibration_s', '?')} s):",
              f"  cache: {cache_path()}"]
-    for d in DECISIONS:
+    for d in decisions(device):
         chosen = entry["choices"].get(d.name, d.default)
         times = entry.get("seconds", {}).get(d.name, {})
         timing = ", ".join(f"{c} {1e3 * t:.1f} ms" for c, t in times.items())

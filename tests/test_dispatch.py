@@ -4,13 +4,14 @@ calibrated and chosen, and numba_cuda never gets a large top-k search."""
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
 import torch
 
 import micro_fast as mf
-from micro_fast import CSRGraph, backends, dispatch, tuning
+from micro_fast import CSRGraph, backends, dispatch, tuning, tuning_problems
 from micro_fast.backends import cpp, cuda, numba_cuda, torch_ref
 
 
@@ -158,3 +159,62 @@ def test_cpu_plans_are_what_the_backends_order_gave(monkeypatch):
         expected = dict.fromkeys(expected, "torch_ref")
     for op, name in expected.items():
         assert dispatch.plan(op, "auto", "cpu").backend == name, op
+
+
+@pytest.mark.parametrize("fake_wins", [True, False])
+def test_cuda_plans_are_measured_on_the_gpu_against_blocked_torch(monkeypatch, tmp_path,
+                                                                  fake_wins):
+    """On CUDA tensors ``auto`` runs the backend measured fastest on that GPU model, with
+    torch_ref's blocked cuBLAS search among the candidates: a GPU backend slower than plain
+    torch is not planned. A fake GPU here: its key names a GPU, its problems stay on the CPU."""
+    monkeypatch.setenv("MICRO_FAST_TUNE", "1")
+    monkeypatch.setenv("MICRO_FAST_CACHE_DIR", str(tmp_path))
+    gpu = {"gpu": "Fake GPU", "cc": "9.0", "driver": "13.0", "version": "test", "build": "b0"}
+    cpu_key = tuning.device_key
+    monkeypatch.setattr(tuning, "device_key", lambda device="cpu", threads=None: dict(gpu)
+                        if torch.device(device).type == "cuda" else cpu_key(device, threads))
+    monkeypatch.setattr(tuning, "_measurable", lambda device: True)
+    monkeypatch.setattr(tuning_problems, "_tensor_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(tuning_problems, "CUDA_ROWS",
+                        {"topk_similarity": 300, "contrastive": 100})
+    monkeypatch.setattr(tuning, "_busy_reason", lambda load, stats: None)
+    measured: list[list[str]] = []
+    real_time = tuning.time_candidates
+
+    def time_candidates(runs, stats=None):
+        times = real_time(runs, stats)
+        measured.append(sorted(map(str, times)))
+        slow = max(times.values()) * 10 + 1
+        return {c: ((0.0 if fake_wins else slow) if c == "fake" else t)
+                for c, t in times.items()}
+
+    monkeypatch.setattr(tuning, "time_candidates", time_candidates)
+    calls: list[str] = []
+    mod = types.ModuleType("fake_gpu_backend")
+    mod.is_available = lambda: (True, "")
+    mod.supports = lambda device: device.type == "cuda"
+
+    def topk_similarity(queries, keys, k, exclude, block_size):
+        calls.append("topk")
+        return torch_ref.topk_similarity(queries, keys, k, exclude, block_size)
+
+    mod.topk_similarity = topk_similarity
+    dispatch.register(dispatch.Backend("fake", mod, (dispatch.Offer("topk_similarity"),)),
+                      before="torch_ref")
+    try:
+        tuning.forget()
+        assert dispatch.measured_candidates("topk_similarity", "cuda:0") == ["fake", "torch_ref"]
+        chosen = dispatch.plan("topk_similarity", "auto", "cuda:0").backend
+        assert chosen == ("fake" if fake_wins else "torch_ref")
+        assert ["fake", "torch_ref"] in measured and calls  # timed on the (fake) GPU
+        cached = json.loads((tmp_path / "tuning.json").read_text())
+        key = tuning._key_str(gpu)
+        assert cached[key]["choices"]["topk_similarity.backend"] == chosen
+        assert set(cached[key]["choices"]) == {d.name for d in tuning.CUDA_DECISIONS}
+        assert any("Fake GPU" in line for line in tuning.describe(device="cuda:0"))
+        # the CPU's plans and cache entry are their own
+        assert dispatch.plan("topk_similarity", "auto", "cpu").backend != "fake"
+        assert "topk_similarity.backend" not in tuning.choices("cpu")
+    finally:
+        dispatch.unregister("fake")
+        tuning.forget()

@@ -65,7 +65,7 @@ def test_calibration_measures_every_decision_and_caches_it(cache, monkeypatch):
 def test_first_use_calibrates_once(cache, monkeypatch, capsys):
     calls = []
 
-    def fake_calibrate(write=True, log=None):
+    def fake_calibrate(write=True, log=None, device="cpu"):
         calls.append(1)
         entry = _fake_entry()
         tuning._memo[tuning._key_str(entry["key"])] = entry
