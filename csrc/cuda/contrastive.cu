@@ -107,8 +107,21 @@ __device__ __forceinline__ T max_nan(T a, T b) {
 // x[t BM, ...) with the diagonal excluded, tile t >= T is z[(t - T) BM, ...). Writes, for each of
 // its rows, the running maximum score (raw, not divided by tau; -inf when no column was seen) to
 // pmax[split * mb + row] and sum exp((s - max) / tau) to psum[split * mb + row].
+//
+// The 16 lanes tx of a half-warp share a thread's TM rows, and after each butterfly they all
+// hold the same tile maximum and sum; so the running (max, sum) of row r lives in one lane
+// only, tx = r, and reaches the others by one shuffle per tile: 2 registers where a copy per
+// lane took 2 TM, which keeps the kernel within two blocks per SM (128 registers).
+// Two blocks per SM on every architecture: sm_80 needs the bound for it (129 registers without),
+// while on sm_90 the kernel takes 128 registers unbounded and spills under the bound.
+// (An explicit minimum of one block gave 145 registers on sm_90: the bound is left out there.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MF_LSE_BOUNDS __launch_bounds__(kTileThreads)
+#else
+#define MF_LSE_BOUNDS __launch_bounds__(kTileThreads, kTileMinBlocks)
+#endif
 template <typename T>
-__global__ void __launch_bounds__(kTileThreads)
+__global__ void MF_LSE_BOUNDS
     lse_partial_kernel(const T* __restrict__ x, const T* __restrict__ z, int64_t n, int64_t d,
                        int64_t r0, int mb, T inv_tau, T* __restrict__ pmax,
                        T* __restrict__ psum) {
@@ -125,12 +138,9 @@ __global__ void __launch_bounds__(kTileThreads)
   const int64_t tiles = (n + BM - 1) / BM;
   const T ninf = neg_inf<T>();
 
-  T run_m[TM], run_s[TM];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    run_m[r] = ninf;
-    run_s[r] = T(0);
-  }
+  const int half = threadIdx.x & 16;  // the first lane of this thread's half-warp
+  T own_m = ninf;  // lane tx < TM: the running maximum and sum of its row r = tx
+  T own_s = T(0);
 
   for (int64_t t = blockIdx.y; t < 2 * tiles; t += gridDim.y) {
     const bool cross = t >= tiles;
@@ -155,7 +165,8 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll
       for (int off = 1; off < 16; off <<= 1)
         tmax = max_nan(tmax, __shfl_xor_sync(0xffffffffu, tmax, off));
-      const T new_m = max_nan(run_m[r], tmax);
+      const T run_m = __shfl_sync(0xffffffffu, own_m, half + r);
+      const T new_m = max_nan(run_m, tmax);
       T ps = T(0);
       if (new_m != ninf) {  // else every score seen so far is excluded: the sum stays 0
 #pragma unroll
@@ -163,21 +174,20 @@ __global__ void __launch_bounds__(kTileThreads)
       }
 #pragma unroll
       for (int off = 1; off < 16; off <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
-      const T scale = run_m[r] == new_m ? T(1) : dev_exp((run_m[r] - new_m) * inv_tau);
-      run_s[r] = fma_rn(run_s[r], scale, ps);
-      run_m[r] = new_m;
+      if (tx == r) {
+        const T scale = run_m == new_m ? T(1) : dev_exp((run_m - new_m) * inv_tau);
+        own_s = fma_rn(own_s, scale, ps);
+        own_m = new_m;
+      }
     }
   }
 
-  if (tx == 0) {
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      const int64_t il = i0 + owned<T>(r, ty);
-      if (il < mb) {
-        const int64_t o = static_cast<int64_t>(blockIdx.y) * mb + il;
-        pmax[o] = run_m[r];
-        psum[o] = run_s[r];
-      }
+  if (tx < TM) {
+    const int64_t il = i0 + owned<T>(tx, ty);
+    if (il < mb) {
+      const int64_t o = static_cast<int64_t>(blockIdx.y) * mb + il;
+      pmax[o] = own_m;
+      psum[o] = own_s;
     }
   }
 }
@@ -208,9 +218,12 @@ __global__ void __launch_bounds__(kMergeThreads)
 // w[i, j] (row stride nc) for the tile (bx, by) of the block's rows [r0, r0 + mb) of x and
 // columns [c0, c0 + nc) of y, s = <x_i, y_j>:
 //   w = (g_row[i] e^{s/tau - l_row[i]} + g_col[j] e^{s/tau - l_col[j]}) / tau,
-// a term dropped when its l pointer is null, 0 where i == j when `self` (y is x).
+// a term dropped when its l pointer is null, 0 where i == j when `self` (y is x). The columns'
+// (l, g) pairs are staged in the shared buffers the product is done with, and a row's pair is
+// read when its row is written: fewer live registers next to the accumulator tile, so two
+// blocks fit an SM.
 template <typename T>
-__global__ void __launch_bounds__(kTileThreads)
+__global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
     weight_tile_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t d, int64_t r0,
                        int mb, int64_t c0, int nc, bool self, const T* __restrict__ l_row,
                        const T* __restrict__ g_row, const T* __restrict__ l_col,
@@ -226,21 +239,17 @@ __global__ void __launch_bounds__(kTileThreads)
   const int tx = threadIdx.x & 15;
   const int ty = threadIdx.x >> 4;
 
-  T lr[TM], gr[TM], lc[TM], gc[TM];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int il = owned<T>(r, ty);
-    const bool ok = l_row != nullptr && il < a_rows;
-    lr[r] = ok ? l_row[r0 + i0 + il] : T(0);
-    gr[r] = ok ? g_row[r0 + i0 + il] : T(0);
-  }
-#pragma unroll
-  for (int c = 0; c < TM; ++c) {
-    const int jl = owned<T>(c, tx);
+  // score_mainloop ended with a barrier: its shared buffers are free
+  T* lc = sm.b[0];  // l_col, g_col of the tile's columns
+  T* gc = sm.b[1];
+  static_assert(score_edge<T>() <= kTileThreads, "one thread per column");
+  if (threadIdx.x < score_edge<T>()) {
+    const int jl = threadIdx.x;
     const bool ok = l_col != nullptr && jl < b_rows;
-    lc[c] = ok ? l_col[c0 + j0 + jl] : T(0);
-    gc[c] = ok ? g_col[c0 + j0 + jl] : T(0);
+    lc[jl] = ok ? l_col[c0 + j0 + jl] : T(0);
+    gc[jl] = ok ? g_col[c0 + j0 + jl] : T(0);
   }
+  __syncthreads();
 
   // A thread's columns come in runs of V consecutive ones: 16-byte stores (a half-warp writes
   // 256 contiguous bytes) when every row of w starts 16-byte aligned, else scalar ones.
@@ -251,6 +260,8 @@ __global__ void __launch_bounds__(kTileThreads)
     const int il = owned<T>(r, ty);
     if (il >= a_rows) continue;
     const int64_t i = r0 + i0 + il;
+    const T lr = l_row != nullptr ? l_row[i] : T(0);
+    const T gr = l_row != nullptr ? g_row[i] : T(0);
     T* wrow = w + (i0 + il) * nc + j0;
     T v[TM];
 #pragma unroll
@@ -258,8 +269,8 @@ __global__ void __launch_bounds__(kTileThreads)
       const int jl = owned<T>(c, tx);
       const T s = acc[r][c];
       T e = T(0);
-      if (l_row != nullptr) e = gr[r] * dev_exp(fma_rn(s, inv_tau, -lr[r]));
-      if (l_col != nullptr) e = fma_rn(gc[c], dev_exp(fma_rn(s, inv_tau, -lc[c])), e);
+      if (l_row != nullptr) e = gr * dev_exp(fma_rn(s, inv_tau, -lr));
+      if (l_col != nullptr) e = fma_rn(gc[jl], dev_exp(fma_rn(s, inv_tau, -lc[jl])), e);
       v[c] = (self && c0 + j0 + jl == i) ? T(0) : e * inv_tau;
     }
 #pragma unroll

@@ -32,9 +32,9 @@ __device__ __forceinline__ double fma_rn(double a, double b, double c) { return 
 
 constexpr int kTileThreads = 256;  // 16 x 16 threads per tile kernel
 // two tile blocks per SM: ptxas keeps a thread at 64K / (2 x 256) = 128 registers. The score
-// tile of the top-k search fits without spilling (141 registers on sm_90 without the bound);
-// the contrastive tiles would spill 40 to 124 bytes under it, so they keep one block per SM
-// until their fp32 register tile is made smaller (benchmarks/cuda_resources.py)
+// tile of the top-k search and the backward's weight tile fit without spilling under this
+// bound; the forward's LSE tile comes to 128 registers without it and spills under it (sm_90),
+// so it goes unbounded at the same occupancy (benchmarks/cuda_resources.py)
 constexpr int kTileMinBlocks = 2;
 constexpr int kTileBK = 8;         // reduction elements per shared-memory stage
 constexpr int kTilePad = 4;        // breaks the bank pattern of transposed stores; keeps shared

@@ -74,23 +74,30 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
   const int tx = threadIdx.x & 15;
   const int ty = threadIdx.x >> 4;
   // A thread's columns come in runs of V consecutive ones: 16-byte stores (a half-warp writes
-  // 256 contiguous bytes) when every row of s starts 16-byte aligned, else scalar ones.
+  // 256 contiguous bytes) for a full-width tile when every row of s starts 16-byte aligned,
+  // else scalar ones (two plain branches: one with a bounds test per run spilled on sm_80).
   constexpr int V = Vec16<T>::n;
   const bool vec = nc % V == 0 && reinterpret_cast<std::uintptr_t>(s) % 16 == 0;
+  if (vec && t.b_rows == score_edge<T>()) {  // a full-width tile: every run is whole
 #pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int il = owned<T>(r, ty);
-    if (il >= t.a_rows) continue;
-    T* srow = s + (t.i0 + il) * nc + t.j0;
+    for (int r = 0; r < TM; ++r) {
+      const int il = owned<T>(r, ty);
+      if (il >= t.a_rows) continue;
+      T* srow = s + (t.i0 + il) * nc + t.j0;
 #pragma unroll
-    for (int g = 0; g < TM / V; ++g) {
-      const int jl = owned<T>(g * V, tx);  // first of V consecutive columns
-      if (vec && jl + V <= t.b_rows) {
-        Vec16<T>::store(srow + jl, acc[r] + g * V);
-      } else {
+      for (int g = 0; g < TM / V; ++g)
+        Vec16<T>::store(srow + owned<T>(g * V, tx), acc[r] + g * V);
+    }
+  } else {
 #pragma unroll
-        for (int u = 0; u < V; ++u)
-          if (jl + u < t.b_rows) srow[jl + u] = acc[r][g * V + u];
+    for (int r = 0; r < TM; ++r) {
+      const int il = owned<T>(r, ty);
+      if (il >= t.a_rows) continue;
+      T* srow = s + (t.i0 + il) * nc + t.j0;
+#pragma unroll
+      for (int c = 0; c < TM; ++c) {
+        const int jl = owned<T>(c, tx);
+        if (jl < t.b_rows) srow[jl] = acc[r][c];
       }
     }
   }
@@ -195,8 +202,10 @@ __device__ typename KeyOf<T>::type radix_kth_key(const T* sv, int count, int r, 
 //   counts:  entries held by each row's list so far (row-block local)
 //   out_*:   [m, k] running lists, sorted best-first in [0, counts[b]), finished (padded) when
 //            last_chunk is set.
+// Four blocks per SM: without the bound ptxas kept the float kernel at 40 registers and spilled
+// (sm_80); the shared arrays of four blocks fit every supported architecture.
 template <typename T>
-__global__ void __launch_bounds__(kSelThreads)
+__global__ void __launch_bounds__(kSelThreads, 4)
     select_kernel(T* s, int nc, int64_t r0, int64_t c0, int k, bool last_chunk,
                   const int64_t* __restrict__ ex_indptr, const int64_t* __restrict__ ex_indices,
                   int32_t* __restrict__ counts, T* out_values, int64_t* out_indices) {
