@@ -9,8 +9,10 @@ user's training set, with :math:`h_j = [r_j \in T_u]`:
 * ``hit@K``       :math:`[\sum_{j \le K} h_j > 0]`
 * ``ndcg@K``      :math:`\mathrm{DCG}/\mathrm{IDCG}` with :math:`\mathrm{DCG} = \sum_j h_j /
   \log_2(j + 1)` and the ideal DCG of :math:`\min(|T_u|, K)` hits (standard). With
-  ``ndcg="published"`` the ideal DCG is that of the retrieved hits sorted first, as the
-  NGCF-era code that MICRO/LATTICE evaluate with computes it (it ignores missed targets).
+  ``ndcg="published"`` the ideal DCG is that of the retrieved list sorted hits first, as the
+  NGCF-era code that MICRO/LATTICE evaluate with computes it: the list is the top
+  :math:`\max K` of all cut-offs, so the ideal at K has :math:`\min(\text{hits in the top }
+  \max K, K)` hits (missed targets are ignored).
 
 Each metric is the mean over the users with at least one target item. Scores are never formed
 as a users x items matrix: ``topk_similarity`` streams the items with the training items
@@ -111,8 +113,9 @@ def per_user_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, train: CSRG
                 h = cum[:, kk - 1]
                 if ndcg == "standard":
                     ideal = cdisc[(n_target.clamp_max(kk) - 1).long()]
-                else:  # ideal list = the retrieved hits moved to the top
-                    n_hit = h.long()
+                else:  # ideal list = the hits of the whole retrieved list (max K) moved
+                    # to the top, cut at K: the published code sorts its max(Ks) list
+                    n_hit = cum[:, kmax - 1].long().clamp_max(kk)
                     ideal = torch.where(n_hit > 0, cdisc[(n_hit - 1).clamp_min(0)],
                                         torch.ones_like(h))
                 cols += [h / n_target, h / k, dcg[:, kk - 1] / ideal, (h > 0).to(torch.float64)]

@@ -472,8 +472,9 @@ def ranking_metrics(scores, train: list[set[int]], target: list[set[int]], ks, n
                     ) -> dict[str, float]:
     """Recall, precision, NDCG and hit at each K, by sorting every user's admissible items
     (not in ``train``) by score descending, ties to the smaller item id, in plain Python.
-    ``ndcg="standard"``: ideal DCG of min(|T|, K) hits; ``"published"``: of the retrieved hits
-    moved to the top (0 when there are none). Means over users with a target item."""
+    ``ndcg="standard"``: ideal DCG of min(|T|, K) hits; ``"published"``: of the retrieved list
+    (the top max(ks)) sorted hits first, cut at K (0 when there are no hits). Means over users
+    with a target item."""
     n_users, n_items = len(scores), len(scores[0]) if len(scores) else 0
     sums: dict[str, float] = {}
     evaluated = 0
@@ -483,11 +484,12 @@ def ranking_metrics(scores, train: list[set[int]], target: list[set[int]], ks, n
         evaluated += 1
         ranked = sorted((i for i in range(n_items) if i not in train[u]),
                         key=lambda i, row=scores[u]: (-float(row[i]), i))
+        retrieved = sum(1 for i in ranked[:max(ks)] if i in target[u])
         for k in dict.fromkeys(ks):  # a repeated cut-off is one metric
             hits = [1.0 if i in target[u] else 0.0 for i in ranked[:k]]
             h = sum(hits)
             dcg = sum(x / math.log2(j + 2) for j, x in enumerate(hits))
-            n_ideal = min(len(target[u]), k) if ndcg == "standard" else int(h)
+            n_ideal = min(len(target[u]) if ndcg == "standard" else retrieved, k)
             idcg = sum(1.0 / math.log2(j + 2) for j in range(n_ideal))
             values = {"recall": h / len(target[u]), "precision": h / k,
                       "ndcg": dcg / idcg if idcg > 0 else 0.0, "hit": 1.0 if h > 0 else 0.0}
