@@ -17,6 +17,7 @@ if "torch" not in _sys.modules:
 
 from micro_fast import backends, dispatch, nn, tuning  # noqa: E402
 from micro_fast.graph import CSRGraph
+from micro_fast.interop import as_graph
 from micro_fast.ops import (
     bipartite_graph,
     contrastive_fusion_loss,
@@ -31,7 +32,7 @@ from micro_fast.ops import (
 
 __version__ = "0.1.0"
 
-__all__ = ["CSRGraph", "__version__", "backends", "bipartite_graph", "dispatch",
+__all__ = ["CSRGraph", "__version__", "as_graph", "backends", "bipartite_graph", "dispatch",
            "contrastive_fusion_loss", "contrastive_loss",
            "knn_graph", "nn",
            "project_rows", "propagate", "sample_edges", "spmm", "topk_similarity", "tuning"]

@@ -10,6 +10,11 @@ A graph of shape ``(n_rows, n_cols)`` with ``nnz`` stored entries is
 The structure (indptr, indices) is immutable; ``with_values`` makes a graph with new weights that
 shares the structure and its cached transpose permutation, so a graph re-weighted every step
 never recomputes it.
+
+``torch.sparse.mm / mm / matmul / spmm (g, x)`` and ``g @ x`` run ``micro_fast.spmm``
+(``micro_fast.interop``, which also converts torch sparse tensors and scipy matrices, cached);
+``s * g``, ``g / s``, ``-g``, ``g + h``, ``g - h`` are graphs (``micro_fast.graph_arith``);
+``micro_fast.nn.GraphBuffer`` holds a graph in an ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -324,11 +329,36 @@ class CSRGraph:
             self._tvalues = (key, v.detach()[perm])
         return self._tvalues[1]
 
+    t = transpose  # as torch.Tensor.t
+
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         """``graph @ x`` is ``micro_fast.spmm(graph, x)``."""
         from micro_fast.ops.spmm import spmm  # the op layer sits above this module
 
         return spmm(self, x)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # torch.sparse.mm / mm / matmul / spmm (graph, x) -> spmm; others NotImplemented
+        return _interop.torch_function(func, types, args, kwargs)
+
+    # arithmetic (micro_fast.graph_arith): by a real scalar, and of two graphs of one shape
+    def __mul__(self, s: Any) -> CSRGraph:
+        return _arith.scale(self, s)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, s: Any) -> CSRGraph:
+        return _arith.divide(self, s)
+
+    def __neg__(self) -> CSRGraph:
+        return _arith.negate(self)
+
+    def __add__(self, other: Any) -> CSRGraph:
+        return _arith.add(self, other)
+
+    def __sub__(self, other: Any) -> CSRGraph:
+        return _arith.add(self, other, subtract=True)
 
     def is_symmetric(self, atol: float = 0.0) -> bool:
         """Whether the matrix equals its transpose (structure, and values within ``atol``)."""
@@ -497,3 +527,7 @@ def _flatten_with_keys(g: CSRGraph):
 torch.utils._pytree.register_pytree_node(
     CSRGraph, _flatten, _unflatten, serialized_type_name="micro_fast.graph.CSRGraph",
     flatten_with_keys_fn=_flatten_with_keys)
+
+# the dunders' implementations import CSRGraph from this module, so they come after it
+from micro_fast import graph_arith as _arith  # noqa: E402
+from micro_fast import interop as _interop  # noqa: E402

@@ -26,6 +26,7 @@ from torch import nn
 
 from micro_fast.errors import InputError
 from micro_fast.graph import CSRGraph, graph_on
+from micro_fast.interop import GraphLike, as_graph
 from micro_fast.ops.knn_graph import knn_graph
 from micro_fast.ops.spmm import spmm
 
@@ -88,8 +89,11 @@ class KNNGraphLearner(nn.Module):
         return self.knn(self.projection(self.features), self.k,
                         normalization=self.normalization, backend=self.backend)
 
-    def propagate(self, learned: CSRGraph, x: torch.Tensor, layers: int = 1) -> torch.Tensor:
-        """:math:`A^L x` for the mixture :math:`A` of ``learned`` and the original graph."""
+    def propagate(self, learned: GraphLike, x: torch.Tensor, layers: int = 1) -> torch.Tensor:
+        """:math:`A^L x` for the mixture :math:`A` of ``learned`` (a ``CSRGraph``, or a torch
+        sparse tensor / scipy.sparse matrix: ``micro_fast.interop.as_graph``) and the original
+        graph."""
+        learned = as_graph(learned, "learned")
         orig = self.original()
         if orig.dtype != x.dtype:
             orig = orig.to(dtype=x.dtype)

@@ -1,4 +1,8 @@
-"""Drop-in modules for the graph-propagation loops of MICRO / LATTICE / LightGCN."""
+"""Drop-in modules for the graph-propagation loops of MICRO / LATTICE / LightGCN.
+
+Their graph arguments may be a ``CSRGraph``, a torch sparse COO/CSR tensor or a scipy.sparse
+matrix (``micro_fast.interop.as_graph``: converted once per object, cached).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 from torch import nn
 
 from micro_fast.errors import InputError
-from micro_fast.graph import CSRGraph
+from micro_fast.interop import GraphLike, as_graph
 from micro_fast.ops.propagate import COMBINES, propagate
 
 
@@ -29,8 +33,9 @@ class GraphPropagation(nn.Module):
             raise InputError(f"combine must be one of {COMBINES}, got {combine!r}")
         self.layers, self.combine, self.backend = layers, combine, backend
 
-    def forward(self, graph: CSRGraph, x: torch.Tensor) -> torch.Tensor:
-        """graph: (N, N) ``CSRGraph``; x: [N, d] -> [N, d]."""
+    def forward(self, graph: GraphLike, x: torch.Tensor) -> torch.Tensor:
+        """graph: (N, N) ``CSRGraph``, torch sparse COO/CSR tensor or scipy.sparse matrix
+        (converted once, cached: ``micro_fast.interop``); x: [N, d] -> [N, d]."""
         return propagate(graph, x, self.layers, combine=self.combine, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -59,8 +64,10 @@ class LightGCN(nn.Module):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
 
-    def forward(self, graph: CSRGraph) -> tuple[torch.Tensor, torch.Tensor]:
-        """graph: (U+I, U+I) ``CSRGraph`` -> (users [U, dim], items [I, dim])."""
+    def forward(self, graph: GraphLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """graph: (U+I, U+I) ``CSRGraph`` (or torch sparse tensor / scipy.sparse matrix,
+        converted once, cached) -> (users [U, dim], items [I, dim])."""
+        graph = as_graph(graph, "graph")
         n = self.n_users + self.n_items
         if graph.shape != (n, n):
             raise InputError(f"graph must have shape ({n}, {n}) (users + items), "

@@ -11,7 +11,8 @@ Each product is one ``micro_fast::spmm`` operator, so backward walks the layers 
 :math:`G_l = c_l \bar G + A^T G_{l+1}` (:math:`c_l` the layer's weight in the combination), and
 adds :math:`\langle G_{l+1}, H_l \rangle` at the stored entries when the values require grad;
 the intermediate layers are kept only in that case. ``torch.compile`` traces it without graph
-breaks.
+breaks. The graph may be a torch sparse tensor or scipy matrix, converted once (cached) by
+``micro_fast.interop.as_graph``.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import torch
 
 from micro_fast import memory
 from micro_fast.errors import InputError
-from micro_fast.graph import CSRGraph
+from micro_fast.interop import GraphLike
 from micro_fast.ops.spmm import apply_spmm, check_operands, resolve_backend
 
 COMBINES = ("last", "mean")
 
 
-def propagate(graph: CSRGraph, x: torch.Tensor, layers: int, *, combine: str = "last",
+def propagate(graph: GraphLike, x: torch.Tensor, layers: int, *, combine: str = "last",
               backend: str = "auto") -> torch.Tensor:
     """``layers`` rounds of ``graph @ h`` starting from ``x``, combined as ``combine``.
 
     Args:
-        graph: square ``CSRGraph`` (N, N); ``values`` may require grad.
+        graph: square ``CSRGraph`` (N, N), or a torch sparse COO/CSR tensor or scipy.sparse
+            matrix (converted once, cached: ``micro_fast.interop``); values may require grad.
         x: float32/float64 [N, d].
         layers: number of products, >= 0 (0 returns ``x``).
         combine: ``"last"`` or ``"mean"`` (see the module docstring).
@@ -39,7 +41,7 @@ def propagate(graph: CSRGraph, x: torch.Tensor, layers: int, *, combine: str = "
     Returns:
         [N, d] tensor.
     """
-    check_operands(graph, x)
+    graph = check_operands(graph, x)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
         raise InputError(f"layers must be a non-negative int, got {layers!r}")
     if combine not in COMBINES:

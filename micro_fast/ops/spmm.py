@@ -17,6 +17,10 @@ The kernels are the custom operators ``torch.ops.micro_fast.spmm`` and
 ``torch.compile`` traces ``spmm`` without graph breaks and ``torch.library.opcheck`` checks them.
 Eager calls on plain tensors run the same kernels and backward without the dispatcher, whose
 overhead is about half of a small product's time.
+
+The graph may also be a torch sparse COO/CSR tensor or a scipy.sparse matrix: converted to a
+``CSRGraph`` once per object and cached (``micro_fast.interop.as_graph``), differentiable w.r.t.
+a torch sparse tensor's values as ``torch.sparse.mm`` is.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_
 from micro_fast import dispatch, memory
 from micro_fast.errors import InputError, InputTypeError
 from micro_fast.graph import CSRGraph
+from micro_fast.interop import GraphLike, as_graph
 from micro_fast.ops._checks import check_float_2d
 
 
@@ -164,9 +169,10 @@ def apply_spmm(graph: CSRGraph, x: torch.Tensor, backend: str) -> torch.Tensor:
                        backend)
 
 
-def check_operands(graph: object, x: object) -> None:
-    if not isinstance(graph, CSRGraph):
-        raise InputTypeError(f"graph must be a CSRGraph, got {type(graph).__name__}")
+def check_operands(graph: GraphLike, x: object) -> CSRGraph:
+    """``graph`` as a ``CSRGraph`` (``interop.as_graph``: a torch sparse tensor or scipy matrix
+    is converted once and cached), checked against ``x``."""
+    graph = as_graph(graph, "graph")
     check_float_2d("x", x)
     if x.dtype != graph.dtype:
         raise InputTypeError(f"x dtype {x.dtype} differs from graph values dtype {graph.dtype}")
@@ -174,13 +180,16 @@ def check_operands(graph: object, x: object) -> None:
         raise InputError(f"x is on {x.device} but graph is on {graph.device}")
     if x.shape[0] != graph.shape[1]:
         raise InputError(f"x has {x.shape[0]} rows but graph has {graph.shape[1]} columns")
+    return graph
 
 
-def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def spmm(graph: GraphLike, x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """``graph @ x``.
 
     Args:
-        graph: ``CSRGraph`` of shape (M, N); its ``values`` may require grad.
+        graph: ``CSRGraph`` of shape (M, N), or a torch sparse COO/CSR tensor or scipy.sparse
+            matrix (converted once and cached, see ``micro_fast.interop``); its values may
+            require grad.
         x: float32/float64 [N, d], same dtype and device as ``graph.values``.
         backend: ``"auto"`` (on CPU tensors the backend measured fastest here, see
             ``micro_fast.tuning``) or a name from ``micro_fast.backends.BACKENDS``.
@@ -188,7 +197,7 @@ def spmm(graph: CSRGraph, x: torch.Tensor, *, backend: str = "auto") -> torch.Te
     Returns:
         [M, d] tensor of ``x``'s dtype.
     """
-    check_operands(graph, x)
+    graph = check_operands(graph, x)
     name = resolve_backend(backend, x.device)
     # output, and in backward the gradient of x and the transposed structure; the kernel's
     # scratch (the cuda backend's partials and work partition)
