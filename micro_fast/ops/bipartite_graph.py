@@ -11,7 +11,9 @@ sums of that matrix:
 * ``"none"``: :math:`A`
 
 Zero-degree nodes keep zero rows. Repeated (user, item) pairs are summed into
-:math:`R_{ui}` (``duplicates="sum"``) or rejected (``duplicates="error"``). The result records
+:math:`R_{ui}` (``duplicates="sum"``), counted once (``duplicates="once"``: :math:`R_{ui} = 1`,
+the published code's dok matrix, where a repeated assignment of 1 stays 1) or rejected
+(``duplicates="error"``). The result records
 ``symmetric=True`` for "sym" and "none", so backward passes reuse the graph as its own transpose.
 """
 
@@ -26,6 +28,7 @@ from micro_fast.graph import CSRGraph
 from micro_fast.ops._checks import FLOAT_DTYPES
 
 NORMALIZATIONS = ("sym", "rw", "none")
+DUPLICATES = ("sum", "once", "error")
 
 
 def _as_ids(name: str, t: object) -> torch.Tensor:
@@ -73,7 +76,7 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
         n_users, n_items: node counts; ids must lie in [0, n_users) and [0, n_items).
         normalization: ``"sym"``, ``"rw"`` or ``"none"``.
         self_loops: add the identity before normalizing.
-        duplicates: ``"sum"`` or ``"error"``.
+        duplicates: ``"sum"``, ``"once"`` or ``"error"``.
         dtype: float32 or float64 values.
 
     Returns:
@@ -89,10 +92,19 @@ def bipartite_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_it
             raise InputError(f"{name} must be a non-negative int, got {n!r}")
     if normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if duplicates not in ("sum", "error"):
-        raise InputError(f"duplicates must be 'sum' or 'error', got {duplicates!r}")
+    if duplicates not in DUPLICATES:
+        raise InputError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
     if dtype not in FLOAT_DTYPES:
         raise InputTypeError(f"dtype must be float32 or float64, got {dtype}")
+    if duplicates == "once" and users.numel():
+        check_ids = users.min() < 0 or items.min() < 0 or users.max() >= n_users \
+            or items.max() >= n_items
+        if not bool(check_ids):  # out-of-range ids are reported by the kernel's own check
+            pairs = torch.unique(users * max(n_items, 1) + items)
+            users, items = pairs // max(n_items, 1), pairs % max(n_items, 1)
+        duplicates = "sum"
+    elif duplicates == "once":
+        duplicates = "sum"
     nnz = 2 * users.numel() + (n_users + n_items if self_loops else 0)
     memory.check("bipartite_graph", nnz * 40 + (n_users + n_items) * 16,
                  f"about {nnz} nonzeros")

@@ -131,14 +131,16 @@ def _rows_loss(n1, n2, lse1, lse2, tau: float, symmetric: bool) -> torch.Tensor:
 def contrastive_loss_kernel(z1: torch.Tensor, z2: torch.Tensor, n1: torch.Tensor,
                             n2: torch.Tensor, tau: float, symmetric: bool,
                             block_size: int | None, backend: str, label1: str, label2: str,
+                            zero_rows_ok: bool = False,
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, lse1, lse2)`` of the normalized views ``n1``, ``n2`` (``lse2`` empty unless
-    ``symmetric``). The raw views ``z1``, ``z2`` are only checked here (NaN / inf, zero-norm
-    rows; ``label1`` and ``label2`` name them in the errors), out of the compiler's sight; the
-    normalization stays in torch."""
+    ``symmetric``). The raw views ``z1``, ``z2`` are only checked here (NaN / inf, and zero-norm
+    rows unless ``zero_rows_ok``; ``label1`` and ``label2`` name them in the errors), out of the
+    compiler's sight; the normalization stays in torch."""
     for label, z in ((label1, z1), (label2, z2)):
         check_values(label, z)
-        check_nonzero_rows(label, z)
+        if not zero_rows_ok:
+            check_nonzero_rows(label, z)
     impl = dispatch.module(backend)
     n1, n2 = n1.detach().contiguous(), n2.detach().contiguous()
     lse1, lse2 = impl.contrastive_forward(n1, n2, tau, symmetric, block_size)
@@ -148,7 +150,7 @@ def contrastive_loss_kernel(z1: torch.Tensor, z2: torch.Tensor, n1: torch.Tensor
 
 
 @contrastive_loss_kernel.register_fake
-def _(z1, z2, n1, n2, tau, symmetric, block_size, backend, label1, label2):
+def _(z1, z2, n1, n2, tau, symmetric, block_size, backend, label1, label2, zero_rows_ok=False):
     n = n1.shape[0]
     return n1.new_empty(()), n1.new_empty(n), n1.new_empty(n if symmetric else 0)
 
@@ -178,7 +180,7 @@ def _(n1, n2, lse1, lse2, grad, tau, symmetric, block_size, backend):
 
 
 def _setup_contrastive(ctx, inputs, output):
-    _, _, n1, n2, tau, symmetric, block_size, backend, _, _ = inputs
+    _, _, n1, n2, tau, symmetric, block_size, backend, _, _, _ = inputs
     _, lse1, lse2 = output
     ctx.mark_non_differentiable(lse1, lse2)
     ctx.save_for_backward(n1, n2, lse1, lse2)
@@ -188,7 +190,7 @@ def _setup_contrastive(ctx, inputs, output):
 def _contrastive_backward(ctx, grad, _grad_lse1, _grad_lse2):
     n1, n2, lse1, lse2 = ctx.saved_tensors
     g1, g2 = contrastive_loss_backward_kernel(n1, n2, lse1, lse2, grad, *ctx.args)
-    return None, None, g1, g2, None, None, None, None, None, None
+    return None, None, g1, g2, None, None, None, None, None, None, None
 
 
 contrastive_loss_kernel.register_autograd(_contrastive_backward,
@@ -198,7 +200,8 @@ contrastive_loss_kernel.register_autograd(_contrastive_backward,
 def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
                      symmetric: bool = False, block_size: int | None = None,
                      backend: str = "auto", shard: RankShard | None = None,
-                     labels: tuple[str, str] = ("z1", "z2")) -> torch.Tensor:
+                     labels: tuple[str, str] = ("z1", "z2"),
+                     zero_rows: str = "error") -> torch.Tensor:
     """MICRO's contrastive loss between views ``z1`` and ``z2`` (see the module docstring).
 
     Args:
@@ -213,6 +216,10 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
         shard: this process's part of a loss split over processes (see the module
             docstring); every process must call with the same inputs and arguments.
         labels: the names of ``z1`` and ``z2`` in error messages.
+        zero_rows: ``"error"`` (default: a row of zero norm raises, its cosine being undefined)
+            or ``"zero"``: rows are normalized as the published code does (``F.normalize``, the
+            norm clamped at 1e-12), so a zero row is a zero vector whose scores are all 0
+            (``micro_fast.integrations`` use it for parity with the published code).
 
     Returns:
         scalar tensor, differentiable w.r.t. ``z1`` and ``z2`` (``loss / shard.count`` with
@@ -238,15 +245,23 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5,
     memory.check("contrastive_loss", 4 * n * d * elem
                  + memory.workspace(impl, "contrastive_loss", n=n, d=d, elem=elem),
                  f"N = {n}, d = {d}")
-    # zero rows are an error: their cosine is undefined, and normalizing them with a clamped
-    # norm (F.normalize) would scale rounding noise in the gradient by 1 / eps
-    n1, n2 = normalize_rows(z1), normalize_rows(z2)
+    if zero_rows not in ("error", "zero"):
+        raise InputError(f"zero_rows must be 'error' or 'zero', got {zero_rows!r}")
+    zero_ok = zero_rows == "zero"
+    # zero rows are an error by default: their cosine is undefined, and normalizing them with a
+    # clamped norm (F.normalize) scales rounding noise in the gradient by 1 / eps
+    if zero_ok:
+        n1 = torch.nn.functional.normalize(z1, dim=1)
+        n2 = torch.nn.functional.normalize(z2, dim=1)
+    else:
+        n1, n2 = normalize_rows(z1), normalize_rows(z2)
     if shard is None:
         loss, _, _ = contrastive_loss_kernel(z1, z2, n1, n2, float(tau), bool(symmetric),
-                                             block_size or measured, name, *labels)
+                                             block_size or measured, name, *labels, zero_ok)
         return loss
     # split over processes: the collectives run between the kernel calls, in eager mode
     for label, z in zip(labels, (z1, z2), strict=True):
         check_values(label, z)
-        check_nonzero_rows(label, z)
+        if not zero_ok:
+            check_nonzero_rows(label, z)
     return _ContrastiveLoss.apply(n1, n2, float(tau), bool(symmetric), block_size, impl, shard)
