@@ -27,6 +27,9 @@ import micro_fast as mf
 DIMS = sizes.SPMM_DIMS[sizes.current()]
 BACKENDS = [*isas.cpp_cases(), "numba", "cuda", "torch_ref", "auto"]
 PEERS = ["torch_coo", "torch_csr", "scipy_csr"]
+#: the same product reached the way torch code reaches it: ``torch.sparse.mm`` on a CSRGraph
+#: (``__torch_function__``) and ``mf.spmm`` on a torch COO tensor (converted once, cached)
+INTEROP = ["torch_function", "from_torch_coo"]
 SPMM_ROUNDS = 20
 
 
@@ -86,7 +89,7 @@ def _peer_fn(peer: str, g: mf.CSRGraph, x: torch.Tensor, backward: bool):
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("spec", GRAPHS, ids=GRAPH_IDS)
-@pytest.mark.parametrize("impl", BACKENDS + PEERS)
+@pytest.mark.parametrize("impl", BACKENDS + INTEROP + PEERS)
 def test_spmm(benchmark, run_case, impl, spec, d, mode):
     """``auto`` is what ``backend="auto"`` runs on CPU tensors (the measured choice,
     micro_fast.tuning)."""
@@ -112,6 +115,18 @@ def test_spmm(benchmark, run_case, impl, spec, d, mode):
         else:
             def fn():
                 return mf.spmm(gd, x, backend=backend)
+    elif impl in INTEROP:
+        a = g if impl == "torch_function" else g.to_torch_coo()
+        x = _x(g, d, backward)
+        product = (lambda: torch.sparse.mm(a, x)) if impl == "torch_function" \
+            else (lambda: mf.spmm(a, x))
+        if backward:
+            def fn():
+                x.grad = None
+                y = product()
+                y.backward(torch.ones_like(y))
+        else:
+            fn = product
     else:
         fn = _peer_fn(impl, g, _x(g, d, backward), backward)
     _record(benchmark, g, d, mode)
