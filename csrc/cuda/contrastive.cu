@@ -46,13 +46,13 @@
 //       weight_tile_kernel  scratch[mb, nc] = W12 of the tile: the same NT GEMM with an
 //                           elementwise epilogue;
 //       product_kernel      grad1[r0:r0+mb] += scratch @ n2[c0:c0+nc] (shared-memory NN GEMM);
-//       product_t_kernel    grad2[c0:c0+nc] += scratch^T @ n1[r0:r0+mb] (TN GEMM, same tiling);
+//       product_kernel      grad2[c0:c0+nc] += scratch^T @ n1[r0:r0+mb] (its transposed form);
 //       split_reduce_kernel after a split product (below): out += its slices' partials.
 //     self part of each side with an LSE (x = n1, or n2 when symmetric), per column chunk
 //     [c0, c0 + nc) and row block [a0, a0 + ma) of the rows [0, c0 + nc) (upper triangle):
 //       weight_tile_kernel  scratch[ma, nc] = A_self of the tile (diagonal zeroed);
 //       product_kernel      out[a0:a0+ma] += scratch @ x[c0:c0+nc];
-//       product_t_kernel    out[c0:c0+nc] += scratch[0:k]^T @ x[a0:a0+k], k = clamp(c0 - a0,
+//       product_kernel      out[c0:c0+nc] += scratch[0:k]^T @ x[a0:a0+k], k = clamp(c0 - a0,
 //                           0, ma): the rows before the chunk (see the launcher for the proof).
 //     Split-K: at d = 64 a product has only ceil(rows / 128) output tiles (float), a fraction
 //     of the SMs, so a launch with fewer than 2 thread blocks per SM splits its reduction (K)
@@ -287,16 +287,20 @@ __global__ void __launch_bounds__(kTileThreads, kTileMinBlocks)
   }
 }
 
-// out[i, :] += sum_k w[i, k] b[k, :] for i < mb: w row-major [mb, nc], b and out row-major
-// with row stride d. Block (bx, by, z) owns the output tile of rows [bx BM, ...) and features
-// [by BN, ...) and reduces over its K slice k in [z ks, min((z + 1) ks, nc)) (ks a multiple of
-// BK): each output element is written by one thread, once. partial == nullptr (one slice):
-// accumulates into out; else overwrites its tile of slice z's partial [mb, d] at
-// partial + z mb d (split_reduce_kernel then adds the slices to out).
-template <typename T>
+// out[i, :] += sum_k A[i, k] b[k, :] for i < out_rows, over k < reduce, with A = w
+// (kTransA = false: A[i, k] = w[i ldw + k], the product of a weight tile) or A = w^T
+// (kTransA = true: A[i, k] = w[k ldw + i], the product over the tile's columns); b and out
+// row-major with row stride d. Block (bx, by, z) owns the output tile of rows [bx BM, ...) and
+// features [by BN, ...) and reduces over its K slice k in [z ks, min((z + 1) ks, reduce)) (ks a
+// multiple of BK): each output element is written by one thread, once. partial == nullptr (one
+// slice): accumulates into out; else overwrites its tile of slice z's partial [out_rows, d] at
+// partial + z out_rows d (split_reduce_kernel then adds the slices to out). w is read in the
+// layout it is stored in: consecutive threads read consecutive addresses of one of its rows.
+template <typename T, bool kTransA>
 __global__ void __launch_bounds__(kTileThreads)
-    product_kernel(const T* __restrict__ w, int mb, int nc, int ks, const T* __restrict__ b,
-                   int64_t d, T* __restrict__ out, T* __restrict__ partial) {
+    product_kernel(const T* __restrict__ w, int out_rows, int reduce, int ldw, int ks,
+                   const T* __restrict__ b, int64_t d, T* __restrict__ out,
+                   T* __restrict__ partial) {
   constexpr int TM = Tile<T>::TM;
   constexpr int TN = Tile<T>::TN;
   constexpr int BM = 16 * TM;
@@ -310,7 +314,7 @@ __global__ void __launch_bounds__(kTileThreads)
                     (BN + kTilePad) % V == 0,
                 "16-byte aligned operand loads");
 
-  __shared__ __align__(16) T as[BK][BM + kTilePad];  // as[k][i] = w[i0 + i, k0 + k]
+  __shared__ __align__(16) T as[BK][BM + kTilePad];  // as[k][i] = A[i0 + i, k0 + k]
   __shared__ __align__(16) T bs[BK][BN + kTilePad];  // bs[k][n] = b[k0 + k, n0 + n]
 
   const int tid = threadIdx.x;
@@ -319,20 +323,26 @@ __global__ void __launch_bounds__(kTileThreads)
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
   const int kb = static_cast<int>(blockIdx.z) * ks;  // the slice: k in [kb, kb + kn)
-  const int kn = min(ks, nc - kb);
-  w += kb;                               // columns [kb, ...) of w (row stride nc)
-  b += static_cast<int64_t>(kb) * d;     // rows [kb, ...) of b
+  const int kn = min(ks, reduce - kb);
+  w += kTransA ? static_cast<int64_t>(kb) * ldw : kb;
+  b += static_cast<int64_t>(kb) * d;
 
   T ra[LOADS_A], rb[LOADS_B];
-  // A element e: (row e / BK, k e % BK); B element e: (k e / BN, feature e % BN): consecutive
-  // threads read consecutive addresses of a row.
+  // A element e of a stage: (row e / BK, k e % BK) of w, or (k e / BM, column e % BM) of w
+  // transposed; B element e: (k e / BN, feature e % BN).
   auto load_stage = [&](int k0) {
 #pragma unroll
     for (int l = 0; l < LOADS_A; ++l) {
       const int e = tid + l * kTileThreads;
-      const int64_t i = i0 + e / BK;
-      const int k = k0 + e % BK;
-      ra[l] = (i < mb && k < kn) ? w[i * nc + k] : T(0);
+      if constexpr (kTransA) {
+        const int k = k0 + e / BM;
+        const int64_t i = i0 + e % BM;
+        ra[l] = (k < kn && i < out_rows) ? w[static_cast<int64_t>(k) * ldw + i] : T(0);
+      } else {
+        const int64_t i = i0 + e / BK;
+        const int k = k0 + e % BK;
+        ra[l] = (i < out_rows && k < kn) ? w[i * ldw + k] : T(0);
+      }
     }
 #pragma unroll
     for (int l = 0; l < LOADS_B; ++l) {
@@ -354,7 +364,8 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll
     for (int l = 0; l < LOADS_A; ++l) {
       const int e = tid + l * kTileThreads;
-      as[e % BK][e / BK] = ra[l];
+      if constexpr (kTransA) as[e / BM][e % BM] = ra[l];
+      else as[e % BK][e / BK] = ra[l];
     }
 #pragma unroll
     for (int l = 0; l < LOADS_B; ++l) {
@@ -379,127 +390,16 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 
   const bool split = partial != nullptr;
-  T* dst = split ? partial + static_cast<int64_t>(blockIdx.z) * mb * d : out;
+  T* dst = split ? partial + static_cast<int64_t>(blockIdx.z) * out_rows * d : out;
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
     const int64_t i = i0 + owned<T>(r, ty);
-    if (i >= mb) continue;
+    if (i >= out_rows) continue;
 #pragma unroll
     for (int c = 0; c < TN; ++c) {
       const int64_t f = n0 + owned<T>(c, tx);
       if (f < d) {
         T* o = dst + i * d + f;
-        *o = split ? acc[r][c] : *o + acc[r][c];
-      }
-    }
-  }
-}
-
-// out[j, :] += sum_{i < mb} w[i, j] b[i, :] for j < nc: the transposed-A twin of product_kernel.
-// w is row-major with row stride ldw (its first nc columns are read), b row-major [mb, d] and out
-// row-major [nc, d], both with row stride d. Block (bx, by, z) owns the output tile of rows
-// [bx BM, ...) and features [by BN, ...) and reduces over its K slice, the rows i in
-// [z ks, min((z + 1) ks, mb)) of w (ks a multiple of BK): each output element is read and
-// written by one thread, once. partial == nullptr: accumulates into out; else overwrites its
-// tile of slice z's partial [nc, d] at partial + z nc d.
-template <typename T>
-__global__ void __launch_bounds__(kTileThreads)
-    product_t_kernel(const T* __restrict__ w, int mb, int nc, int ldw, int ks,
-                     const T* __restrict__ b, int64_t d, T* __restrict__ out,
-                     T* __restrict__ partial) {
-  constexpr int TM = Tile<T>::TM;
-  constexpr int TN = Tile<T>::TN;
-  constexpr int BM = 16 * TM;
-  constexpr int BN = 16 * TN;
-  constexpr int BK = kTileBK;
-  constexpr int V = Vec16<T>::n;
-  constexpr int LOADS_A = BM * BK / kTileThreads;
-  constexpr int LOADS_B = BK * BN / kTileThreads;
-  static_assert(BM * BK % kTileThreads == 0 && BK * BN % kTileThreads == 0, "even tile loads");
-  static_assert(TM % V == 0 && TN % V == 0 && (BM + kTilePad) % V == 0 &&
-                    (BN + kTilePad) % V == 0,
-                "16-byte aligned operand loads");
-
-  __shared__ __align__(16) T as[BK][BM + kTilePad];  // as[k][j] = w[k0 + k, j0 + j]
-  __shared__ __align__(16) T bs[BK][BN + kTilePad];  // bs[k][n] = b[k0 + k, n0 + n]
-
-  const int tid = threadIdx.x;
-  const int tx = tid & 15;
-  const int ty = tid >> 4;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BM;  // output rows = columns of w
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  const int kb = static_cast<int>(blockIdx.z) * ks;  // the slice: rows [kb, kb + kn) of w, b
-  const int kn = min(ks, mb - kb);
-  w += static_cast<int64_t>(kb) * ldw;
-  b += static_cast<int64_t>(kb) * d;
-
-  T ra[LOADS_A], rb[LOADS_B];
-  // A element e: (k e / BM, column e % BM) of w, B element e: (k e / BN, feature e % BN):
-  // consecutive threads read consecutive addresses of a row, and store them to consecutive
-  // shared addresses (w is read in the layout it is stored in, no transposing store).
-  auto load_stage = [&](int k0) {
-#pragma unroll
-    for (int l = 0; l < LOADS_A; ++l) {
-      const int e = tid + l * kTileThreads;
-      const int k = k0 + e / BM;
-      const int64_t j = j0 + e % BM;
-      ra[l] = (k < kn && j < nc) ? w[static_cast<int64_t>(k) * ldw + j] : T(0);
-    }
-#pragma unroll
-    for (int l = 0; l < LOADS_B; ++l) {
-      const int e = tid + l * kTileThreads;
-      const int k = k0 + e / BN;
-      const int64_t f = n0 + e % BN;
-      rb[l] = (k < kn && f < d) ? b[k * d + f] : T(0);
-    }
-  };
-
-  T acc[TM][TN];
-#pragma unroll
-  for (int r = 0; r < TM; ++r)
-#pragma unroll
-    for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
-
-  load_stage(0);
-  for (int k0 = 0; k0 < kn; k0 += BK) {
-#pragma unroll
-    for (int l = 0; l < LOADS_A; ++l) {
-      const int e = tid + l * kTileThreads;
-      as[e / BM][e % BM] = ra[l];
-    }
-#pragma unroll
-    for (int l = 0; l < LOADS_B; ++l) {
-      const int e = tid + l * kTileThreads;
-      bs[e / BN][e % BN] = rb[l];
-    }
-    __syncthreads();
-    if (k0 + BK < kn) load_stage(k0 + BK);
-#pragma unroll
-    for (int p = 0; p < BK; ++p) {
-      T av[TM], bv[TN];
-#pragma unroll
-      for (int g = 0; g < TM / V; ++g) Vec16<T>::load(&as[p][g * 16 * V + ty * V], av + g * V);
-#pragma unroll
-      for (int g = 0; g < TN / V; ++g) Vec16<T>::load(&bs[p][g * 16 * V + tx * V], bv + g * V);
-#pragma unroll
-      for (int r = 0; r < TM; ++r)
-#pragma unroll
-        for (int c = 0; c < TN; ++c) acc[r][c] = fma_rn(av[r], bv[c], acc[r][c]);
-    }
-    __syncthreads();  // the next stage overwrites as / bs
-  }
-
-  const bool split = partial != nullptr;
-  T* dst = split ? partial + static_cast<int64_t>(blockIdx.z) * nc * d : out;
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int64_t j = j0 + owned<T>(r, ty);
-    if (j >= nc) continue;
-#pragma unroll
-    for (int c = 0; c < TN; ++c) {
-      const int64_t f = n0 + owned<T>(c, tx);
-      if (f < d) {
-        T* o = dst + j * d + f;
         *o = split ? acc[r][c] : *o + acc[r][c];
       }
     }
@@ -712,7 +612,8 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
     T* const part = sp.splits > 1 ? partial : nullptr;
     const dim3 grid(static_cast<unsigned>(row_tiles), feature_tiles,
                     static_cast<unsigned>(sp.splits));
-    product_kernel<T><<<grid, kTileThreads, 0, stream>>>(scratch, ma, nc, sp.ks, b, d, out, part);
+    product_kernel<T, false><<<grid, kTileThreads, 0, stream>>>(scratch, ma, nc, nc, sp.ks, b, d,
+                                                                out, part);
     MF_CUDA_CHECK_LAUNCH("product_kernel");
     if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(ma) * d, out);
   };
@@ -723,9 +624,9 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
     T* const part = sp.splits > 1 ? partial : nullptr;
     const dim3 grid(static_cast<unsigned>(row_tiles), feature_tiles,
                     static_cast<unsigned>(sp.splits));
-    product_t_kernel<T><<<grid, kTileThreads, 0, stream>>>(scratch, ma, nc, nc, sp.ks, b, d, out,
-                                                           part);
-    MF_CUDA_CHECK_LAUNCH("product_t_kernel");
+    product_kernel<T, true><<<grid, kTileThreads, 0, stream>>>(scratch, nc, ma, nc, sp.ks, b, d,
+                                                               out, part);
+    MF_CUDA_CHECK_LAUNCH("product_kernel (transposed)");
     if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(nc) * d, out);
   };
 
