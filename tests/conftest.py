@@ -6,11 +6,17 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from hypothesis import HealthCheck, settings
+# Triton's interpreter runs the Triton kernels on CPU tensors where there is no NVIDIA GPU. It
+# must be chosen before triton is imported, and importing torch's compiler (as micro_fast does)
+# imports triton: so here, before anything else. On a GPU machine the kernels run compiled.
+if not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from micro_fast import backends
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from micro_fast import backends  # noqa: E402
 
 # the published re-implementations (peers.py, reference_micro.py) live with the benchmarks
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

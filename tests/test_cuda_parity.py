@@ -108,6 +108,26 @@ def test_knn_graph_and_its_gradient_cuda(normalization, dtype):
     assert_close(got.grad.cpu(), grad, what="gradient")
 
 
+@on_gpu
+@pytest.mark.skipif("triton" not in backends.available(CUDA),
+                    reason="needs triton and a CUDA device")
+@few
+@given(n=st.integers(1, 200), d=st.integers(1, 80), tau=st.sampled_from([0.02, 0.2, 0.5, 2.0]),
+       symmetric=st.booleans(), double=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_contrastive_loss_triton_cuda(n, d, tau, symmetric, double, seed):
+    """The Triton kernels compiled for the GPU (the interpreter runs them on the CPU in
+    tests/test_triton_contrastive.py)."""
+    dtype = torch.float64 if double else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    z = [torch.randn(n, d, generator=gen, dtype=dtype) for _ in range(2)]
+    a, b = (t.to(CUDA).requires_grad_() for t in z)
+    loss = mf.contrastive_loss(a, b, tau=tau, symmetric=symmetric, backend="triton")
+    got = [t.cpu() for t in (loss.detach(), *torch.autograd.grad(loss, (a, b)))]
+    for g, e, what in zip(got, contrastive_exact(*z, tau, symmetric),
+                          ("loss", "z1 gradient", "z2 gradient"), strict=True):
+        assert_close(g, e, what=what)
+
+
 @few
 @given(n=st.integers(1, 200), d=st.integers(1, 80), tau=st.sampled_from([0.02, 0.2, 0.5, 2.0]),
        symmetric=st.booleans(), double=st.booleans(), seed=st.integers(0, 2**31 - 1))
