@@ -100,7 +100,8 @@ REGISTRY: list[Backend] = [
     Backend("cuda", "micro_fast.backends.cuda",
             _all("topk_similarity", "contrastive", "spmm")),
     # tensor cores through Triton; chosen on a GPU only where it measures fastest there
-    Backend("triton", "micro_fast.backends.triton", (Offer("contrastive"),)),
+    Backend("triton", "micro_fast.backends.triton",
+            (Offer("contrastive"), Offer("topk_similarity"))),
     Backend("numba_cuda", "micro_fast.backends.numba_cuda",
             (Offer("topk_similarity", max_work=NUMBA_CUDA_TOPK_MAX_WORK), Offer("spmm"))),
     Backend("cpp", "micro_fast.backends.cpp",

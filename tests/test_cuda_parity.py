@@ -63,6 +63,29 @@ def test_topk_similarity_cuda(m, n, d, symmetric, double, masked, seed):
     assert_topk(got_v.cpu(), got_i.cpu(), q, keys, k, exclude=exclude)
 
 
+@on_gpu
+@pytest.mark.skipif("triton" not in backends.available(CUDA),
+                    reason="needs triton and a CUDA device")
+@few
+@given(m=st.integers(1, 150), n=st.integers(1, 150), d=st.integers(1, 70),
+       symmetric=st.booleans(), masked=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_topk_similarity_triton_cuda(m, n, d, symmetric, masked, seed):
+    """The certified Triton search compiled for the GPU: indices exact (tests/test_triton_topk.py
+    checks the certificate in the interpreter)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(m, d, generator=gen)
+    keys = None if symmetric else torch.randn(n, d, generator=gen)
+    n_keys = m if symmetric else n
+    k = int(torch.randint(1, n_keys + 1, (1,), generator=gen))
+    exclude = None
+    if masked:
+        exclude = CSRGraph.from_dense((torch.rand(m, n_keys, generator=gen) < 0.3).float())
+    got_v, got_i = mf.topk_similarity(q.to(CUDA), None if keys is None else keys.to(CUDA), k,
+                                      exclude=None if exclude is None else exclude.to(CUDA),
+                                      backend="triton")
+    assert_topk(got_v.cpu(), got_i.cpu(), q, keys, k, exclude=exclude)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_topk_similarity_many_steps_cuda(ties, dtype):

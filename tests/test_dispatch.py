@@ -126,11 +126,19 @@ def test_registering_an_unknown_op_is_an_error():
     assert "bad" not in dispatch.names()
 
 
+def _no_triton(monkeypatch) -> None:
+    """The triton backend off: the interpreter the tests run it in would make it "available"
+    for the simulated CUDA devices below."""
+    monkeypatch.setattr(dispatch.module("triton"), "is_available",
+                        lambda: (False, "off (the test)"))
+
+
 def test_numba_cuda_never_gets_a_large_topk_search(monkeypatch):
     """With a broken cuda build, auto may take numba_cuda for a small search on CUDA tensors,
     never for one past the bound: the blocked search of torch_ref runs instead."""
     monkeypatch.setattr(cuda, "is_available", lambda: (False, "broken build (the test)"))
     monkeypatch.setattr(numba_cuda, "is_available", lambda: (True, ""))
+    _no_triton(monkeypatch)
     dev = torch.device("cuda")
     bound = dispatch.NUMBA_CUDA_TOPK_MAX_WORK
     assert dispatch.plan("topk_similarity", "auto", dev, work=bound).backend == "numba_cuda"
@@ -189,6 +197,7 @@ def test_cuda_plans_are_measured_on_the_gpu_against_blocked_torch(monkeypatch, t
                 for c, t in times.items()}
 
     monkeypatch.setattr(tuning, "time_candidates", time_candidates)
+    _no_triton(monkeypatch)
     calls: list[str] = []
     mod = types.ModuleType("fake_gpu_backend")
     mod.is_available = lambda: (True, "")

@@ -57,8 +57,19 @@ def contrastive_backward(*args: Any, **kwargs: Any):
     return _contrastive().contrastive_backward(*args, **kwargs)
 
 
+def topk_similarity(*args: Any, **kwargs: Any):
+    """See ``micro_fast.backends.triton.topk.topk_similarity`` (the certified search)."""
+    from micro_fast.backends.triton import topk
+
+    return topk.topk_similarity(*args, **kwargs)
+
+
 def workspace_bytes(op: str, **sizes: int) -> int:
-    """See ``micro_fast.backends.triton.contrastive.workspace_bytes``."""
+    """The kernels' working memory (see ``micro_fast.backends``)."""
     if op == "contrastive_loss":
         return _contrastive().workspace_bytes(op, **sizes)
+    if op == "topk_similarity":
+        from micro_fast.backends.triton import topk
+
+        return topk.workspace_bytes(op, **sizes)
     return 0
