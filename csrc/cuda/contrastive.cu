@@ -605,29 +605,24 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
         partial, splits, elems, vec, out);
     MF_CUDA_CHECK_LAUNCH("split_reduce_kernel");
   };
-  // out[0:ma] += scratch[ma, nc] @ b[0:nc]
-  auto product = [&](int ma, int nc, const T* b, T* out) {
-    const int64_t row_tiles = (ma + prod_rows - 1) / prod_rows;
-    const KSplit sp = k_split(row_tiles * feature_tiles, ma, nc);
+  // out[0:ma] += scratch[ma, nc] @ b[0:nc] or, transposed, out[0:nc] += scratch[0:ma, 0:nc]^T
+  // @ b[0:ma] (the first ma rows of the [*, nc] scratch tile)
+  auto product = [&](bool transposed, int ma, int nc, const T* b, T* out) {
+    const int out_rows = transposed ? nc : ma;
+    const int k = transposed ? ma : nc;
+    const int64_t row_tiles = (out_rows + prod_rows - 1) / prod_rows;
+    const KSplit sp = k_split(row_tiles * feature_tiles, out_rows, k);
     T* const part = sp.splits > 1 ? partial : nullptr;
     const dim3 grid(static_cast<unsigned>(row_tiles), feature_tiles,
                     static_cast<unsigned>(sp.splits));
-    product_kernel<T, false><<<grid, kTileThreads, 0, stream>>>(scratch, ma, nc, nc, sp.ks, b, d,
-                                                                out, part);
+    if (transposed)
+      product_kernel<T, true><<<grid, kTileThreads, 0, stream>>>(scratch, out_rows, k, nc, sp.ks,
+                                                                 b, d, out, part);
+    else
+      product_kernel<T, false><<<grid, kTileThreads, 0, stream>>>(scratch, out_rows, k, nc,
+                                                                  sp.ks, b, d, out, part);
     MF_CUDA_CHECK_LAUNCH("product_kernel");
-    if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(ma) * d, out);
-  };
-  // out[0:nc] += scratch[0:ma, 0:nc]^T @ b[0:ma] (the first ma rows of the [*, nc] scratch tile)
-  auto product_t = [&](int ma, int nc, const T* b, T* out) {
-    const int64_t row_tiles = (nc + prod_rows - 1) / prod_rows;
-    const KSplit sp = k_split(row_tiles * feature_tiles, nc, ma);
-    T* const part = sp.splits > 1 ? partial : nullptr;
-    const dim3 grid(static_cast<unsigned>(row_tiles), feature_tiles,
-                    static_cast<unsigned>(sp.splits));
-    product_kernel<T, true><<<grid, kTileThreads, 0, stream>>>(scratch, nc, ma, nc, sp.ks, b, d,
-                                                               out, part);
-    MF_CUDA_CHECK_LAUNCH("product_kernel (transposed)");
-    if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(nc) * d, out);
+    if (part != nullptr) reduce(sp.splits, static_cast<int64_t>(out_rows) * d, out);
   };
 
   const size_t grad_bytes = sizeof(T) * static_cast<size_t>(n) * static_cast<size_t>(d);
@@ -641,8 +636,8 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
     for (int64_t c0 = 0; c0 < n; c0 += cols) {
       const int nc = static_cast<int>(std::min(cols, n - c0));
       weights(n1, n2, r0, mb, c0, nc, false, lse1, g1, lse2, g2);
-      product(mb, nc, n2 + c0 * d, grad1 + r0 * d);
-      product_t(mb, nc, n1 + r0 * d, grad2 + c0 * d);
+      product(false, mb, nc, n2 + c0 * d, grad1 + r0 * d);
+      product(true, mb, nc, n1 + r0 * d, grad2 + c0 * d);
     }
   }
 
@@ -675,8 +670,8 @@ void contrastive_backward(const T* n1, const T* n2, int64_t n, int64_t d, double
         const int ma = static_cast<int>(std::min(rows, end - a0));
         const int strict = static_cast<int>(std::clamp<int64_t>(c0 - a0, 0, ma));
         weights(part.x, part.x, a0, ma, c0, nc, true, part.l, part.g, part.l, part.g);
-        product(ma, nc, part.x + c0 * d, part.out + a0 * d);
-        if (strict > 0) product_t(strict, nc, part.x + a0 * d, part.out + c0 * d);
+        product(false, ma, nc, part.x + c0 * d, part.out + a0 * d);
+        if (strict > 0) product(true, strict, nc, part.x + a0 * d, part.out + c0 * d);
       }
     }
   }
