@@ -533,12 +533,19 @@ def with_tf32(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def _triton_runs(b: Bench) -> bool:
+    """Whether the triton backend runs this bench's tensors (a GPU and triton installed)."""
+    return b.cuda and "triton" in mf.backends.available(b.device)
+
+
 def case_knn(b: Bench) -> None:
     for n, d in b.sizes["knn"]:
         print(f"kNN graph N={n} d={d} k={K}", flush=True)
         x = _features(n, d).to(b.device)
         impls: dict = {}
         b.run(impls, "micro_fast", lambda x=x: mf.knn_graph(x, K, backend=b.backend))
+        if _triton_runs(b):  # the certified tensor-core search, beside the cuda kernels
+            b.run(impls, "micro_fast_triton", lambda x=x: mf.knn_graph(x, K, backend="triton"))
         b.run(impls, "published", lambda x=x: peers.official_knn_graph(x, K))
         b.run(impls, "published_without_loop",
               lambda x=x: peers.official_knn_graph_vectorized(x, K))
@@ -673,6 +680,9 @@ def case_contrastive(b: Bench) -> None:
     ours = functools.partial(mf.contrastive_loss, tau=0.5, backend=b.backend)
     impls: dict = {}
     b.run(impls, "micro_fast", _fwd_bwd(ours, z1, z2))
+    if _triton_runs(b):  # the fused Triton loss, beside the cuda kernels
+        b.run(impls, "micro_fast_triton", _fwd_bwd(
+            functools.partial(mf.contrastive_loss, tau=0.5, backend="triton"), z1, z2))
     b.run(impls, "published", _fwd_bwd(peers.published_contrastive, z1, z2))
     if b.cuda:
         b.run(impls, "published_tf32",

@@ -6,7 +6,8 @@ compute-sanitizer runs (memcheck, racecheck, synccheck).
     python benchmarks/gpu_sanitize_ops.py                       # the same, without a sanitizer
     python benchmarks/gpu_sanitize_ops.py --device cpu          # the CPU backends instead
 
-On a CUDA device it runs the ``cuda`` backend (``micro_fast._cuda``) and ``numba_cuda``; on
+On a CUDA device it runs the ``cuda`` backend (``micro_fast._cuda``), ``triton`` (where it is
+installed: its kernels are named ``micro_fast_*`` for the sanitizer's filter) and ``numba_cuda``; on
 the CPU, ``cpp``; ``--backends`` names others. What each backend has (``hasattr``) is called:
 
 * ``topk_similarity``: symmetric (keys = queries) and against other keys, N = 37 and 129,
@@ -32,6 +33,7 @@ backend asked for is not available. Nothing is timed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import traceback
@@ -351,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda but torch sees no CUDA device (use --device cpu)")
         return 2
+    gpu_default = ["cuda", *(["triton"] if importlib.util.find_spec("triton") else []),
+                   "numba_cuda"]
     names = (args.backends.split(",") if args.backends
-             else ["cuda", "numba_cuda"] if device.type == "cuda" else ["cpp"])
+             else gpu_default if device.type == "cuda" else ["cpp"])
     dtypes = [getattr(torch, t.strip()) for t in args.dtypes.split(",") if t.strip()]
     os.environ.setdefault("MICRO_FAST_TUNE", "0")
     status = backends.status()

@@ -20,7 +20,7 @@ from oracles import assert_topk  # noqa: E402
 from micro_fast.backends import torch_ref  # noqa: E402
 from micro_fast.backends.triton import topk as T  # noqa: E402
 
-if type(T._threshold_kernel).__name__ != "InterpretedFunction":
+if type(T.micro_fast_topk_threshold_kernel).__name__ != "InterpretedFunction":
     # triton was imported earlier in this process without the interpreter (its own library
     # functions are then compiled-only): the kernels cannot run on CPU tensors here
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run this file with "

@@ -33,20 +33,20 @@ an offset: ``x = v[side]``, ``z = v[1 - side]``. Grid: (row blocks of BLOCK_M ro
 launch per kernel, except the one-direction backward, which launches side 1 (self and cross
 part) and side 2 (cross part, g1 terms only) separately with different constexpr flags.
 
-``_lse_kernel`` (forward): a program loads its x row block once and walks the column blocks
-(BLOCK_N rows) of z, then of x (diagonal masked); each score tile is one ``tl.dot`` kept in
-registers, folded into per-row running (max, sum) pairs: online log-sum-exp with the real
+``micro_fast_lse_kernel`` (forward): a program loads its x row block once and walks the column
+blocks (BLOCK_N rows) of z, then of x (diagonal masked); each score tile is one ``tl.dot`` kept
+in registers, folded into per-row running (max, sum) pairs: online log-sum-exp with the real
 maxima, so any tau > 0 is safe. Exponentials are ``exp2`` with log2(e) / tau folded into one
 multiplier (loaded from a one-element tensor of the input dtype, so float64 keeps its
 precision), and the kernel writes lse in base 2; the host multiplies by ln 2. The cross part is
 walked first: column 0 is valid for every row, so the running maxima are finite from the first
 tile on (no -inf - -inf).
 
-``_grad_kernel`` (backward): a program owns the gradient rows of its x row block, accumulates
-them in registers ([BLOCK_M, BLOCK_D]) over all column blocks of the self part and of the cross
-part, each tile: recompute the scores (``tl.dot``), form the weights above (two exp2 per entry,
-g / tau and lse * log2(e) precomputed per row on the host), add ``tl.dot(weights, y)``. The
-rows are written once, by their owner.
+``micro_fast_grad_kernel`` (backward): a program owns the gradient rows of its x row block,
+accumulates them in registers ([BLOCK_M, BLOCK_D]) over all column blocks of the self part and
+of the cross part, each tile: recompute the scores (``tl.dot``), form the weights above (two
+exp2 per entry, g / tau and lse * log2(e) precomputed per row on the host), add
+``tl.dot(weights, y)``. The rows are written once, by their owner.
 
 Determinism and the cost of it: every output element is owned by exactly one program and summed
 in a fixed order (column blocks ascending), with no atomics and no partial buffers, so results
@@ -126,7 +126,7 @@ def _online_lse(m, acc, t):
 
 
 @triton.jit
-def _lse_kernel(v_ptr, scale_ptr, out_ptr, N, D, side_offset,
+def micro_fast_lse_kernel(v_ptr, scale_ptr, out_ptr, N, D, side_offset,
                 SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     side = (tl.program_id(1) + side_offset).to(tl.int64)
@@ -164,7 +164,7 @@ def _lse_kernel(v_ptr, scale_ptr, out_ptr, N, D, side_offset,
 
 
 @triton.jit
-def _grad_kernel(v_ptr, lse_ptr, g_ptr, scale_ptr, out_ptr, N, D, side_offset,
+def micro_fast_grad_kernel(v_ptr, lse_ptr, g_ptr, scale_ptr, out_ptr, N, D, side_offset,
                  SELF: tl.constexpr, X_TERM: tl.constexpr, Z_TERM: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  PREC: tl.constexpr):
@@ -277,7 +277,7 @@ def contrastive_forward(n1: torch.Tensor, n2: torch.Tensor, tau: float, symmetri
     v = torch.stack([n1, n2]).contiguous()
     out = torch.empty((2 if symmetric else 1, n), dtype=n1.dtype, device=n1.device)
     grid = (triton.cdiv(n, bm), 2 if symmetric else 1)
-    _lse_kernel[grid](v, _scale(n1, tau), out, n, d, 0, SELF=True, BLOCK_M=bm, BLOCK_N=bn,
+    micro_fast_lse_kernel[grid](v, _scale(n1, tau), out, n, d, 0, SELF=True, BLOCK_M=bm, BLOCK_N=bn,
                       BLOCK_D=bd, PREC=prec)
     out *= _LN2
     return (out[0], out[1]) if symmetric else (out[0], None)
@@ -310,13 +310,13 @@ def contrastive_backward(n1: torch.Tensor, n2: torch.Tensor, tau: float, lse1: t
     rows = triton.cdiv(n, bm)
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=prec)
     if symmetric:  # both sides in one launch
-        _grad_kernel[(rows, 2)](v, lse, g, scale, grads, n, d, 0, SELF=True, X_TERM=True,
+        micro_fast_grad_kernel[(rows, 2)](v, lse, g, scale, grads, n, d, 0, SELF=True, X_TERM=True,
                                 Z_TERM=True, **meta)
     else:  # side 1: A11 n1 + (g1 terms of W12) n2; side 2: (g1 terms of W12)^T n1 only
-        _grad_kernel[(rows, 1)](v, lse, g, scale, grads, n, d, 0, SELF=True, X_TERM=True,
-                                Z_TERM=False, **meta)
-        _grad_kernel[(rows, 1)](v, lse, g, scale, grads, n, d, 1, SELF=False, X_TERM=False,
-                                Z_TERM=True, **meta)
+        micro_fast_grad_kernel[(rows, 1)](v, lse, g, scale, grads, n, d, 0, SELF=True,
+                                          X_TERM=True, Z_TERM=False, **meta)
+        micro_fast_grad_kernel[(rows, 1)](v, lse, g, scale, grads, n, d, 1, SELF=False,
+                                          X_TERM=False, Z_TERM=True, **meta)
     return grads[0], grads[1]
 
 

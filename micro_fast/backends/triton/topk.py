@@ -46,18 +46,19 @@ infinite screen value or bound only widens the set (lower ``-inf``, upper ``+inf
 
 Passes (per chunk of ``block_size`` query rows, default ``DEFAULT_ROWS``)
 -------------------------------------------------------------------------
-1. ``_threshold_kernel`` (grid: row blocks x column splits): screen tiles with ``tl.dot``;
+1. ``micro_fast_topk_threshold_kernel`` (grid: row blocks x column splits): screen tiles with
+   ``tl.dot``;
    exclusions applied in the screen (binary search of each tile column in the row's sorted
    excluded list), so that :math:`L_i` is over admissible keys; a running per-row top-KP
    (KP = next power of two >= k) of the lower bounds, merged per tile by ``tl.topk`` and a
    bitonic max/flip step. Output [rows, splits, KP]; torch takes the k-th largest per row.
-2. ``_collect_kernel``: the same screen; admissible keys whose upper bound reaches
+2. ``micro_fast_topk_collect_kernel``: the same screen; admissible keys whose upper bound reaches
    :math:`L_i` are appended to a per-row buffer of capacity C (a per-row int32 counter, one
    ``atomic_add`` per row and tile reserves the slots, a ``tl.cumsum`` places them). The
    counter keeps counting past C. The candidate set does not depend on scheduling; the buffer
    is sorted by index afterwards, so the result is deterministic.
-3. ``_rescore_kernel`` (one program per row): exact fp32 dots of the candidates; then torch
-   ranks them (stable sort: value descending, index ascending) and pads.
+3. ``micro_fast_topk_rescore_kernel`` (one program per row): exact fp32 dots of the
+   candidates; then torch ranks them (stable sort: value descending, index ascending) and pads.
 4. Rows whose counter exceeded C are recomputed by the exact blocked torch search
    (``torch_ref``) for those rows only; their number is in the stats (``last_stats`` /
    ``topk_similarity_stats``).
@@ -209,7 +210,7 @@ def _admissible(ex_ptr, ex_idx, rows, cols, m, n,
 
 
 @triton.jit
-def _threshold_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, out_ptr,
+def micro_fast_topk_threshold_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, out_ptr,
                       m, n, d, blocks_per_split, c_rel, c_abs,
                       KP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_D: tl.constexpr, SCREEN: tl.constexpr, EMULATE: tl.constexpr,
@@ -242,7 +243,8 @@ def _threshold_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, out_ptr,
 
 
 @triton.jit
-def _collect_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, thr_ptr, count_ptr, cand_ptr,
+def micro_fast_topk_collect_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, thr_ptr,
+                                   count_ptr, cand_ptr,
                     m, n, d, blocks_per_split, c_rel, c_abs, capacity,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                     SCREEN: tl.constexpr, EMULATE: tl.constexpr,
@@ -274,7 +276,7 @@ def _collect_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, thr_ptr, count
 
 
 @triton.jit
-def _rescore_kernel(q_ptr, k_ptr, cand_ptr, out_ptr, d, capacity,
+def micro_fast_topk_rescore_kernel(q_ptr, k_ptr, cand_ptr, out_ptr, d, capacity,
                     CP: tl.constexpr, BLOCK_D: tl.constexpr):
     """Exact fp32 inner products of one row's candidates (``-inf`` in empty slots)."""
     row = tl.program_id(0).to(tl.int64)
@@ -433,7 +435,7 @@ def topk_similarity_stats(queries: torch.Tensor, keys: torch.Tensor | None, k: i
             ptr = ex_ptr[r0:r1 + 1] if has_excl else ex_ptr
             grid = (row_blocks, ns)
             tops = torch.empty((rows, ns, kp), dtype=torch.float32, device=device)
-            _threshold_kernel[grid](q, keys_t, nq[r0:r1], nk, ptr, ex_idx, tops,
+            micro_fast_topk_threshold_kernel[grid](q, keys_t, nq[r0:r1], nk, ptr, ex_idx, tops,
                                     rows, n, d, per_split, c_rel, _C_ABS,
                                     KP=kp, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, SCREEN=code,
                                     EMULATE=emulate, HAS_EXCL=has_excl, STEPS=steps)
@@ -441,7 +443,8 @@ def topk_similarity_stats(queries: torch.Tensor, keys: torch.Tensor | None, k: i
             del tops
             counts = torch.zeros(rows, dtype=torch.int32, device=device)
             cand = torch.full((rows, cap), -1, dtype=torch.int32, device=device)
-            _collect_kernel[grid](q, keys_t, nq[r0:r1], nk, ptr, ex_idx, thr, counts, cand,
+            micro_fast_topk_collect_kernel[grid](q, keys_t, nq[r0:r1], nk, ptr, ex_idx, thr,
+                                                 counts, cand,
                                   rows, n, d, per_split, c_rel, _C_ABS, cap,
                                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, SCREEN=code,
                                   EMULATE=emulate, HAS_EXCL=has_excl, STEPS=steps)
@@ -450,7 +453,8 @@ def topk_similarity_stats(queries: torch.Tensor, keys: torch.Tensor | None, k: i
             cand = torch.sort(cand.masked_fill(cand < 0, big), dim=1).values
             cand = cand.masked_fill(cand == big, -1)
             scores = torch.empty((rows, cap), dtype=torch.float32, device=device)
-            _rescore_kernel[(rows,)](q, keys_t, cand, scores, d, cap, CP=cp, BLOCK_D=bd)
+            micro_fast_topk_rescore_kernel[(rows,)](q, keys_t, cand, scores, d, cap, CP=cp,
+                                                    BLOCK_D=bd)
             if cap < k:  # room for the padding
                 scores = torch.cat([scores, scores.new_full((rows, k - cap), float("-inf"))], 1)
                 cand = torch.cat([cand, cand.new_full((rows, k - cap), -1)], 1)
