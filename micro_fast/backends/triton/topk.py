@@ -210,6 +210,22 @@ def _admissible(ex_ptr, ex_idx, rows, cols, m, n,
 
 
 @triton.jit
+def _screened_block(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, rows, cb, m, n, d, c_rel,
+                    c_abs, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr, SCREEN: tl.constexpr, EMULATE: tl.constexpr,
+                    HAS_EXCL: tl.constexpr, STEPS: tl.constexpr):
+    """Column block ``cb`` of the screen: its columns, the screened scores, their bounds and
+    which pairs are admissible. Both passes take their tiles from here: the certificate needs
+    the threshold pass and the collect pass to see the same screened scores."""
+    cols = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _screen_tile(q_ptr, k_ptr, rows, cols, m, n, d, BLOCK_M, BLOCK_N, BLOCK_D,
+                     SCREEN, EMULATE)
+    b = _bound_tile(nq_ptr, nk_ptr, rows, cols, m, n, c_rel, c_abs)
+    ok = _admissible(ex_ptr, ex_idx, rows, cols, m, n, HAS_EXCL, STEPS)
+    return cols, s, b, ok
+
+
+@triton.jit
 def micro_fast_topk_threshold_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, out_ptr,
                       m, n, d, blocks_per_split, c_rel, c_abs,
                       KP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -225,12 +241,10 @@ def micro_fast_topk_threshold_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_id
     first = split * blocks_per_split
     last = tl.minimum(first + blocks_per_split, n_blocks)
     for cb in range(first, last):
-        cols = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-        s = _screen_tile(q_ptr, k_ptr, rows, cols, m, n, d, BLOCK_M, BLOCK_N, BLOCK_D,
-                         SCREEN, EMULATE)
-        b = _bound_tile(nq_ptr, nk_ptr, rows, cols, m, n, c_rel, c_abs)
+        _, s, b, ok = _screened_block(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, rows, cb, m,
+                                      n, d, c_rel, c_abs, BLOCK_M, BLOCK_N, BLOCK_D, SCREEN,
+                                      EMULATE, HAS_EXCL, STEPS)
         lower = s - b
-        ok = _admissible(ex_ptr, ex_idx, rows, cols, m, n, HAS_EXCL, STEPS)
         lower = tl.where(ok & (lower == lower), lower, float("-inf"))
         top = tl.topk(lower, KP, dim=1)
         # max(desc, asc) of two sorted lists holds the KP largest of their union, as a
@@ -259,13 +273,11 @@ def micro_fast_topk_collect_kernel(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx,
     first = split * blocks_per_split
     last = tl.minimum(first + blocks_per_split, n_blocks)
     for cb in range(first, last):
-        cols = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-        s = _screen_tile(q_ptr, k_ptr, rows, cols, m, n, d, BLOCK_M, BLOCK_N, BLOCK_D,
-                         SCREEN, EMULATE)
-        b = _bound_tile(nq_ptr, nk_ptr, rows, cols, m, n, c_rel, c_abs)
+        cols, s, b, ok = _screened_block(q_ptr, k_ptr, nq_ptr, nk_ptr, ex_ptr, ex_idx, rows, cb,
+                                         m, n, d, c_rel, c_abs, BLOCK_M, BLOCK_N, BLOCK_D,
+                                         SCREEN, EMULATE, HAS_EXCL, STEPS)
         upper = s + b
         upper = tl.where(upper == upper, upper, float("inf"))
-        ok = _admissible(ex_ptr, ex_idx, rows, cols, m, n, HAS_EXCL, STEPS)
         cand = ok & (upper >= thr[:, None])
         ci = cand.to(tl.int32)
         tile_count = tl.sum(ci, axis=1)
